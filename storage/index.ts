@@ -1,0 +1,16 @@
+// The storage layer's public surface. Other layers (server, api, tools) import storage only
+// from here; everything else in this folder is private to it.
+
+export type { AllocationStatus, BlockDevice, BlockDeviceCapabilities, WriteOptions, ZeroOptions } from './block-device.js';
+export { StorageError, type StorageErrorCode } from './errors.js';
+export { storageLimits, assertStorageLimits, KiB, MiB, GiB, TiB } from './limits.js';
+export { formatMicros } from './clock.js';
+export { Volume, type CreateVolumeOptions, type VolumeStatistics } from './volume.js';
+export { VolumeStore } from './volume-store.js';
+export { validateVolumeName, validateVolumeSize, volumePaths, type VolumeConfig } from './volume-config.js';
+export type { RecoveryReport } from './recovery.js';
+export { RecordKind, RecordFlag, kindName, type RecordHeader } from './write-log/record.js';
+export { scanLog, logStart, type ScannedRecord, type LogScanResult } from './write-log/log-reader.js';
+export type { LogPosition } from './write-log/batch.js';
+export type { FileSystem, FileHandle } from './io/file-system.js';
+export { nodeFileSystem } from './io/node-file-system.js';

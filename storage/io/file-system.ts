@@ -1,0 +1,87 @@
+// The storage layer's only door to files. Everything it persists goes through these two
+// interfaces, so tests can put a simulated file system with injected faults (lost unsynced
+// writes, torn writes, failing syncs) in place of the real one (node-file-system.ts).
+
+export interface FileHandle {
+  readonly path: string;
+  /** Read into target at positionBytes; returns bytes read (short only at end of file). */
+  readSync(target: Buffer, positionBytes: number): number;
+  /** Write all of source at positionBytes (into the page cache; durable after datasync). */
+  writeSync(source: Buffer, positionBytes: number): void;
+  /** Write the buffers back to back from positionBytes, off the event loop. */
+  writev(sources: readonly Buffer[], positionBytes: number): Promise<void>;
+  /** Make every completed write of this file durable (fdatasync). */
+  datasync(): Promise<void>;
+  /** Make the range read as zeroes, keeping its space allocated. */
+  zeroRange(offsetBytes: number, lengthBytes: number): void;
+  /** Reserve space for the range (extending the file if needed), off the event loop. */
+  allocate(offsetBytes: number, lengthBytes: number): Promise<void>;
+  /** Next offset at or after offsetBytes holding data, or -1 if none. */
+  seekData(offsetBytes: number): number;
+  /** Next offset at or after offsetBytes starting a hole (end of file counts), or -1 past the end. */
+  seekHole(offsetBytes: number): number;
+  sizeBytes(): number;
+  truncate(sizeBytes: number): void;
+  close(): void;
+}
+
+export interface OpenOptions {
+  /** Create the file if it is missing. */
+  create?: boolean;
+  /** Fail with EEXIST if it exists (with create). */
+  exclusive?: boolean;
+  /** Open without write access. */
+  readOnly?: boolean;
+}
+
+export interface FileSystem {
+  open(path: string, options?: OpenOptions): FileHandle;
+  exists(path: string): boolean;
+  mkdirp(path: string): void;
+  /** Names in a directory, sorted. */
+  list(path: string): string[];
+  remove(path: string): void;
+  removeTree(path: string): void;
+  rename(fromPath: string, toPath: string): void;
+  /** Make creations, renames and removals in a directory durable (fsync of the directory). */
+  syncDirectory(path: string): Promise<void>;
+  /** Bytes free for unprivileged use on the file system holding path. */
+  freeBytes(path: string): number;
+}
+
+/** Write a small file so that a crash leaves either the old or the new content, never a mix. */
+export async function writeFileAtomic(fileSystem: FileSystem, path: string, content: Buffer): Promise<void> {
+  const temporaryPath = `${path}.tmp`;
+  const handle = fileSystem.open(temporaryPath, { create: true });
+  try {
+    handle.truncate(0);
+    handle.writeSync(content, 0);
+    await handle.datasync();
+  } finally {
+    handle.close();
+  }
+  fileSystem.rename(temporaryPath, path);
+  await fileSystem.syncDirectory(directoryOf(path));
+}
+
+/** Read a whole small file. */
+export function readWholeFile(fileSystem: FileSystem, path: string): Buffer {
+  const handle = fileSystem.open(path, { readOnly: true });
+  try {
+    const content = Buffer.alloc(handle.sizeBytes());
+    let doneBytes = 0;
+    while (doneBytes < content.length) {
+      const readBytes = handle.readSync(content.subarray(doneBytes), doneBytes);
+      if (readBytes === 0) break;
+      doneBytes += readBytes;
+    }
+    return content.subarray(0, doneBytes);
+  } finally {
+    handle.close();
+  }
+}
+
+export function directoryOf(path: string): string {
+  const slash = path.lastIndexOf('/');
+  return slash <= 0 ? (slash === 0 ? '/' : '.') : path.slice(0, slash);
+}

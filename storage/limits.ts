@@ -1,0 +1,90 @@
+// Every bound of the storage layer in one place, with the relationships between them asserted once
+// at start-up (assertStorageLimits). A limit that is not here does not exist.
+
+export const KiB = 1024;
+export const MiB = 1024 * KiB;
+export const GiB = 1024 * MiB;
+export const TiB = 1024 * GiB;
+
+export const storageLimits = {
+  /** Largest volume we create: offsets stay far below Number.MAX_SAFE_INTEGER (2^53). */
+  volumeSizeBytesMax: 64 * TiB,
+  /** Smallest volume: one region. */
+  volumeSizeBytesMin: 1 * MiB,
+  /** Volume sizes are multiples of this (the logical sector). */
+  volumeSizeAlignmentBytes: 4 * KiB,
+  /** Largest data payload of one write (the NBD default maximum payload, 32 MiB). */
+  writePayloadBytesMax: 32 * MiB,
+  /** Largest effect length of one zero or trim (compact NBD requests carry a u32 length). */
+  zeroLengthBytesMax: 4 * GiB,
+  /** Largest single read. */
+  readLengthBytesMax: 32 * MiB,
+
+  /** Dirty region size: a power of two in this range. */
+  regionSizeBytesMin: 64 * KiB,
+  regionSizeBytesMax: 1 * GiB,
+  regionSizeBytesDefault: 1 * MiB,
+  /** Most regions per volume: larger volumes get larger regions, so the DRL stays small. */
+  regionCountMax: 1 << 20,
+
+  /** Write-log segment size (fixed per volume at creation). */
+  segmentSizeBytesMin: 64 * MiB,
+  segmentSizeBytesMax: 4 * GiB,
+  segmentSizeBytesDefault: 256 * MiB,
+
+  /** A batch is written out once it holds this many bytes ... */
+  batchTargetBytes: 1 * MiB,
+  /** ... or this long after its first record, or at once when a FLUSH/FUA waits for it. */
+  batchDelayMs: 2,
+  /** Payloads up to this size are copied into the batch slab; larger ones are referenced. */
+  slabCopyPayloadBytesMax: 64 * KiB,
+  /** Size of one batch slab (headers and small payloads). */
+  slabBytes: 2 * MiB,
+  /**
+   * Bytes of logged records not yet applied to the live image (the write-log buffer plus the
+   * batch being written). Writes wait for room beyond it, so memory does not grow with load.
+   * One maximal write always fits, on top of this.
+   */
+  unappliedBytesMax: 64 * MiB,
+
+  /** Granularity of the read overlay's index over unapplied records. */
+  overlayChunkBytes: 64 * KiB,
+  /** Records longer than this are kept in the overlay's short list of large records. */
+  overlayIndexedRecordBytesMax: 4 * MiB,
+
+  /** How often regions whose writes are durable everywhere are cleaned in the DRL. */
+  regionCleanIntervalMs: 5000,
+
+  /** Longest error or mark payload (JSON) kept in a log record. */
+  metaPayloadBytesMax: 64 * KiB,
+  /** Longest volume name. */
+  volumeNameLengthMax: 64,
+  /** Most volumes in one data folder. */
+  volumeCountMax: 256,
+} as const;
+
+export type StorageLimits = typeof storageLimits;
+
+function isPowerOfTwo(value: number): boolean {
+  return Number.isInteger(value) && value > 0 && (value & (value - 1)) === 0;
+}
+
+/** Assert the relationships the code relies on; called once when the storage layer starts. */
+export function assertStorageLimits(limits: StorageLimits = storageLimits): void {
+  const checks: Array<[boolean, string]> = [
+    [limits.volumeSizeBytesMax < Number.MAX_SAFE_INTEGER / 2, 'volume offsets must be exact numbers'],
+    [isPowerOfTwo(limits.regionSizeBytesMin) && isPowerOfTwo(limits.regionSizeBytesMax), 'region bounds are powers of two'],
+    [isPowerOfTwo(limits.regionSizeBytesDefault), 'default region size is a power of two'],
+    [limits.volumeSizeBytesMin >= limits.regionSizeBytesMin, 'a volume holds at least one region'],
+    [limits.segmentSizeBytesMin > limits.slabBytes, 'a segment holds more than one slab'],
+    [limits.slabCopyPayloadBytesMax * 4 <= limits.slabBytes, 'copied payloads are small against the slab'],
+    [limits.batchTargetBytes <= limits.unappliedBytesMax, 'a batch fits the unapplied budget'],
+    // 4096 is the segment header, 48 a record header (write-log.md): the largest record fits a segment.
+    [limits.writePayloadBytesMax + 4096 + 48 <= limits.segmentSizeBytesMin, 'records fit a segment'],
+    [isPowerOfTwo(limits.overlayChunkBytes), 'overlay chunk is a power of two'],
+    [limits.overlayIndexedRecordBytesMax >= limits.slabCopyPayloadBytesMax, 'small records are indexed'],
+  ];
+  for (const [holds, what] of checks) {
+    if (!holds) throw new Error(`storage limits are inconsistent: ${what}`);
+  }
+}

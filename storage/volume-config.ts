@@ -1,0 +1,85 @@
+// volume.json: what a volume is (size, region and segment sizes, identity) and the folder layout
+// around it. Written once at creation; the format version guards every later reader.
+
+import { randomBytes } from 'node:crypto';
+import { StorageError } from './errors.js';
+import { readWholeFile, writeFileAtomic, type FileSystem } from './io/file-system.js';
+import { storageLimits } from './limits.js';
+
+export const volumeFormatVersion = 1;
+
+export interface VolumeConfig {
+  formatVersion: number;
+  name: string;
+  /** 32 hex digits; also stamped into every log segment header. */
+  volumeId: string;
+  sizeBytes: number;
+  regionSizeBytes: number;
+  segmentSizeBytes: number;
+  createdMicros: number;
+}
+
+/** The files of one volume inside its folder (DESIGN.md "One volume on disk"). */
+export function volumePaths(directory: string) {
+  return {
+    directory,
+    config: `${directory}/volume.json`,
+    primary: `${directory}/primary.img`,
+    drl: `${directory}/drl`,
+    log: `${directory}/log`,
+    index: `${directory}/index`,
+  };
+}
+
+export type VolumePaths = ReturnType<typeof volumePaths>;
+
+const volumeNamePattern = /^[a-z0-9][a-z0-9._-]*$/;
+
+/** Names become folder names and NBD export names: keep them plain and safe. */
+export function validateVolumeName(name: string): string | null {
+  if (name.length === 0 || name.length > storageLimits.volumeNameLengthMax) {
+    return `a volume name has 1 to ${storageLimits.volumeNameLengthMax} characters`;
+  }
+  if (!volumeNamePattern.test(name)) return 'a volume name uses a-z, 0-9, ".", "_" and "-", and starts with a letter or digit';
+  return null;
+}
+
+export function validateVolumeSize(sizeBytes: number): string | null {
+  if (!Number.isSafeInteger(sizeBytes)) return 'the size must be a whole number of bytes';
+  if (sizeBytes < storageLimits.volumeSizeBytesMin || sizeBytes > storageLimits.volumeSizeBytesMax) {
+    return `the size must be between ${storageLimits.volumeSizeBytesMin} and ${storageLimits.volumeSizeBytesMax} bytes`;
+  }
+  if (sizeBytes % storageLimits.volumeSizeAlignmentBytes !== 0) {
+    return `the size must be a multiple of ${storageLimits.volumeSizeAlignmentBytes} bytes`;
+  }
+  return null;
+}
+
+export function newVolumeId(): string {
+  return randomBytes(16).toString('hex');
+}
+
+export async function writeVolumeConfig(fileSystem: FileSystem, path: string, config: VolumeConfig): Promise<void> {
+  await writeFileAtomic(fileSystem, path, Buffer.from(`${JSON.stringify(config, null, 2)}\n`));
+}
+
+export function readVolumeConfig(fileSystem: FileSystem, path: string): VolumeConfig {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(readWholeFile(fileSystem, path).toString('utf8'));
+  } catch (error) {
+    throw new StorageError('ECORRUPT', `${path}: not readable JSON`, { cause: error });
+  }
+  const config = parsed as Partial<VolumeConfig>;
+  if (config.formatVersion !== volumeFormatVersion) {
+    throw new StorageError('ECORRUPT', `${path}: unsupported volume format version ${String(config.formatVersion)}`);
+  }
+  const numbers = ['sizeBytes', 'regionSizeBytes', 'segmentSizeBytes', 'createdMicros'] as const;
+  for (const key of numbers) {
+    if (!Number.isSafeInteger(config[key])) throw new StorageError('ECORRUPT', `${path}: ${key} is missing or not a number`);
+  }
+  if (typeof config.name !== 'string' || typeof config.volumeId !== 'string' || !/^[0-9a-f]{32}$/.test(config.volumeId)) {
+    throw new StorageError('ECORRUPT', `${path}: name or volumeId is missing`);
+  }
+  return config as VolumeConfig;
+}

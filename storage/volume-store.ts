@@ -1,0 +1,142 @@
+// The data folder: data/volumes/<name>/ for every volume, and a lock so that one process at a
+// time owns the folder (two appliances writing one log would corrupt it).
+
+import fs from 'node:fs';
+import { StorageError } from './errors.js';
+import type { FileSystem } from './io/file-system.js';
+import { nodeFileSystem } from './io/node-file-system.js';
+import { assertStorageLimits, storageLimits } from './limits.js';
+import { Volume, type CreateVolumeOptions } from './volume.js';
+import { readVolumeConfig, validateVolumeName, validateVolumeSize, volumePaths, type VolumeConfig } from './volume-config.js';
+
+export class VolumeStore {
+  readonly dataDirectory: string;
+  private readonly fileSystem: FileSystem;
+  private readonly open = new Map<string, Volume>();
+  private readonly lockPath: string;
+
+  private constructor(dataDirectory: string, fileSystem: FileSystem) {
+    this.dataDirectory = dataDirectory;
+    this.fileSystem = fileSystem;
+    this.lockPath = `${dataDirectory}/cdp-nbd.lock`;
+  }
+
+  /** Open (creating if needed) a data folder and take its lock. */
+  static openDataDirectory(dataDirectory: string, fileSystem: FileSystem = nodeFileSystem): VolumeStore {
+    assertStorageLimits();
+    fileSystem.mkdirp(`${dataDirectory}/volumes`);
+    const store = new VolumeStore(dataDirectory, fileSystem);
+    store.takeLock();
+    return store;
+  }
+
+  get volumesDirectory(): string {
+    return `${this.dataDirectory}/volumes`;
+  }
+
+  /** Names of the volumes in the folder, sorted. */
+  list(): string[] {
+    return this.fileSystem
+      .list(this.volumesDirectory)
+      .filter((name) => validateVolumeName(name) === null && this.fileSystem.exists(volumePaths(this.directoryOf(name)).config));
+  }
+
+  config(name: string): VolumeConfig {
+    this.requireValidName(name);
+    const paths = volumePaths(this.directoryOf(name));
+    if (!this.fileSystem.exists(paths.config)) throw new StorageError('ENOENT', `no volume named ${name}`);
+    return readVolumeConfig(this.fileSystem, paths.config);
+  }
+
+  async create(options: CreateVolumeOptions): Promise<VolumeConfig> {
+    this.requireValidName(options.name);
+    const sizeProblem = validateVolumeSize(options.sizeBytes);
+    if (sizeProblem !== null) throw new StorageError('EINVAL', sizeProblem);
+    if (this.list().includes(options.name)) throw new StorageError('EEXIST', `a volume named ${options.name} already exists`);
+    if (this.list().length >= storageLimits.volumeCountMax) {
+      throw new StorageError('EINVAL', `a data folder holds at most ${storageLimits.volumeCountMax} volumes`);
+    }
+    const directory = this.directoryOf(options.name);
+    // Build under a temporary name, then rename: a crash never leaves a half-made volume behind a real name.
+    const buildDirectory = `${this.volumesDirectory}/.creating-${options.name}`;
+    this.fileSystem.removeTree(buildDirectory);
+    this.fileSystem.removeTree(directory);
+    try {
+      await Volume.create(buildDirectory, options, this.fileSystem);
+      this.fileSystem.rename(buildDirectory, directory);
+      await this.fileSystem.syncDirectory(this.volumesDirectory);
+    } catch (error) {
+      this.fileSystem.removeTree(buildDirectory);
+      throw error;
+    }
+    return this.config(options.name);
+  }
+
+  /** Open a volume (recovering it if needed); the same instance is returned while it is open. */
+  async openVolume(name: string): Promise<Volume> {
+    this.requireValidName(name);
+    const existing = this.open.get(name);
+    if (existing !== undefined) return existing;
+    this.config(name); // ENOENT for a missing volume
+    const volume = await Volume.open(this.directoryOf(name), this.fileSystem);
+    this.open.set(name, volume);
+    return volume;
+  }
+
+  openVolumes(): Volume[] {
+    return [...this.open.values()];
+  }
+
+  /** Close every open volume (durably, leaving clean regions) and release the lock. */
+  async close(): Promise<void> {
+    const volumes = [...this.open.values()];
+    this.open.clear();
+    await Promise.all(volumes.map((volume) => volume.close()));
+    this.releaseLock();
+  }
+
+  private directoryOf(name: string): string {
+    return `${this.volumesDirectory}/${name}`;
+  }
+
+  private requireValidName(name: string): void {
+    const problem = validateVolumeName(name);
+    if (problem !== null) throw new StorageError('EINVAL', problem);
+  }
+
+  /** A lock file holding our pid; a lock left by a process that is gone is taken over. */
+  private takeLock(): void {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        fs.writeFileSync(this.lockPath, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
+        return;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      }
+      const holder = Number.parseInt(fs.readFileSync(this.lockPath, 'utf8'), 10);
+      if (Number.isInteger(holder) && holder !== process.pid && processIsAlive(holder)) {
+        throw new StorageError('EEXIST', `data folder ${this.dataDirectory} is in use by process ${holder}`);
+      }
+      fs.rmSync(this.lockPath, { force: true });
+    }
+    throw new StorageError('EEXIST', `could not lock data folder ${this.dataDirectory}`);
+  }
+
+  private releaseLock(): void {
+    try {
+      const holder = Number.parseInt(fs.readFileSync(this.lockPath, 'utf8'), 10);
+      if (holder === process.pid) fs.rmSync(this.lockPath, { force: true });
+    } catch {
+      // Already gone.
+    }
+  }
+}
+
+function processIsAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

@@ -1,0 +1,455 @@
+// A protected volume: the live image plus the write log, the write-log buffer and the dirty
+// region log around it (DESIGN.md "One volume on disk", the seed patent's Figures 5-6).
+//
+// The write path, front half (per request, in `logWrite`):
+//   1. admission: wait for room in the write-log buffer and a ready log segment;
+//   2. append the record (sequence number, time, CRC32C) to the write-log buffer; from this
+//      moment reads see it, through the buffer;
+//   3. FUA: wait until the record is durable in the log (group commit), then reply.
+// The back half, per batch of records (in the log writer, `onBatchSealed` / `onBatchDurable`):
+//   4. the batch is written to the log and fdatasync'd, while the dirty region log marks the
+//      regions it touches (in parallel);
+//   5. once both are durable, the records are applied to the live image in log order.
+// So the live image only ever holds what the log holds: after any crash, replaying the log
+// after the DRL checkpoint makes them equal again (recovery.ts).
+
+import { MicrosecondClock } from './clock.js';
+import { DirtyRegionLog, defaultRegionSizeBytes } from './dirty-region-log.js';
+import { StorageError, assert, storageErrorFromSystem } from './errors.js';
+import type { FileSystem } from './io/file-system.js';
+import { nodeFileSystem } from './io/node-file-system.js';
+import { storageLimits } from './limits.js';
+import { PrimaryImage } from './primary-image.js';
+import { recoverVolume, type RecoveryReport } from './recovery.js';
+import type { AllocationStatus, BlockDevice, BlockDeviceCapabilities, WriteOptions, ZeroOptions } from './block-device.js';
+import {
+  newVolumeId,
+  readVolumeConfig,
+  volumeFormatVersion,
+  volumePaths,
+  writeVolumeConfig,
+  type VolumeConfig,
+  type VolumePaths,
+} from './volume-config.js';
+import { applyRecordToRange, type AppendedRecord, type Batch, type LogPosition } from './write-log/batch.js';
+import { LogWriter } from './write-log/log-writer.js';
+import { RecordFlag, RecordKind, changesData, recordHeaderBytes } from './write-log/record.js';
+import { createSegment, openSegment, segmentHeaderBytes } from './write-log/segment.js';
+
+export interface CreateVolumeOptions {
+  name: string;
+  sizeBytes: number;
+  regionSizeBytes?: number;
+  segmentSizeBytes?: number;
+}
+
+export interface VolumeStatistics {
+  writeCount: number;
+  writeBytes: number;
+  zeroCount: number;
+  trimCount: number;
+  readCount: number;
+  readBytes: number;
+  flushCount: number;
+  appendedSequence: number;
+  durableSequence: number;
+  appliedSequence: number;
+  unappliedBytes: number;
+  dirtyRegionCount: number;
+  failed: string | null;
+}
+
+const zeroBlock = Buffer.alloc(64 * 1024);
+
+/** True when every byte is zero (checked before logging, so zero blocks cost no log space). */
+export function isAllZero(data: Buffer): boolean {
+  for (let offset = 0; offset < data.length; offset += zeroBlock.length) {
+    const piece = data.subarray(offset, Math.min(offset + zeroBlock.length, data.length));
+    if (!piece.equals(zeroBlock.subarray(0, piece.length))) return false;
+  }
+  return true;
+}
+
+export class Volume implements BlockDevice {
+  readonly config: VolumeConfig;
+  readonly paths: VolumePaths;
+  readonly readOnly = false;
+  readonly capabilities: BlockDeviceCapabilities = {
+    flush: true,
+    fua: true,
+    trim: true,
+    writeZeroes: true,
+    fastZero: true,
+    cache: true,
+    multiConnection: true,
+  };
+  /** What recovery found and did when this volume was opened. */
+  readonly recovery: RecoveryReport;
+
+  private readonly primary: PrimaryImage;
+  private readonly drl: DirtyRegionLog;
+  private readonly log: LogWriter;
+  private appliedSequence: number;
+  private appliedPosition: LogPosition;
+  private appliedTimestampMicros: number;
+  /** Checkpoint of the previous cleaning: regions idle since then are cleaned next time. */
+  private previousCheckpointSequence: number;
+  /** Durable records the live image failed to take; reads still see them (volume is failed). */
+  private readonly strandedRecords: AppendedRecord[] = [];
+  private failure: StorageError | null = null;
+  private cleaningTimer: NodeJS.Timeout | null = null;
+  private cleaning: Promise<void> | null = null;
+  private closed: Promise<void> | null = null;
+  private readonly statistics = { writeCount: 0, writeBytes: 0, zeroCount: 0, trimCount: 0, readCount: 0, readBytes: 0, flushCount: 0 };
+
+  private constructor(parts: {
+    config: VolumeConfig;
+    paths: VolumePaths;
+    primary: PrimaryImage;
+    drl: DirtyRegionLog;
+    recovery: RecoveryReport;
+    clock: MicrosecondClock;
+    fileSystem: FileSystem;
+  }) {
+    this.config = parts.config;
+    this.paths = parts.paths;
+    this.primary = parts.primary;
+    this.drl = parts.drl;
+    this.recovery = parts.recovery;
+    const checkpoint = parts.drl.checkpoint;
+    this.appliedSequence = checkpoint.sequence;
+    this.appliedPosition = checkpoint.position;
+    this.appliedTimestampMicros = checkpoint.timestampMicros;
+    this.previousCheckpointSequence = checkpoint.sequence;
+    const segment = openSegment(parts.fileSystem, parts.paths.log, checkpoint.position.segmentNumber, false);
+    this.log = new LogWriter({
+      fileSystem: parts.fileSystem,
+      logDirectory: parts.paths.log,
+      volumeId: Buffer.from(parts.config.volumeId, 'hex'),
+      segmentSizeBytes: parts.config.segmentSizeBytes,
+      clock: parts.clock,
+      currentSegment: segment,
+      appendOffsetBytes: checkpoint.position.offsetBytes,
+      nextSequence: checkpoint.sequence + 1,
+      hooks: {
+        onBatchSealed: (batch) => this.markRegions(batch),
+        onBatchDurable: (batch) => this.applyBatch(batch),
+        onFailure: (error) => this.fail(error),
+      },
+    });
+    this.scheduleCleaning();
+  }
+
+  /** Create a new, empty volume in `directory` (which must not exist) and make it durable. */
+  static async create(directory: string, options: CreateVolumeOptions, fileSystem: FileSystem = nodeFileSystem): Promise<VolumeConfig> {
+    const paths = volumePaths(directory);
+    const config: VolumeConfig = {
+      formatVersion: volumeFormatVersion,
+      name: options.name,
+      volumeId: newVolumeId(),
+      sizeBytes: options.sizeBytes,
+      regionSizeBytes:
+        options.regionSizeBytes ?? defaultRegionSizeBytes(options.sizeBytes, storageLimits.regionSizeBytesDefault, storageLimits.regionCountMax),
+      segmentSizeBytes: options.segmentSizeBytes ?? storageLimits.segmentSizeBytesDefault,
+      createdMicros: new MicrosecondClock().now(),
+    };
+    assertGeometry(config);
+    fileSystem.mkdirp(paths.log);
+    await PrimaryImage.create(fileSystem, paths.primary, config.sizeBytes);
+    const firstSegment = await createSegment(fileSystem, paths.log, {
+      segmentNumber: 1,
+      segmentSizeBytes: config.segmentSizeBytes,
+      volumeId: Buffer.from(config.volumeId, 'hex'),
+      createdMicros: config.createdMicros,
+    });
+    firstSegment.handle.close();
+    await DirtyRegionLog.create(fileSystem, paths.drl, {
+      regionSizeBytes: config.regionSizeBytes,
+      volumeSizeBytes: config.sizeBytes,
+      checkpoint: { sequence: 0, position: { segmentNumber: 1, offsetBytes: segmentHeaderBytes }, timestampMicros: 0 },
+    });
+    await writeVolumeConfig(fileSystem, paths.config, config);
+    await fileSystem.syncDirectory(directory);
+    return config;
+  }
+
+  /** Open a volume, recovering it first if it was not closed cleanly. */
+  static async open(directory: string, fileSystem: FileSystem = nodeFileSystem): Promise<Volume> {
+    const paths = volumePaths(directory);
+    const config = readVolumeConfig(fileSystem, paths.config);
+    assertGeometry(config);
+    const primary = PrimaryImage.open(fileSystem, paths.primary, config.sizeBytes);
+    const drl = DirtyRegionLog.open(fileSystem, paths.drl);
+    try {
+      if (drl.volumeSizeBytes !== config.sizeBytes || drl.regionSizeBytes !== config.regionSizeBytes) {
+        throw new StorageError('ECORRUPT', `${paths.drl}: geometry differs from ${paths.config}`);
+      }
+      const recovery = await recoverVolume({ fileSystem, paths, primary, drl });
+      const clock = new MicrosecondClock(Math.max(recovery.lastTimestampMicros, drl.checkpoint.timestampMicros));
+      return new Volume({ config, paths, primary, drl, recovery, clock, fileSystem });
+    } catch (error) {
+      primary.close();
+      drl.close();
+      throw error;
+    }
+  }
+
+  get sizeBytes(): number {
+    return this.config.sizeBytes;
+  }
+
+  get description(): string {
+    return `cdp-nbd volume ${this.config.name} (live)`;
+  }
+
+  // ---- reads ----
+
+  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    this.assertInside(offsetBytes, lengthBytes);
+    const target = Buffer.allocUnsafe(lengthBytes);
+    try {
+      this.primary.read(offsetBytes, target);
+    } catch (error) {
+      throw storageErrorFromSystem(error, `reading ${lengthBytes} bytes at ${offsetBytes} from the live image`);
+    }
+    for (const record of this.strandedRecords) applyRecordToRange(record, offsetBytes, target);
+    for (const batch of this.log.unappliedBatches()) batch.patchRead(offsetBytes, target);
+    this.statistics.readCount++;
+    this.statistics.readBytes += lengthBytes;
+    return target;
+  }
+
+  async cache(offsetBytes: number, lengthBytes: number): Promise<void> {
+    this.assertInside(offsetBytes, lengthBytes);
+  }
+
+  async allocation(offsetBytes: number, lengthBytes: number, extentCountMax: number): Promise<AllocationStatus[]> {
+    this.assertInside(offsetBytes, lengthBytes);
+    const extents = this.primary
+      .allocation(offsetBytes, lengthBytes, extentCountMax)
+      .map((extent) => ({ lengthBytes: extent.lengthBytes, hole: extent.hole, zero: extent.hole }));
+    return overlayUnapplied(extents, offsetBytes, this.unappliedDataRecords());
+  }
+
+  // ---- writes: the front half of the write path ----
+
+  async write(offsetBytes: number, data: Buffer, options: WriteOptions): Promise<void> {
+    this.assertInside(offsetBytes, data.length);
+    assert(data.length > 0 && data.length <= storageLimits.writePayloadBytesMax, 'write length within limits');
+    this.statistics.writeCount++;
+    this.statistics.writeBytes += data.length;
+    if (isAllZero(data)) return this.logWrite(RecordKind.zeroes, offsetBytes, data.length, null, options.fua);
+    return this.logWrite(RecordKind.data, offsetBytes, data.length, data, options.fua);
+  }
+
+  async writeZeroes(offsetBytes: number, lengthBytes: number, options: ZeroOptions): Promise<void> {
+    this.assertInside(offsetBytes, lengthBytes);
+    this.statistics.zeroCount++;
+    // Zeroing is a metadata operation on the live image and a header-only log record: always fast.
+    return this.logWrite(RecordKind.zeroes, offsetBytes, lengthBytes, null, options.fua);
+  }
+
+  async trim(offsetBytes: number, lengthBytes: number, options: WriteOptions): Promise<void> {
+    this.assertInside(offsetBytes, lengthBytes);
+    this.statistics.trimCount++;
+    return this.logWrite(RecordKind.trim, offsetBytes, lengthBytes, null, options.fua);
+  }
+
+  async flush(): Promise<void> {
+    this.statistics.flushCount++;
+    if (this.failure !== null) throw this.failure;
+    await this.log.syncAll();
+  }
+
+  /** Append a mark or error record (no data). Resolves with its sequence number once durable. */
+  async appendEvent(kind: typeof RecordKind.mark | typeof RecordKind.error, payload: Buffer): Promise<AppendedRecord> {
+    assert(payload.length <= storageLimits.metaPayloadBytesMax, 'event payloads are small');
+    const record = await this.appendRecord(kind, 0, 0, 0, payload);
+    await this.log.syncThrough(record.sequence);
+    return record;
+  }
+
+  private async logWrite(kind: RecordKind, offsetBytes: number, lengthBytes: number, payload: Buffer | null, fua: boolean): Promise<void> {
+    if (this.failure !== null) throw this.failure;
+    const record = await this.appendRecord(kind, fua ? RecordFlag.fua : 0, offsetBytes, lengthBytes, payload);
+    if (fua) await this.log.syncThrough(record.sequence);
+  }
+
+  /** Steps 1 and 2: admission, then the append that orders this write among all others. */
+  private async appendRecord(kind: RecordKind, flags: number, offsetBytes: number, lengthBytes: number, payload: Buffer | null): Promise<AppendedRecord> {
+    const recordBytes = recordHeaderBytes + (payload?.length ?? 0);
+    for (let wait = this.log.admit(recordBytes); wait !== null; wait = this.log.admit(recordBytes)) await wait;
+    return this.log.append(kind, flags, offsetBytes, lengthBytes, payload);
+  }
+
+  // ---- the back half: durable batches reach the live image ----
+
+  private markRegions(batch: Batch): Promise<void> {
+    return this.drl.markBeforeApply(batch.records.filter((record) => changesData(record.kind) && record.lengthBytes > 0));
+  }
+
+  private applyBatch(batch: Batch): void {
+    for (const record of batch.records) {
+      if (!changesData(record.kind)) continue;
+      if (this.failure !== null && this.strandedRecords.length > 0) {
+        this.strandedRecords.push(record); // keep later records after a stranded one in order
+        continue;
+      }
+      try {
+        this.primary.apply(record);
+      } catch (error) {
+        this.strandRecord(record, error);
+      }
+    }
+    this.appliedSequence = batch.lastSequence;
+    this.appliedPosition = batch.endPosition;
+    this.appliedTimestampMicros = batch.records[batch.records.length - 1]!.timestampMicros;
+  }
+
+  /** The live image refused a durable record: keep serving it from memory, log the error, fail. */
+  private strandRecord(record: AppendedRecord, error: unknown): void {
+    const cause = storageErrorFromSystem(error, `applying record ${record.sequence} to the live image`);
+    this.strandedRecords.push(record);
+    this.fail(cause);
+    const detail = { operation: 'apply', sequence: record.sequence, code: cause.code, message: cause.message };
+    try {
+      if (this.log.failed === null && this.log.admit(recordHeaderBytes + 1024) === null) {
+        this.log.append(RecordKind.error, 0, record.offsetBytes, record.lengthBytes, Buffer.from(JSON.stringify(detail)));
+      }
+    } catch {
+      // The log cannot take the error entry either; the failure is already sticky.
+    }
+  }
+
+  private fail(error: StorageError): void {
+    if (this.failure !== null) return;
+    this.failure = new StorageError('EIO', `volume ${this.config.name} failed and refuses writes until restart: ${error.message}`, { cause: error });
+  }
+
+  private unappliedDataRecords(): AppendedRecord[] {
+    const records: AppendedRecord[] = [...this.strandedRecords];
+    for (const batch of this.log.unappliedBatches()) for (const record of batch.records) if (changesData(record.kind)) records.push(record);
+    return records;
+  }
+
+  // ---- cleaning dirty regions ----
+
+  private scheduleCleaning(): void {
+    this.cleaningTimer = setTimeout(() => {
+      this.cleaningTimer = null;
+      this.cleaning = this.cleanRegions().finally(() => {
+        this.cleaning = null;
+        if (this.closed === null) this.scheduleCleaning();
+      });
+    }, storageLimits.regionCleanIntervalMs);
+    this.cleaningTimer.unref();
+  }
+
+  /**
+   * Make the live image durable up to what has been applied, move the DRL checkpoint there and
+   * clean the regions idle since the previous cleaning.
+   */
+  private async cleanRegions(cleanEverything = false): Promise<void> {
+    if (this.failure !== null) return;
+    const checkpoint = { sequence: this.appliedSequence, position: this.appliedPosition, timestampMicros: this.appliedTimestampMicros };
+    const nothingNew = checkpoint.sequence === this.drl.checkpoint.sequence && this.drl.dirtyRegionCount === 0;
+    if (nothingNew) return;
+    try {
+      await this.primary.datasync();
+      const cleanThrough = cleanEverything ? checkpoint.sequence : this.previousCheckpointSequence;
+      await this.drl.cleanAndCheckpoint(checkpoint, cleanThrough);
+      this.previousCheckpointSequence = checkpoint.sequence;
+    } catch (error) {
+      this.fail(storageErrorFromSystem(error, 'cleaning dirty regions'));
+    }
+  }
+
+  // ---- lifecycle ----
+
+  /** Write out and apply everything, make it durable, leave every region clean, close. */
+  close(): Promise<void> {
+    this.closed ??= this.closeOnce();
+    return this.closed;
+  }
+
+  private async closeOnce(): Promise<void> {
+    if (this.cleaningTimer !== null) clearTimeout(this.cleaningTimer);
+    await this.cleaning;
+    await this.log.close();
+    await this.drl.settled().catch(() => undefined);
+    if (this.failure === null && this.strandedRecords.length === 0) await this.cleanRegions(true);
+    this.primary.close();
+    this.drl.close();
+  }
+
+  stats(): VolumeStatistics {
+    return {
+      ...this.statistics,
+      appendedSequence: this.log.appendedSequence,
+      durableSequence: this.log.durableSequence,
+      appliedSequence: this.appliedSequence,
+      unappliedBytes: this.log.unappliedBytes,
+      dirtyRegionCount: this.drl.dirtyRegionCount,
+      failed: this.failure?.message ?? null,
+    };
+  }
+
+  private assertInside(offsetBytes: number, lengthBytes: number): void {
+    assert(
+      Number.isSafeInteger(offsetBytes) && Number.isSafeInteger(lengthBytes) && offsetBytes >= 0 && lengthBytes >= 0 && offsetBytes + lengthBytes <= this.config.sizeBytes,
+      `range ${offsetBytes}+${lengthBytes} lies inside the volume (validated at the edge)`,
+    );
+  }
+}
+
+function assertGeometry(config: VolumeConfig): void {
+  const { regionSizeBytes, segmentSizeBytes } = config;
+  assert((regionSizeBytes & (regionSizeBytes - 1)) === 0, 'region size is a power of two');
+  assert(regionSizeBytes >= storageLimits.regionSizeBytesMin && regionSizeBytes <= storageLimits.regionSizeBytesMax, 'region size within limits');
+  assert(Math.ceil(config.sizeBytes / regionSizeBytes) <= storageLimits.regionCountMax, 'region count within limits');
+  assert(segmentSizeBytes >= storageLimits.segmentSizeBytesMin && segmentSizeBytes <= storageLimits.segmentSizeBytesMax, 'segment size within limits');
+}
+
+/**
+ * Block status must not report a hole where an acknowledged write has not reached the live image
+ * yet: ranges written by unapplied records are reported as data (status 0, always safe).
+ */
+export function overlayUnapplied(extents: AllocationStatus[], offsetBytes: number, records: readonly AppendedRecord[]): AllocationStatus[] {
+  if (records.length === 0) return extents;
+  const result: AllocationStatus[] = [];
+  let position = offsetBytes;
+  for (const extent of extents) {
+    const extentEnd = position + extent.lengthBytes;
+    if (!extent.hole) {
+      result.push(extent);
+      position = extentEnd;
+      continue;
+    }
+    // Split this hole at the edges of overlapping records.
+    let cursor = position;
+    const covered = records
+      .map((record) => [Math.max(record.offsetBytes, position), Math.min(record.offsetBytes + record.lengthBytes, extentEnd)] as const)
+      .filter(([start, end]) => start < end)
+      .sort((left, right) => left[0] - right[0]);
+    for (const [start, end] of covered) {
+      if (end <= cursor) continue;
+      if (start > cursor) result.push({ lengthBytes: start - cursor, hole: true, zero: true });
+      const from = Math.max(start, cursor);
+      result.push({ lengthBytes: end - from, hole: false, zero: false });
+      cursor = end;
+    }
+    if (cursor < extentEnd) result.push({ lengthBytes: extentEnd - cursor, hole: true, zero: true });
+    position = extentEnd;
+  }
+  return mergeAdjacent(result);
+}
+
+function mergeAdjacent(extents: AllocationStatus[]): AllocationStatus[] {
+  const merged: AllocationStatus[] = [];
+  for (const extent of extents) {
+    const last = merged[merged.length - 1];
+    if (last !== undefined && last.hole === extent.hole && last.zero === extent.zero) last.lengthBytes += extent.lengthBytes;
+    else merged.push({ ...extent });
+  }
+  return merged;
+}

@@ -1,0 +1,396 @@
+// The write-log buffer and the sequential log behind it (DESIGN.md "Write-log buffer").
+//
+// Records are appended to the filling batch in memory, in sequence order. A batch is written
+// out with one writev per segment it touches and then made durable with one fdatasync (group
+// commit) when it is big enough, a few milliseconds old, or when a FLUSH/FUA waits for it. One
+// batch is on its way to disk while the next one fills (double buffering). After a batch is
+// durable, the owner's onBatchDurable applies it to the live image; until then the batch
+// answers reads for what it wrote.
+//
+// A failed log write or sync is sticky: the writer refuses every later append and sync, so
+// nothing that may be missing from the log is ever acknowledged as durable.
+
+import { StorageError, assert, storageErrorFromSystem } from '../errors.js';
+import type { FileSystem } from '../io/file-system.js';
+import { storageLimits } from '../limits.js';
+import type { MicrosecondClock } from '../clock.js';
+import { Batch, type AppendedRecord } from './batch.js';
+import { RecordKind, encodeRecordHeader, recordHeaderBytes } from './record.js';
+import { createSegment, segmentHeaderBytes, type OpenSegment } from './segment.js';
+
+export interface LogWriterHooks {
+  /** A batch was sealed; the returned promise must settle before the batch may be applied. */
+  onBatchSealed(batch: Batch): Promise<void>;
+  /** A batch is durable in the log: apply it to the live image (synchronously). */
+  onBatchDurable(batch: Batch): void;
+  /** The writer failed for good (already recorded as its sticky failure). */
+  onFailure(error: StorageError): void;
+}
+
+export interface LogWriterOptions {
+  fileSystem: FileSystem;
+  logDirectory: string;
+  volumeId: Buffer;
+  segmentSizeBytes: number;
+  clock: MicrosecondClock;
+  /** The segment appends continue in, and where in it. */
+  currentSegment: OpenSegment;
+  appendOffsetBytes: number;
+  nextSequence: number;
+  hooks: LogWriterHooks;
+}
+
+interface SyncWaiter {
+  sequence: number;
+  resolve: () => void;
+  reject: (error: StorageError) => void;
+}
+
+/** The next segment, prepared in the background so switching to it costs nothing. */
+interface SpareSegment {
+  ready: Promise<void>;
+  segment: OpenSegment | null;
+  error: StorageError | null;
+  attemptedAtMs: number;
+}
+
+const spareRetryDelayMs = 1000;
+
+export class LogWriter {
+  private readonly options: LogWriterOptions;
+  private readonly hooks: LogWriterHooks;
+  private filling = new Batch();
+  private inFlight: Batch | null = null;
+  private currentSegment: OpenSegment;
+  private appendOffsetBytes: number;
+  private nextSequence: number;
+  private spare: SpareSegment | null = null;
+  /** Segments appends have moved past, closed once their last record is durable. */
+  private readonly retiring: Array<{ segment: OpenSegment; lastSequence: number }> = [];
+  private readonly syncWaiters: SyncWaiter[] = [];
+  private roomWaiters: Array<() => void> = [];
+  private drainWaiters: Array<() => void> = [];
+  private syncRequestedSequence = 0;
+  private durableSequenceValue: number;
+  private unappliedBytesValue = 0;
+  private batchTimer: NodeJS.Timeout | null = null;
+  private failure: StorageError | null = null;
+  private closing = false;
+
+  constructor(options: LogWriterOptions) {
+    assert(options.appendOffsetBytes >= segmentHeaderBytes, 'appends start after the segment header');
+    this.options = options;
+    this.hooks = options.hooks;
+    this.currentSegment = options.currentSegment;
+    this.appendOffsetBytes = options.appendOffsetBytes;
+    this.nextSequence = options.nextSequence;
+    this.durableSequenceValue = options.nextSequence - 1;
+    this.prepareSpare();
+  }
+
+  /** Sequence number of the last record appended (0 before the first). */
+  get appendedSequence(): number {
+    return this.nextSequence - 1;
+  }
+
+  /** Every record up to this sequence number is durable in the log. */
+  get durableSequence(): number {
+    return this.durableSequenceValue;
+  }
+
+  get unappliedBytes(): number {
+    return this.unappliedBytesValue;
+  }
+
+  get failed(): StorageError | null {
+    return this.failure;
+  }
+
+  /** Batches not yet applied to the live image, oldest first (for the read overlay). */
+  unappliedBatches(): Batch[] {
+    const batches: Batch[] = [];
+    if (this.inFlight !== null) batches.push(this.inFlight);
+    if (!this.filling.isEmpty) batches.push(this.filling);
+    return batches;
+  }
+
+  /**
+   * Can a record of recordBytes be appended now? Returns null if so; otherwise a promise to wait
+   * on before asking again. Throws when it never can (failed writer, no space for the log).
+   */
+  admit(recordBytes: number): Promise<void> | null {
+    this.throwIfUnusable();
+    const overBudget = this.unappliedBytesValue > 0 && this.unappliedBytesValue + recordBytes > storageLimits.unappliedBytesMax;
+    if (overBudget) return this.waitForRoom();
+    if (this.appendOffsetBytes + recordBytes <= this.currentSegment.sizeBytes) return null;
+    return this.spareReadiness();
+  }
+
+  /**
+   * Append one record to the filling batch. The caller has been admitted for its size. Returns
+   * the record with its sequence number and position; the data stays readable through the
+   * batch until it is applied.
+   */
+  append(kind: RecordKind, flags: number, offsetBytes: number, lengthBytes: number, payload: Buffer | null): AppendedRecord {
+    this.throwIfUnusable();
+    const payloadBytes = payload?.length ?? 0;
+    const recordBytes = recordHeaderBytes + payloadBytes;
+    if (this.appendOffsetBytes + recordBytes > this.currentSegment.sizeBytes) this.switchSegment();
+    const segment = this.currentSegment;
+    const recordOffsetBytes = this.appendOffsetBytes;
+    this.appendOffsetBytes += recordBytes;
+
+    const header = {
+      kind,
+      flags,
+      sequence: this.nextSequence++,
+      timestampMicros: this.options.clock.now(),
+      offsetBytes,
+      lengthBytes,
+      payloadBytes,
+    };
+    const batch = this.filling;
+    let data: Buffer | null = null;
+    if (payload === null || payloadBytes <= storageLimits.slabCopyPayloadBytesMax) {
+      const encoded = batch.allocate(recordBytes);
+      encodeRecordHeader(encoded, 0, header, payload);
+      if (payload !== null) payload.copy(encoded, recordHeaderBytes);
+      batch.place(segment, recordOffsetBytes, encoded);
+      data = payload === null ? null : encoded.subarray(recordHeaderBytes);
+    } else {
+      const encodedHeader = batch.allocate(recordHeaderBytes);
+      encodeRecordHeader(encodedHeader, 0, header, payload);
+      batch.place(segment, recordOffsetBytes, encodedHeader);
+      batch.place(segment, recordOffsetBytes + recordHeaderBytes, payload);
+      data = payload;
+    }
+    const record: AppendedRecord = {
+      sequence: header.sequence,
+      kind,
+      timestampMicros: header.timestampMicros,
+      offsetBytes,
+      lengthBytes,
+      data: kind === RecordKind.data ? data : null,
+      position: { segmentNumber: segment.segmentNumber, offsetBytes: recordOffsetBytes },
+      encodedBytes: recordBytes,
+    };
+    batch.addRecord(record);
+    this.unappliedBytesValue += recordBytes;
+    this.scheduleBatch();
+    return record;
+  }
+
+  /** Resolves once every record up to sequence is durable; rejects if the log failed. */
+  syncThrough(sequence: number): Promise<void> {
+    if (this.failure !== null) return Promise.reject(this.failure);
+    if (sequence <= this.durableSequenceValue) return Promise.resolve();
+    assert(sequence <= this.appendedSequence, 'cannot wait for a record not yet appended');
+    return new Promise((resolve, reject) => {
+      this.syncWaiters.push({ sequence, resolve, reject });
+      if (sequence > this.syncRequestedSequence) this.syncRequestedSequence = sequence;
+      this.startBatchIfDue();
+    });
+  }
+
+  /** Resolves once everything appended so far is durable. */
+  syncAll(): Promise<void> {
+    return this.syncThrough(this.appendedSequence);
+  }
+
+  /** Resolves when every record appended so far is durable and applied (or the writer failed). */
+  drained(): Promise<void> {
+    if (this.isDrained()) return Promise.resolve();
+    const waiting = new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+    if (this.failure === null && this.appendedSequence > this.syncRequestedSequence) {
+      this.syncRequestedSequence = this.appendedSequence;
+      this.startBatchIfDue();
+    }
+    return waiting;
+  }
+
+  /** Write out, sync and apply everything, then close the segments. Appends are refused afterwards. */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    await this.drained();
+    this.clearBatchTimer();
+    for (const waiter of this.roomWaiters) waiter();
+    this.roomWaiters = [];
+    await this.spare?.ready;
+    this.spare?.segment?.handle.close();
+    for (const { segment } of this.retiring) segment.handle.close();
+    this.currentSegment.handle.close();
+  }
+
+  private isDrained(): boolean {
+    return this.failure !== null || (this.inFlight === null && this.filling.isEmpty);
+  }
+
+  private wakeDrainWaitersIfDrained(): void {
+    if (!this.isDrained()) return;
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  private throwIfUnusable(): void {
+    if (this.failure !== null) throw this.failure;
+    if (this.closing) throw new StorageError('ESHUTDOWN', 'the write log is closing');
+  }
+
+  private waitForRoom(): Promise<void> {
+    return new Promise((resolve) => this.roomWaiters.push(resolve));
+  }
+
+  private wakeRoomWaiters(): void {
+    const waiters = this.roomWaiters;
+    this.roomWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  private scheduleBatch(): void {
+    if (this.inFlight !== null) return; // the batch in flight starts the next one when it lands
+    if (this.filling.accountedBytes >= storageLimits.batchTargetBytes) {
+      this.startBatchIfDue();
+    } else if (this.batchTimer === null) {
+      this.batchTimer = setTimeout(() => {
+        this.batchTimer = null;
+        this.startBatchIfDue();
+      }, storageLimits.batchDelayMs);
+    }
+  }
+
+  private clearBatchTimer(): void {
+    if (this.batchTimer !== null) {
+      clearTimeout(this.batchTimer);
+      this.batchTimer = null;
+    }
+  }
+
+  private isDue(batch: Batch): boolean {
+    return (
+      this.closing ||
+      this.syncRequestedSequence >= batch.firstSequence ||
+      batch.accountedBytes >= storageLimits.batchTargetBytes ||
+      performance.now() - batch.createdAtMs >= storageLimits.batchDelayMs
+    );
+  }
+
+  private startBatchIfDue(): void {
+    if (this.inFlight !== null || this.failure !== null) return;
+    const batch = this.filling;
+    if (batch.isEmpty) return;
+    if (!this.isDue(batch)) {
+      this.scheduleBatch();
+      return;
+    }
+    this.clearBatchTimer();
+    this.filling = new Batch();
+    this.inFlight = batch;
+    void this.writeBatch(batch);
+  }
+
+  /** One batch from memory to durable log to live image. */
+  private async writeBatch(batch: Batch): Promise<void> {
+    batch.seal();
+    const marking = this.hooks.onBatchSealed(batch);
+    try {
+      for (const run of batch.runs) await run.segment.handle.writev(run.buffers, run.startOffsetBytes);
+      for (const segment of distinctSegments(batch)) await segment.handle.datasync();
+    } catch (error) {
+      await marking.catch(() => undefined);
+      this.fail(storageErrorFromSystem(error, 'writing the write log'));
+      return;
+    }
+    this.durableSequenceValue = batch.lastSequence;
+    this.resolveSyncWaiters();
+    this.closeRetiredSegments();
+    try {
+      await marking;
+    } catch (error) {
+      this.fail(storageErrorFromSystem(error, 'marking dirty regions'));
+      return;
+    }
+    this.hooks.onBatchDurable(batch);
+    this.inFlight = null;
+    this.unappliedBytesValue -= batch.accountedBytes;
+    this.wakeRoomWaiters();
+    this.startBatchIfDue();
+    this.wakeDrainWaitersIfDrained();
+  }
+
+  private resolveSyncWaiters(): void {
+    let resolved = 0;
+    while (resolved < this.syncWaiters.length && this.syncWaiters[resolved]!.sequence <= this.durableSequenceValue) {
+      this.syncWaiters[resolved]!.resolve();
+      resolved++;
+    }
+    if (resolved > 0) this.syncWaiters.splice(0, resolved);
+  }
+
+  private fail(error: StorageError): void {
+    if (this.failure !== null) return;
+    this.failure = new StorageError('EIO', `the write log failed; the volume refuses writes until restart: ${error.message}`, {
+      cause: error,
+    });
+    this.clearBatchTimer();
+    for (const waiter of this.syncWaiters) waiter.reject(this.failure);
+    this.syncWaiters.length = 0;
+    this.wakeRoomWaiters();
+    this.wakeDrainWaitersIfDrained();
+    this.hooks.onFailure(this.failure);
+  }
+
+  private switchSegment(): void {
+    const spare = this.spare;
+    assert(spare !== null && spare.segment !== null, 'switching segments needs the spare to be ready (admit first)');
+    this.retiring.push({ segment: this.currentSegment, lastSequence: this.appendedSequence });
+    this.currentSegment = spare.segment;
+    this.appendOffsetBytes = segmentHeaderBytes;
+    this.spare = null;
+    this.prepareSpare();
+  }
+
+  private closeRetiredSegments(): void {
+    while (this.retiring.length > 0 && this.retiring[0]!.lastSequence <= this.durableSequenceValue) {
+      this.retiring.shift()!.segment.handle.close();
+    }
+  }
+
+  private prepareSpare(): void {
+    const { fileSystem, logDirectory, volumeId, segmentSizeBytes, clock } = this.options;
+    const spare: SpareSegment = { ready: Promise.resolve(), segment: null, error: null, attemptedAtMs: performance.now() };
+    spare.ready = createSegment(fileSystem, logDirectory, {
+      segmentNumber: this.currentSegment.segmentNumber + 1,
+      segmentSizeBytes,
+      volumeId,
+      createdMicros: clock.now(),
+    }).then(
+      (segment) => {
+        if (this.closing) segment.handle.close();
+        else spare.segment = segment;
+      },
+      (error: unknown) => {
+        spare.error = storageErrorFromSystem(error, 'preparing the next write-log segment');
+      },
+    );
+    this.spare = spare;
+  }
+
+  /** Null when the spare is ready; a promise while it is being prepared; throws if it cannot be. */
+  private spareReadiness(): Promise<void> | null {
+    const spare = this.spare;
+    assert(spare !== null, 'a spare segment is always prepared or being prepared');
+    if (spare.segment !== null) return null;
+    if (spare.error === null) return spare.ready;
+    if (performance.now() - spare.attemptedAtMs < spareRetryDelayMs) throw spare.error;
+    this.prepareSpare();
+    return this.spare!.ready;
+  }
+}
+
+function distinctSegments(batch: Batch): OpenSegment[] {
+  const segments: OpenSegment[] = [];
+  for (const run of batch.runs) if (!segments.includes(run.segment)) segments.push(run.segment);
+  return segments;
+}

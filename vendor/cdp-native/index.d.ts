@@ -1,0 +1,66 @@
+// Types of cdp-native. README.md is the specification: errors, limits, platforms.
+
+/**
+ * CRC-32C (Castagnoli, reflected polynomial 0x82F63B78) of `data`, continuing
+ * from `initial` (the CRC of the bytes before it; default 0). Unsigned 32-bit.
+ * `crc32c(b, crc32c(a))` equals `crc32c(concatenation of a and b)`.
+ * @throws TypeError (code ERR_INVALID_ARG_TYPE or ERR_OUT_OF_RANGE) on bad arguments.
+ */
+export declare function crc32c(data: Uint8Array, initial?: number): number;
+
+/** `crc32c` over `buffers` as if they were one concatenated buffer. */
+export declare function crc32cv(buffers: readonly Uint8Array[], initial?: number): number;
+
+/** Which CRC-32C code this process runs: the SSE4.2 instruction or slicing-by-8 tables. */
+export declare const crc32cImplementation: 'sse4.2' | 'table';
+
+/**
+ * fallocate(PUNCH_HOLE | KEEP_SIZE): the range reads as zeroes, its whole blocks
+ * are freed, the file size is unchanged.
+ * @throws SystemCallError (syscall 'fallocate'), TypeError on bad arguments.
+ */
+export declare function punchHole(fd: number, offsetBytes: number, lengthBytes: number): void;
+
+/**
+ * fallocate(ZERO_RANGE | KEEP_SIZE): the range reads as zeroes and stays allocated,
+ * the file size is unchanged.
+ * @throws SystemCallError (syscall 'fallocate'), TypeError on bad arguments.
+ */
+export declare function zeroRange(fd: number, offsetBytes: number, lengthBytes: number): void;
+
+/**
+ * fallocate(0): reserves blocks for the range; extends the file when the range
+ * ends past its end.
+ * @throws SystemCallError (syscall 'fallocate'), TypeError on bad arguments.
+ */
+export declare function allocate(fd: number, offsetBytes: number, lengthBytes: number): void;
+
+/**
+ * lseek(SEEK_DATA): the first offset at or after `offsetBytes` that holds data,
+ * or -1 when there is none (lseek's ENXIO). Moves the file position of `fd`.
+ * @throws SystemCallError (syscall 'lseek'), TypeError on bad arguments.
+ */
+export declare function seekData(fd: number, offsetBytes: number): number;
+
+/**
+ * lseek(SEEK_HOLE): the first offset at or after `offsetBytes` in a hole (the end
+ * of the file counts as one), or -1 when `offsetBytes` is at or past the end.
+ * Moves the file position of `fd`.
+ * @throws SystemCallError (syscall 'lseek'), TypeError on bad arguments.
+ */
+export declare function seekHole(fd: number, offsetBytes: number): number;
+
+/**
+ * fstat's st_blksize: the file system's preferred I/O size for the file, in bytes.
+ * @throws SystemCallError (syscall 'fstat'), TypeError on bad arguments.
+ */
+export declare function blockSize(fd: number): number;
+
+/** What the file functions throw when their system call fails; shaped like Node's fs errors. */
+export interface SystemCallError extends Error {
+  /** The errno name, for example 'EBADF', 'EOPNOTSUPP', 'ENOSPC', 'EINVAL'; 'UNKNOWN' for an unlisted errno. */
+  code: string;
+  /** The errno negated, as in Node's fs errors (EBADF gives -9). */
+  errno: number;
+  syscall: 'fallocate' | 'lseek' | 'fstat';
+}
