@@ -1,0 +1,283 @@
+// The client's parser of everything a server sends: the greeting, option
+// replies, the EXPORT_NAME reply, simple replies and structured reply chunks
+// (proto.md "Newstyle negotiation", "Fixed newstyle negotiation", "Simple
+// reply message", "Structured reply chunk message"). A simple reply does
+// not say whether data follows, so the client registers each READ it sends
+// with expectSimpleReadReply(); structured chunks carry their own length.
+// Used by our tools and tests; the server never needs it.
+import { ByteQueue } from './byte-queue.js';
+import { Magic, WireSize } from './constants.js';
+import { type FatalMessage, ProtocolError, type ProtocolErrorCode } from './errors.js';
+import { assertCookie, readUint64AsNumber } from './wire-integers.js';
+
+export interface GreetingMessage {
+  kind: 'greeting';
+  handshakeFlags: number;
+}
+
+export interface OptionReplyMessage {
+  kind: 'optionReply';
+  option: number;
+  replyType: number;
+  data: Buffer;
+}
+
+export interface ExportNameReplyMessage {
+  kind: 'exportNameReply';
+  /** Infinity when the u64 size exceeds Number.MAX_SAFE_INTEGER. */
+  sizeBytes: number;
+  transmissionFlags: number;
+}
+
+export interface SimpleReplyMessage {
+  kind: 'simpleReply';
+  cookie: bigint;
+  error: number;
+  /** Present for a successful reply to a READ registered with expectSimpleReadReply(). */
+  data?: Buffer;
+}
+
+export interface StructuredChunkMessage {
+  kind: 'structuredChunk';
+  flags: number;
+  type: number;
+  cookie: bigint;
+  payload: Buffer;
+}
+
+export type ServerMessage =
+  | GreetingMessage
+  | OptionReplyMessage
+  | ExportNameReplyMessage
+  | SimpleReplyMessage
+  | StructuredChunkMessage
+  | FatalMessage;
+
+export interface ClientParserOptions {
+  /** Largest option reply data accepted; more is fatal (default 65536). */
+  maxOptionReplyDataBytes?: number;
+  /** Largest structured chunk payload accepted; more is fatal (default 2^26). */
+  maxChunkPayloadBytes?: number;
+}
+
+type ClientParserState =
+  | 'greeting'
+  | 'optionReplyHeader'
+  | 'optionReplyData'
+  | 'exportNameReply'
+  | 'replyHeader'
+  | 'simpleReplyData'
+  | 'chunkPayload'
+  | 'fatal';
+
+const INIT_PASSWD_HIGH_WORD = Number(Magic.INIT_PASSWD >> 32n);
+const INIT_PASSWD_LOW_WORD = Number(Magic.INIT_PASSWD & 0xffffffffn);
+
+export class ClientParser {
+  private readonly queue = new ByteQueue();
+  private readonly maxOptionReplyDataBytes: number;
+  private readonly maxChunkPayloadBytes: number;
+  private readonly pendingReadLengths = new Map<bigint, number>();
+  private state: ClientParserState = 'greeting';
+  private exportNameReplyLengthBytes = 0;
+  // Header fields of the message whose data is still arriving.
+  private pendingOption = 0;
+  private pendingReplyType = 0;
+  private pendingFlags = 0;
+  private pendingCookie = 0n;
+  private pendingLengthBytes = 0;
+  private fatalMessage: FatalMessage | undefined;
+
+  constructor(options: ClientParserOptions = {}) {
+    this.maxOptionReplyDataBytes = limit(options.maxOptionReplyDataBytes ?? 65536, 'maxOptionReplyDataBytes');
+    this.maxChunkPayloadBytes = limit(options.maxChunkPayloadBytes ?? 2 ** 26, 'maxChunkPayloadBytes');
+  }
+
+  get bufferedBytes(): number {
+    return this.queue.lengthBytes;
+  }
+
+  push(chunk: Buffer): void {
+    if (this.state === 'fatal') return;
+    this.queue.push(chunk);
+  }
+
+  /** Call after sending EXPORT_NAME: the next server bytes are its reply, not option replies. */
+  expectExportNameReply(noZeroes: boolean): void {
+    this.requireOptionPhase('expectExportNameReply');
+    this.exportNameReplyLengthBytes = WireSize.EXPORT_NAME_REPLY + (noZeroes ? 0 : WireSize.EXPORT_NAME_REPLY_ZEROES);
+    this.state = 'exportNameReply';
+  }
+
+  /** Call after the final ACK to GO: the next server bytes are transmission replies. */
+  enterTransmission(): void {
+    if (this.state === 'replyHeader' || this.state === 'fatal') return;
+    this.requireOptionPhase('enterTransmission');
+    this.state = 'replyHeader';
+  }
+
+  /** Call when sending a READ without structured replies, so its data can be framed. */
+  expectSimpleReadReply(cookie: bigint, lengthBytes: number): void {
+    assertCookie(cookie);
+    if (this.pendingReadLengths.has(cookie)) throw new TypeError(`cookie ${cookie} already has a READ in flight`);
+    if (!Number.isInteger(lengthBytes) || lengthBytes < 0 || lengthBytes > 0xffffffff) {
+      throw new TypeError(`lengthBytes must be a u32, got ${lengthBytes}`);
+    }
+    this.pendingReadLengths.set(cookie, lengthBytes);
+  }
+
+  next(): ServerMessage | undefined {
+    switch (this.state) {
+      case 'greeting':
+        return this.parseGreeting();
+      case 'optionReplyHeader':
+        return this.parseOptionReplyHeader();
+      case 'optionReplyData':
+        return this.completeOptionReply();
+      case 'exportNameReply':
+        return this.parseExportNameReply();
+      case 'replyHeader':
+        return this.parseReplyHeader();
+      case 'simpleReplyData':
+        return this.completeSimpleReply();
+      case 'chunkPayload':
+        return this.completeChunk();
+      case 'fatal':
+        return this.fatalMessage;
+    }
+  }
+
+  private parseGreeting(): ServerMessage | undefined {
+    if (this.queue.lengthBytes < WireSize.GREETING) return undefined;
+    const greeting = this.queue.consume(WireSize.GREETING);
+    if (greeting.readUInt32BE(0) !== INIT_PASSWD_HIGH_WORD || greeting.readUInt32BE(4) !== INIT_PASSWD_LOW_WORD) {
+      return this.fail('BAD_GREETING_MAGIC', `greeting starts with 0x${greeting.toString('hex', 0, 8)}, not NBDMAGIC`);
+    }
+    const secondMagic = greeting.readBigUInt64BE(8);
+    if (secondMagic === Magic.CLISERV) {
+      return this.fail('OLDSTYLE_NEGOTIATION', 'server uses oldstyle negotiation');
+    }
+    if (secondMagic !== Magic.IHAVEOPT) {
+      return this.fail('BAD_GREETING_MAGIC', `greeting magic 0x${secondMagic.toString(16)} is not IHAVEOPT`);
+    }
+    this.state = 'optionReplyHeader';
+    return { kind: 'greeting', handshakeFlags: greeting.readUInt16BE(16) };
+  }
+
+  private parseOptionReplyHeader(): ServerMessage | undefined {
+    if (this.queue.lengthBytes < WireSize.OPTION_REPLY_HEADER) return undefined;
+    const header = this.queue.consume(WireSize.OPTION_REPLY_HEADER);
+    const magic = header.readBigUInt64BE(0);
+    if (magic !== Magic.OPTION_REPLY) {
+      return this.fail('BAD_OPTION_REPLY_MAGIC', `option reply magic 0x${magic.toString(16)} is wrong`);
+    }
+    const lengthBytes = header.readUInt32BE(16);
+    if (lengthBytes > this.maxOptionReplyDataBytes) {
+      return this.fail('OPTION_REPLY_TOO_BIG', `option reply of ${lengthBytes} bytes exceeds ${this.maxOptionReplyDataBytes}`);
+    }
+    this.pendingOption = header.readUInt32BE(8);
+    this.pendingReplyType = header.readUInt32BE(12);
+    this.pendingLengthBytes = lengthBytes;
+    this.state = 'optionReplyData';
+    return this.completeOptionReply();
+  }
+
+  private completeOptionReply(): ServerMessage | undefined {
+    if (this.queue.lengthBytes < this.pendingLengthBytes) return undefined;
+    this.state = 'optionReplyHeader';
+    return {
+      kind: 'optionReply',
+      option: this.pendingOption,
+      replyType: this.pendingReplyType,
+      data: this.queue.consume(this.pendingLengthBytes),
+    };
+  }
+
+  // The 124 reserved bytes are not checked: they carry nothing, and a
+  // server that fills them with garbage is still framed correctly.
+  private parseExportNameReply(): ServerMessage | undefined {
+    if (this.queue.lengthBytes < this.exportNameReplyLengthBytes) return undefined;
+    const reply = this.queue.consume(this.exportNameReplyLengthBytes);
+    this.state = 'replyHeader';
+    return { kind: 'exportNameReply', sizeBytes: readUint64AsNumber(reply, 0), transmissionFlags: reply.readUInt16BE(8) };
+  }
+
+  private parseReplyHeader(): ServerMessage | undefined {
+    if (this.queue.lengthBytes < 4) return undefined;
+    const magic = this.queue.peekUint32();
+    if (magic === Magic.SIMPLE_REPLY) return this.parseSimpleReplyHeader();
+    if (magic === Magic.STRUCTURED_REPLY) return this.parseChunkHeader();
+    if (magic === Magic.EXTENDED_REPLY) {
+      return this.fail('EXTENDED_HEADERS_UNSUPPORTED', 'extended reply header received; extended headers were not negotiated');
+    }
+    return this.fail('BAD_REPLY_MAGIC', `reply magic 0x${magic.toString(16)} is neither simple nor structured`);
+  }
+
+  private parseSimpleReplyHeader(): ServerMessage | undefined {
+    if (this.queue.lengthBytes < WireSize.SIMPLE_REPLY_HEADER) return undefined;
+    const header = this.queue.consume(WireSize.SIMPLE_REPLY_HEADER);
+    const error = header.readUInt32BE(4);
+    const cookie = header.readBigUInt64BE(8);
+    const readLengthBytes = this.pendingReadLengths.get(cookie);
+    if (readLengthBytes === undefined) return { kind: 'simpleReply', cookie, error };
+    this.pendingReadLengths.delete(cookie);
+    // The spec sends no data after a failed READ's simple reply.
+    if (error !== 0) return { kind: 'simpleReply', cookie, error };
+    this.pendingCookie = cookie;
+    this.pendingLengthBytes = readLengthBytes;
+    this.state = 'simpleReplyData';
+    return this.completeSimpleReply();
+  }
+
+  private completeSimpleReply(): ServerMessage | undefined {
+    if (this.queue.lengthBytes < this.pendingLengthBytes) return undefined;
+    this.state = 'replyHeader';
+    return { kind: 'simpleReply', cookie: this.pendingCookie, error: 0, data: this.queue.consume(this.pendingLengthBytes) };
+  }
+
+  private parseChunkHeader(): ServerMessage | undefined {
+    if (this.queue.lengthBytes < WireSize.STRUCTURED_REPLY_HEADER) return undefined;
+    const header = this.queue.consume(WireSize.STRUCTURED_REPLY_HEADER);
+    const lengthBytes = header.readUInt32BE(16);
+    if (lengthBytes > this.maxChunkPayloadBytes) {
+      return this.fail('CHUNK_TOO_BIG', `chunk payload of ${lengthBytes} bytes exceeds ${this.maxChunkPayloadBytes}`);
+    }
+    this.pendingFlags = header.readUInt16BE(4);
+    this.pendingReplyType = header.readUInt16BE(6);
+    this.pendingCookie = header.readBigUInt64BE(8);
+    this.pendingLengthBytes = lengthBytes;
+    this.state = 'chunkPayload';
+    return this.completeChunk();
+  }
+
+  private completeChunk(): ServerMessage | undefined {
+    if (this.queue.lengthBytes < this.pendingLengthBytes) return undefined;
+    this.state = 'replyHeader';
+    return {
+      kind: 'structuredChunk',
+      flags: this.pendingFlags,
+      type: this.pendingReplyType,
+      cookie: this.pendingCookie,
+      payload: this.queue.consume(this.pendingLengthBytes),
+    };
+  }
+
+  private requireOptionPhase(method: string): void {
+    if (this.state !== 'optionReplyHeader') {
+      throw new TypeError(`${method}() called in parser state '${this.state}'`);
+    }
+  }
+
+  private fail(code: ProtocolErrorCode, message: string): FatalMessage {
+    this.fatalMessage = { kind: 'fatal', error: new ProtocolError(code, message) };
+    this.state = 'fatal';
+    this.queue.clear();
+    this.pendingReadLengths.clear();
+    return this.fatalMessage;
+  }
+}
+
+function limit(value: number, what: string): number {
+  if (!Number.isSafeInteger(value) || value < 0) throw new TypeError(`${what} must be a non-negative safe integer`);
+  return value;
+}
