@@ -67,10 +67,14 @@ export async function serve(options: ServeOptions): Promise<void> {
 
   const app = await buildApp({ context: { store, nbd, startedAtMs: Date.now(), version: options.version }, logger: log });
   const http = parseListenAddress(options.httpListen);
-  if (http !== null && http.kind === 'tcp') await app.listen({ host: http.host, port: http.port });
-  if (http !== null && http.kind === 'unix') await app.listen({ path: http.path });
+  let httpAddress: string | null = null;
+  if (http !== null) {
+    await app.listen(http.kind === 'tcp' ? { host: http.host, port: http.port } : { path: http.path });
+    const bound = app.server.address();
+    httpAddress = bound === null || typeof bound === 'string' ? bound : `${bound.address}:${bound.port}`;
+  }
 
-  log.info({ nbd: addresses.map(describeAddress), http: options.httpListen, exports: exports.list().map((entry) => entry.name) }, 'cdp-nbd is serving');
+  log.info({ nbd: addresses.map(describeAddress), http: httpAddress, exports: exports.list().map((entry) => entry.name) }, 'cdp-nbd is serving');
 
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {

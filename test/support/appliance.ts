@@ -1,0 +1,112 @@
+// Start the real appliance (`node dist/tools/cli.js serve`) as a child process on loopback and a
+// unix socket in a temporary data folder; stop it with a signal, or kill -9 it.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const repositoryRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const cliPath = path.join(repositoryRoot, 'dist/tools/cli.js');
+
+interface Teardown {
+  teardown(callback: () => void | Promise<void>): void;
+}
+
+export interface ApplianceOptions {
+  dataDirectory: string;
+  volumeSize?: string;
+  extraArguments?: string[];
+}
+
+export interface Appliance {
+  readonly dataDirectory: string;
+  readonly nbdPort: number;
+  readonly nbdSocket: string;
+  readonly httpBase: string;
+  readonly child: ChildProcess;
+  /** Everything the server printed to stderr so far. */
+  readonly output: string[];
+  /** nbd://127.0.0.1:PORT/EXPORT */
+  uri(exportName?: string): string;
+  /** nbd+unix:///EXPORT?socket=PATH */
+  unixUri(exportName?: string): string;
+  /** SIGTERM (orderly) and wait for exit; resolves with the exit code. */
+  stop(): Promise<number | null>;
+  /** SIGKILL and wait for exit. */
+  kill(): Promise<void>;
+}
+
+export async function startAppliance(t: Teardown, options: ApplianceOptions): Promise<Appliance> {
+  const nbdSocket = path.join(options.dataDirectory, 'nbd.sock');
+  const child = spawn(
+    process.execPath,
+    [
+      cliPath,
+      'serve',
+      '--data',
+      options.dataDirectory,
+      '--nbd-listen',
+      '127.0.0.1:0',
+      '--nbd-socket',
+      nbdSocket,
+      '--http-listen',
+      '127.0.0.1:0',
+      '--volume-size',
+      options.volumeSize ?? '64M',
+      ...(options.extraArguments ?? []),
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  const output: string[] = [];
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  let alive = true;
+  void exited.then(() => (alive = false));
+  t.teardown(async () => {
+    if (alive) {
+      child.kill('SIGKILL');
+      await exited;
+    }
+  });
+
+  const ready = await new Promise<{ nbd: string[]; http: string }>((resolve, reject) => {
+    let pending = '';
+    child.stderr!.on('data', (chunk: Buffer) => {
+      pending += chunk.toString('utf8');
+      const lines = pending.split('\n');
+      pending = lines.pop()!;
+      for (const line of lines) {
+        output.push(line);
+        try {
+          const entry = JSON.parse(line) as { msg?: string; nbd?: string[]; http?: string };
+          if (entry.msg === 'cdp-nbd is serving') resolve({ nbd: entry.nbd!, http: entry.http! });
+        } catch {
+          // not a log line
+        }
+      }
+    });
+    void exited.then((code) => reject(new Error(`appliance exited (${code}) before serving:\n${output.join('\n')}`)));
+  });
+  const tcp = ready.nbd.find((address) => !address.startsWith('unix:'))!;
+  const nbdPort = Number(tcp.slice(tcp.lastIndexOf(':') + 1));
+
+  return {
+    dataDirectory: options.dataDirectory,
+    nbdPort,
+    nbdSocket,
+    httpBase: `http://${ready.http}`,
+    child,
+    output,
+    uri: (exportName = 'vol0') => `nbd://127.0.0.1:${nbdPort}/${exportName}`,
+    unixUri: (exportName = 'vol0') => `nbd+unix:///${exportName}?socket=${nbdSocket}`,
+    async stop() {
+      if (!alive) return exited;
+      child.kill('SIGTERM');
+      return exited;
+    },
+    async kill() {
+      if (!alive) return;
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
