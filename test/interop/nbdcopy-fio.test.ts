@@ -38,6 +38,7 @@ t.test('fio random writes with crc32c verification, then a mixed workload', asyn
     '--verify=crc32c',
     '--do_verify=1',
     '--verify_fatal=1',
+    '--verify_state_save=0',
   ]);
   t.equal(verified.code, 0, verified.stderr);
   const verifyJob = (parseFioJson(verified.stdout) as { jobs: Array<{ error: number; write: { io_bytes: number }; read: { io_bytes: number } }> }).jobs[0]!;
@@ -57,6 +58,7 @@ t.test('fio random writes with crc32c verification, then a mixed workload', asyn
     '--verify=crc32c',
     '--do_verify=1',
     '--verify_fatal=1',
+    '--verify_state_save=0',
   ]);
   t.equal(mixed.code, 0, mixed.stderr);
   t.equal((parseFioJson(mixed.stdout) as { jobs: Array<{ error: number }> }).jobs[0]!.error, 0);

@@ -8,7 +8,7 @@ import { temporaryDirectory } from '../support/temporary-directory.js';
 
 const volumeSizeBytes = 64 * MiB;
 
-async function newVolume(t: Tap.Test): Promise<{ directory: string; volume: Volume }> {
+async function newVolume(t: { teardown(callback: () => void): void }): Promise<{ directory: string; volume: Volume }> {
   const directory = `${temporaryDirectory(t)}/vol`;
   await Volume.create(directory, { name: 'vol', sizeBytes: volumeSizeBytes, segmentSizeBytes: 64 * MiB });
   const volume = await Volume.open(directory);
