@@ -17,7 +17,7 @@ export const drlMagic = Buffer.from('CDPDRL\n\0', 'latin1');
 export const drlFormatVersion = 1;
 /** Two header slots of 512 bytes (written alternately) in the first 4 KiB block. */
 const slotBytes = 512;
-const slotChecksummedBytes = 72;
+const slotChecksummedBytes = 92;
 const bitmapStartBytes = 4096;
 const pageBytes = 4096;
 
@@ -30,8 +30,17 @@ export interface DrlCheckpoint {
   timestampMicros: number;
 }
 
+/** Header flag bits. On disk: never reuse a bit. */
+export const DrlFlag = {
+  /** Dirty regions must be logged from the live image (a machine restart was detected). */
+  resyncPending: 0x1,
+} as const;
+
 interface DrlHeader {
   generation: number;
+  /** The boot of the machine that last wrote the header (16 bytes; zeroes if unknown). */
+  bootId: Buffer;
+  flags: number;
   regionSizeBytes: number;
   regionCount: number;
   volumeSizeBytes: number;
@@ -50,6 +59,8 @@ function encodeSlot(header: DrlHeader): Buffer {
   slot.writeBigUInt64BE(BigInt(header.checkpoint.position.offsetBytes), 48);
   slot.writeBigUInt64BE(BigInt(header.volumeSizeBytes), 56);
   slot.writeBigUInt64BE(BigInt(header.checkpoint.timestampMicros), 64);
+  header.bootId.copy(slot, 72, 0, 16);
+  slot.writeUInt32BE(header.flags, 88);
   slot.writeUInt32BE(crc32c(slot.subarray(0, slotChecksummedBytes)), slotChecksummedBytes);
   return slot;
 }
@@ -68,6 +79,8 @@ function decodeSlot(slot: Buffer): DrlHeader | null {
       timestampMicros: Number(slot.readBigUInt64BE(64)),
     },
     volumeSizeBytes: Number(slot.readBigUInt64BE(56)),
+    bootId: Buffer.from(slot.subarray(72, 88)),
+    flags: slot.readUInt32BE(88),
   };
 }
 
@@ -117,7 +130,15 @@ export class DirtyRegionLog {
     const regionCount = Math.ceil(geometry.volumeSizeBytes / geometry.regionSizeBytes);
     const handle = fileSystem.open(path, { create: true, exclusive: true });
     try {
-      const header: DrlHeader = { generation: 1, regionSizeBytes: geometry.regionSizeBytes, regionCount, volumeSizeBytes: geometry.volumeSizeBytes, checkpoint: geometry.checkpoint };
+      const header: DrlHeader = {
+        generation: 1,
+        regionSizeBytes: geometry.regionSizeBytes,
+        regionCount,
+        volumeSizeBytes: geometry.volumeSizeBytes,
+        checkpoint: geometry.checkpoint,
+        bootId: Buffer.alloc(16),
+        flags: 0,
+      };
       const block = Buffer.alloc(bitmapStartBytes + bitmapBytesFor(regionCount));
       encodeSlot(header).copy(block, 0);
       handle.writeSync(block, 0);
@@ -150,6 +171,15 @@ export class DirtyRegionLog {
 
   get volumeSizeBytes(): number {
     return this.header.volumeSizeBytes;
+  }
+
+  /** The machine boot that last wrote the header (zeroes: unknown). */
+  get bootId(): Buffer {
+    return this.header.bootId;
+  }
+
+  get resyncPending(): boolean {
+    return (this.header.flags & DrlFlag.resyncPending) !== 0;
   }
 
   get dirtyRegionCount(): number {
@@ -207,6 +237,31 @@ export class DirtyRegionLog {
       }
     }
     this.header = { ...this.header, checkpoint };
+    return this.scheduleWrite(true);
+  }
+
+  /**
+   * After recovery: checkpoint at the end of the log, stamped with this boot. Either every region
+   * is cleaned, or (keepDirtyForResync) the dirty ones stay dirty with the resync flag set until
+   * their contents are logged (finishResync).
+   */
+  checkpointAfterRecovery(checkpoint: DrlCheckpoint, bootId: Buffer, keepDirtyForResync: boolean): Promise<void> {
+    this.header = {
+      ...this.header,
+      bootId: Buffer.from(bootId),
+      flags: keepDirtyForResync ? this.header.flags | DrlFlag.resyncPending : this.header.flags & ~DrlFlag.resyncPending,
+    };
+    if (keepDirtyForResync) {
+      assert(checkpoint.sequence >= this.header.checkpoint.sequence, 'the checkpoint never moves back');
+      this.header = { ...this.header, checkpoint };
+      return this.scheduleWrite(true);
+    }
+    return this.cleanAndCheckpoint(checkpoint, checkpoint.sequence);
+  }
+
+  /** The dirty regions' contents are in the log now: drop the resync flag. */
+  finishResync(): Promise<void> {
+    this.header = { ...this.header, flags: this.header.flags & ~DrlFlag.resyncPending };
     return this.scheduleWrite(true);
   }
 

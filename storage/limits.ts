@@ -23,7 +23,7 @@ export const storageLimits = {
   /** Dirty region size: a power of two in this range. */
   regionSizeBytesMin: 64 * KiB,
   regionSizeBytesMax: 1 * GiB,
-  regionSizeBytesDefault: 1 * MiB,
+  regionSizeBytesDefault: 64 * MiB,
   /** Most regions per volume: larger volumes get larger regions, so the DRL stays small. */
   regionCountMax: 1 << 20,
 

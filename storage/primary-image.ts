@@ -38,18 +38,37 @@ export class PrimaryImage {
     return new PrimaryImage(fileSystem.open(path, { readOnly }), sizeBytes);
   }
 
+  /** Small reads on the event loop (a page-cache copy is cheaper than a thread hop). */
   read(offsetBytes: number, target: Buffer): void {
     const readBytes = this.handle.readSync(target, offsetBytes);
     if (readBytes < target.length) target.fill(0, readBytes);
   }
 
-  /** Apply one data-changing record (in log order). */
-  apply(record: AppendedRecord): void {
-    if (record.kind === RecordKind.data) {
-      this.handle.writeSync(record.data!, record.offsetBytes);
-    } else if (record.kind === RecordKind.zeroes || record.kind === RecordKind.trim) {
-      this.handle.zeroRange(record.offsetBytes, record.lengthBytes);
+  /** Large reads on a worker thread, so several proceed at once on other cores. */
+  async readAsync(offsetBytes: number, target: Buffer): Promise<void> {
+    const readBytes = await this.handle.read(target, offsetBytes);
+    if (readBytes < target.length) target.fill(0, readBytes);
+  }
+
+  /**
+   * Apply records in log order. Runs of data records go to a worker thread as one batch of
+   * positioned writes; zeroing (a metadata change) happens in between, in its place.
+   */
+  async apply(records: readonly AppendedRecord[]): Promise<void> {
+    let buffers: Buffer[] = [];
+    let positions: number[] = [];
+    for (const record of records) {
+      if (record.kind === RecordKind.data) {
+        buffers.push(record.data!);
+        positions.push(record.offsetBytes);
+      } else if (record.kind === RecordKind.zeroes || record.kind === RecordKind.trim) {
+        if (buffers.length > 0) await this.handle.writeBatch(buffers, positions);
+        buffers = [];
+        positions = [];
+        this.handle.zeroRange(record.offsetBytes, record.lengthBytes);
+      }
     }
+    if (buffers.length > 0) await this.handle.writeBatch(buffers, positions);
   }
 
   writeData(offsetBytes: number, data: Buffer): void {

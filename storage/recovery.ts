@@ -1,8 +1,8 @@
 // Recovery when a volume is opened. The log is the source of truth; the live image and the DRL
 // are brought back in line with it:
 //
-//   1. Read the DRL: its checkpoint says the live image is durable through record S, and which
-//      regions may hold writes after S.
+//   1. Read the DRL: its checkpoint says the live image and the log are durable through record
+//      S, and which regions may have been written since.
 //   2. Scan the log from the checkpoint position, checking every record, to its end or to the
 //      first record that fails a check (a tear: a write that was cut short by the crash).
 //   3. Replay every data-changing record after S onto the live image, in log order. These lie
@@ -11,9 +11,15 @@
 //   4. Zero what follows the last good record in its segment and remove later segments: nothing
 //      there was ever acknowledged as durable, and stale bytes must never be mistaken for records
 //      once appending resumes.
-//   5. Make the live image durable, move the checkpoint to the end of the log, clean every region.
+//   5. If the machine restarted since the DRL was last written (its boot id differs), unsynced
+//      pages of the live image may have reached disk while the log records behind them did not:
+//      the dirty regions stay dirty and are flagged for resync, and the volume logs their
+//      contents before serving (Volume.open). After a process crash the page cache kept both
+//      files whole, and this step is not needed.
+//   6. Make the live image durable and move the checkpoint to the end of the log.
 //
-// Running it again after a crash during recovery is safe: replay writes the same bytes.
+// Running it again after a crash during recovery is safe: replay writes the same bytes, and the
+// resync flag stays set until the resync is done.
 
 import type { DirtyRegionLog } from './dirty-region-log.js';
 import type { FileSystem } from './io/file-system.js';
@@ -36,6 +42,10 @@ export interface RecoveryReport {
   tear: LogTear | null;
   /** Segments after the end of the log that were removed. */
   removedSegmentCount: number;
+  /** The machine restarted since the volume was last open (or a resync was left unfinished). */
+  machineRestarted: boolean;
+  /** Regions whose contents must be logged before the volume serves (step 5). */
+  resyncRegions: number[];
   end: LogPosition;
   nextSequence: number;
   lastTimestampMicros: number;
@@ -86,11 +96,19 @@ export async function recoverVolume(parts: {
   for (const segmentNumber of later) fileSystem.remove(`${paths.log}/${segmentFileName(segmentNumber)}`);
   if (later.length > 0) await fileSystem.syncDirectory(paths.log);
 
-  // Step 5.
+  // Steps 5 and 6.
+  const currentBootId = fileSystem.bootId?.() ?? Buffer.alloc(16);
+  const bootKnown = !currentBootId.equals(Buffer.alloc(16));
+  const machineRestarted = drl.resyncPending || !bootKnown || !drl.bootId.equals(currentBootId);
+  const resyncRegions = machineRestarted ? drl.dirtyRegions() : [];
   await primary.datasync();
   const lastSequence = scan.nextSequence - 1;
   const lastTimestampMicros = scan.recordCount > 0 ? scan.lastTimestampMicros : checkpoint.timestampMicros;
-  await drl.cleanAndCheckpoint({ sequence: lastSequence, position: scan.end, timestampMicros: lastTimestampMicros }, lastSequence);
+  await drl.checkpointAfterRecovery(
+    { sequence: lastSequence, position: scan.end, timestampMicros: lastTimestampMicros },
+    currentBootId,
+    resyncRegions.length > 0,
+  );
 
   return {
     dirtyRegionCount,
@@ -99,6 +117,8 @@ export async function recoverVolume(parts: {
     outsideDirtyRegionCount,
     tear: scan.tear,
     removedSegmentCount: later.length,
+    machineRestarted,
+    resyncRegions,
     end: scan.end,
     nextSequence: scan.nextSequence,
     lastTimestampMicros,

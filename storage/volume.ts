@@ -6,12 +6,14 @@
 //   2. append the record (sequence number, time, CRC32C) to the write-log buffer; from this
 //      moment reads see it, through the buffer;
 //   3. FUA: wait until the record is durable in the log (group commit), then reply.
-// The back half, per batch of records (in the log writer, `onBatchSealed` / `onBatchDurable`):
-//   4. the batch is written to the log and fdatasync'd, while the dirty region log marks the
-//      regions it touches (in parallel);
-//   5. once both are durable, the records are applied to the live image in log order.
-// So the live image only ever holds what the log holds: after any crash, replaying the log
-// after the DRL checkpoint makes them equal again (recovery.ts).
+// The back half, per batch of records (in the log writer, `markRegions` / `applyBatch`):
+//   4. the batch is written to the log, while the dirty region log durably marks the regions
+//      it touches (in parallel);
+//   5. then the records are applied to the live image, in log order.
+// So the live image never holds a write the log has not been given first. A process crash
+// (kill -9) keeps both in the page cache: replaying the log after the DRL checkpoint makes them
+// equal. A machine crash may lose unsynced pages of either, but only in dirty regions: recovery
+// then also logs what those regions hold (recovery.ts).
 
 import { MicrosecondClock } from './clock.js';
 import { DirtyRegionLog, defaultRegionSizeBytes } from './dirty-region-log.js';
@@ -60,6 +62,8 @@ export interface VolumeStatistics {
 }
 
 const zeroBlock = Buffer.alloc(64 * 1024);
+/** Reads this large go to a worker thread; smaller ones are served on the event loop. */
+const asyncReadBytesMin = 128 * 1024;
 
 /** True when every byte is zero (checked before logging, so zero blocks cost no log space). */
 export function isAllZero(data: Buffer): boolean {
@@ -133,7 +137,7 @@ export class Volume implements BlockDevice {
       nextSequence: checkpoint.sequence + 1,
       hooks: {
         onBatchSealed: (batch) => this.markRegions(batch),
-        onBatchDurable: (batch) => this.applyBatch(batch),
+        onBatchWritten: (batch) => this.applyBatch(batch),
         onFailure: (error) => this.fail(error),
       },
     });
@@ -186,7 +190,9 @@ export class Volume implements BlockDevice {
       }
       const recovery = await recoverVolume({ fileSystem, paths, primary, drl });
       const clock = new MicrosecondClock(Math.max(recovery.lastTimestampMicros, drl.checkpoint.timestampMicros));
-      return new Volume({ config, paths, primary, drl, recovery, clock, fileSystem });
+      const volume = new Volume({ config, paths, primary, drl, recovery, clock, fileSystem });
+      await volume.recordRecovery();
+      return volume;
     } catch (error) {
       primary.close();
       drl.close();
@@ -206,14 +212,19 @@ export class Volume implements BlockDevice {
 
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.assertInside(offsetBytes, lengthBytes);
+    // What is not yet in the live image, as of now: a batch applied while the read below is in
+    // progress must still be laid over what the read returns.
+    const stranded = this.strandedRecords.length > 0 ? [...this.strandedRecords] : [];
+    const batches = this.log.unappliedBatches();
     const target = Buffer.allocUnsafe(lengthBytes);
     try {
-      this.primary.read(offsetBytes, target);
+      if (lengthBytes >= asyncReadBytesMin) await this.primary.readAsync(offsetBytes, target);
+      else this.primary.read(offsetBytes, target);
     } catch (error) {
       throw storageErrorFromSystem(error, `reading ${lengthBytes} bytes at ${offsetBytes} from the live image`);
     }
-    for (const record of this.strandedRecords) applyRecordToRange(record, offsetBytes, target);
-    for (const batch of this.log.unappliedBatches()) batch.patchRead(offsetBytes, target);
+    for (const record of stranded) applyRecordToRange(record, offsetBytes, target);
+    for (const batch of batches) batch.patchRead(offsetBytes, target);
     this.statistics.readCount++;
     this.statistics.readBytes += lengthBytes;
     return target;
@@ -288,17 +299,15 @@ export class Volume implements BlockDevice {
     return this.drl.markBeforeApply(batch.records.filter((record) => changesData(record.kind) && record.lengthBytes > 0));
   }
 
-  private applyBatch(batch: Batch): void {
-    for (const record of batch.records) {
-      if (!changesData(record.kind)) continue;
-      if (this.failure !== null && this.strandedRecords.length > 0) {
-        this.strandedRecords.push(record); // keep later records after a stranded one in order
-        continue;
-      }
+  private async applyBatch(batch: Batch): Promise<void> {
+    const records = batch.records.filter((record) => changesData(record.kind));
+    if (this.strandedRecords.length > 0) {
+      this.strandedRecords.push(...records); // keep later records after stranded ones, in order
+    } else {
       try {
-        this.primary.apply(record);
+        await this.primary.apply(records);
       } catch (error) {
-        this.strandRecord(record, error);
+        this.strandRecords(records, error);
       }
     }
     this.appliedSequence = batch.lastSequence;
@@ -306,15 +315,20 @@ export class Volume implements BlockDevice {
     this.appliedTimestampMicros = batch.records[batch.records.length - 1]!.timestampMicros;
   }
 
-  /** The live image refused a durable record: keep serving it from memory, log the error, fail. */
-  private strandRecord(record: AppendedRecord, error: unknown): void {
-    const cause = storageErrorFromSystem(error, `applying record ${record.sequence} to the live image`);
-    this.strandedRecords.push(record);
+  /**
+   * The live image refused records the log holds: keep serving them from memory (reads stay
+   * right), record an error entry in the log, and fail the volume for writes until restart,
+   * when recovery replays them.
+   */
+  private strandRecords(records: readonly AppendedRecord[], error: unknown): void {
+    const first = records[0]!;
+    const cause = storageErrorFromSystem(error, `applying records ${first.sequence}-${records[records.length - 1]!.sequence} to the live image`);
+    this.strandedRecords.push(...records);
     this.fail(cause);
-    const detail = { operation: 'apply', sequence: record.sequence, code: cause.code, message: cause.message };
+    const detail = { operation: 'apply', fromSequence: first.sequence, records: records.length, code: cause.code, message: cause.message };
     try {
       if (this.log.failed === null && this.log.admit(recordHeaderBytes + 1024) === null) {
-        this.log.append(RecordKind.error, 0, record.offsetBytes, record.lengthBytes, Buffer.from(JSON.stringify(detail)));
+        this.log.append(RecordKind.error, 0, first.offsetBytes, first.lengthBytes, Buffer.from(JSON.stringify(detail)));
       }
     } catch {
       // The log cannot take the error entry either; the failure is already sticky.
@@ -332,6 +346,45 @@ export class Volume implements BlockDevice {
     return records;
   }
 
+  // ---- after recovery ----
+
+  /**
+   * Recovery step 5 (recovery.ts): after a machine restart, log what the dirty regions of the
+   * live image hold, so the log again describes the image exactly. Then note in the log what
+   * recovery found, for the people reading it later.
+   */
+  private async recordRecovery(): Promise<void> {
+    const { recovery } = this;
+    let resyncedBytes = 0;
+    const regionSizeBytes = this.config.regionSizeBytes;
+    const chunkBytes = Math.min(regionSizeBytes, 1024 * 1024);
+    for (const region of recovery.resyncRegions) {
+      const regionEnd = Math.min((region + 1) * regionSizeBytes, this.sizeBytes);
+      for (let offsetBytes = region * regionSizeBytes; offsetBytes < regionEnd; offsetBytes += chunkBytes) {
+        const lengthBytes = Math.min(chunkBytes, regionEnd - offsetBytes);
+        await this.write(offsetBytes, await this.read(offsetBytes, lengthBytes), { fua: false });
+        resyncedBytes += lengthBytes;
+      }
+    }
+    const eventful = recovery.tear !== null || recovery.resyncRegions.length > 0 || recovery.replayedRecordCount > 0;
+    if (eventful) {
+      const event = {
+        event: 'recovered',
+        replayedRecords: recovery.replayedRecordCount,
+        dirtyRegions: recovery.dirtyRegionCount,
+        machineRestarted: recovery.machineRestarted,
+        resyncedRegions: recovery.resyncRegions.length,
+        resyncedBytes,
+        tear: recovery.tear === null ? null : { ...recovery.tear.position, reason: recovery.tear.reason },
+      };
+      await this.appendEvent(RecordKind.mark, Buffer.from(JSON.stringify(event)));
+    }
+    if (recovery.resyncRegions.length > 0) {
+      await this.log.syncAll();
+      await this.drl.finishResync();
+    }
+  }
+
   // ---- cleaning dirty regions ----
 
   private scheduleCleaning(): void {
@@ -346,8 +399,8 @@ export class Volume implements BlockDevice {
   }
 
   /**
-   * Make the live image durable up to what has been applied, move the DRL checkpoint there and
-   * clean the regions idle since the previous cleaning.
+   * Make the log and the live image durable up to what has been applied, move the DRL checkpoint
+   * there and clean the regions idle since the previous cleaning.
    */
   private async cleanRegions(cleanEverything = false): Promise<void> {
     if (this.failure !== null) return;
@@ -355,6 +408,8 @@ export class Volume implements BlockDevice {
     const nothingNew = checkpoint.sequence === this.drl.checkpoint.sequence && this.drl.dirtyRegionCount === 0;
     if (nothingNew) return;
     try {
+      // Both must hold these records durably before a region may be called clean.
+      await this.log.syncThrough(checkpoint.sequence);
       await this.primary.datasync();
       const cleanThrough = cleanEverything ? checkpoint.sequence : this.previousCheckpointSequence;
       await this.drl.cleanAndCheckpoint(checkpoint, cleanThrough);

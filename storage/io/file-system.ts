@@ -8,8 +8,12 @@ export interface FileHandle {
   readSync(target: Buffer, positionBytes: number): number;
   /** Write all of source at positionBytes (into the page cache; durable after datasync). */
   writeSync(source: Buffer, positionBytes: number): void;
+  /** Read into target at positionBytes off the event loop; resolves with bytes read. */
+  read(target: Buffer, positionBytes: number): Promise<number>;
   /** Write the buffers back to back from positionBytes, off the event loop. */
   writev(sources: readonly Buffer[], positionBytes: number): Promise<void>;
+  /** Write sources[i] at positionsBytes[i] for every i, in order, off the event loop. */
+  writeBatch(sources: readonly Buffer[], positionsBytes: readonly number[]): Promise<void>;
   /** Make every completed write of this file durable (fdatasync). */
   datasync(): Promise<void>;
   /** Make the range read as zeroes, keeping its space allocated. */
@@ -47,6 +51,12 @@ export interface FileSystem {
   syncDirectory(path: string): Promise<void>;
   /** Bytes free for unprivileged use on the file system holding path. */
   freeBytes(path: string): number;
+  /**
+   * An identifier of the current machine boot (16 bytes). A process crash keeps the page cache,
+   * a machine restart does not; recovery tells them apart by this. Absent or all zeroes: unknown,
+   * treated as a restart.
+   */
+  bootId?(): Buffer;
 }
 
 /** Write a small file so that a crash leaves either the old or the new content, never a mix. */

@@ -32,6 +32,24 @@ class NodeFileHandle implements FileHandle {
     }
   }
 
+  async read(target: Buffer, positionBytes: number): Promise<number> {
+    let doneBytes = 0;
+    while (doneBytes < target.length) {
+      const readBytes = await new Promise<number>((resolve, reject) => {
+        fs.read(this.fd, target, doneBytes, target.length - doneBytes, positionBytes + doneBytes, (error, bytesRead) =>
+          error ? reject(error) : resolve(bytesRead),
+        );
+      });
+      if (readBytes === 0) break;
+      doneBytes += readBytes;
+    }
+    return doneBytes;
+  }
+
+  writeBatch(sources: readonly Buffer[], positionsBytes: readonly number[]): Promise<void> {
+    return native.pwriteBatch(this.fd, sources, positionsBytes);
+  }
+
   async writev(sources: readonly Buffer[], positionBytes: number): Promise<void> {
     let pending = sources.filter((buffer) => buffer.length > 0);
     let position = positionBytes;
@@ -119,5 +137,14 @@ export const nodeFileSystem: FileSystem = {
   freeBytes(path: string): number {
     const stats = fs.statfsSync(path);
     return stats.bavail * stats.bsize;
+  },
+  bootId(): Buffer {
+    try {
+      const text = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim().replace(/-/g, '');
+      if (/^[0-9a-f]{32}$/.test(text)) return Buffer.from(text, 'hex');
+    } catch {
+      // Not Linux, or /proc is not mounted: unknown.
+    }
+    return Buffer.alloc(16);
   },
 };

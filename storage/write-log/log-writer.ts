@@ -1,11 +1,13 @@
 // The write-log buffer and the sequential log behind it (DESIGN.md "Write-log buffer").
 //
 // Records are appended to the filling batch in memory, in sequence order. A batch is written
-// out with one writev per segment it touches and then made durable with one fdatasync (group
-// commit) when it is big enough, a few milliseconds old, or when a FLUSH/FUA waits for it. One
-// batch is on its way to disk while the next one fills (double buffering). After a batch is
-// durable, the owner's onBatchDurable applies it to the live image; until then the batch
-// answers reads for what it wrote.
+// out with one write per segment it touches when it is big enough, a few milliseconds old, or
+// when a FLUSH/FUA waits for it; one batch is on its way to the kernel while the next one fills
+// (double buffering). Once a batch is in the kernel (and its regions are marked in the DRL) the
+// owner applies it to the live image; until then the batch answers reads for what it wrote.
+//
+// Durability is separate: fdatasync runs only when someone waits for it (FLUSH, FUA, the region
+// cleaner), and one sync covers everything written before it started (group commit).
 //
 // A failed log write or sync is sticky: the writer refuses every later append and sync, so
 // nothing that may be missing from the log is ever acknowledged as durable.
@@ -21,8 +23,8 @@ import { createSegment, segmentHeaderBytes, type OpenSegment } from './segment.j
 export interface LogWriterHooks {
   /** A batch was sealed; the returned promise must settle before the batch may be applied. */
   onBatchSealed(batch: Batch): Promise<void>;
-  /** A batch is durable in the log: apply it to the live image (synchronously). */
-  onBatchDurable(batch: Batch): void;
+  /** A batch is in the log (in the kernel, not yet necessarily durable): apply it to the live image. */
+  onBatchWritten(batch: Batch): Promise<void>;
   /** The writer failed for good (already recorded as its sticky failure). */
   onFailure(error: StorageError): void;
 }
@@ -60,7 +62,14 @@ export class LogWriter {
   private readonly options: LogWriterOptions;
   private readonly hooks: LogWriterHooks;
   private filling = new Batch();
+  /** The batch being written to the kernel. */
   private inFlight: Batch | null = null;
+  /** Batches written to the kernel, waiting (in order) for their DRL marks, then applied. */
+  private readonly awaitingApply: Array<{ batch: Batch; marking: Promise<void> }> = [];
+  private applying = false;
+  /** Segments holding written records not yet synced. */
+  private readonly unsyncedSegments = new Set<OpenSegment>();
+  private syncing = false;
   private currentSegment: OpenSegment;
   private appendOffsetBytes: number;
   private nextSequence: number;
@@ -71,6 +80,7 @@ export class LogWriter {
   private roomWaiters: Array<() => void> = [];
   private drainWaiters: Array<() => void> = [];
   private syncRequestedSequence = 0;
+  private writtenSequenceValue: number;
   private durableSequenceValue: number;
   private unappliedBytesValue = 0;
   private batchTimer: NodeJS.Timeout | null = null;
@@ -84,6 +94,7 @@ export class LogWriter {
     this.currentSegment = options.currentSegment;
     this.appendOffsetBytes = options.appendOffsetBytes;
     this.nextSequence = options.nextSequence;
+    this.writtenSequenceValue = options.nextSequence - 1;
     this.durableSequenceValue = options.nextSequence - 1;
     this.prepareSpare();
   }
@@ -91,6 +102,11 @@ export class LogWriter {
   /** Sequence number of the last record appended (0 before the first). */
   get appendedSequence(): number {
     return this.nextSequence - 1;
+  }
+
+  /** Every record up to this sequence number has been handed to the kernel (and applied). */
+  get writtenSequence(): number {
+    return this.writtenSequenceValue;
   }
 
   /** Every record up to this sequence number is durable in the log. */
@@ -108,7 +124,7 @@ export class LogWriter {
 
   /** Batches not yet applied to the live image, oldest first (for the read overlay). */
   unappliedBatches(): Batch[] {
-    const batches: Batch[] = [];
+    const batches: Batch[] = this.awaitingApply.map((entry) => entry.batch);
     if (this.inFlight !== null) batches.push(this.inFlight);
     if (!this.filling.isEmpty) batches.push(this.filling);
     return batches;
@@ -189,6 +205,7 @@ export class LogWriter {
       this.syncWaiters.push({ sequence, resolve, reject });
       if (sequence > this.syncRequestedSequence) this.syncRequestedSequence = sequence;
       this.startBatchIfDue();
+      this.startSyncIfWanted();
     });
   }
 
@@ -197,7 +214,7 @@ export class LogWriter {
     return this.syncThrough(this.appendedSequence);
   }
 
-  /** Resolves when every record appended so far is durable and applied (or the writer failed). */
+  /** Resolves when every record appended so far is written and applied (or the writer failed). */
   drained(): Promise<void> {
     if (this.isDrained()) return Promise.resolve();
     const waiting = new Promise<void>((resolve) => this.drainWaiters.push(resolve));
@@ -208,11 +225,12 @@ export class LogWriter {
     return waiting;
   }
 
-  /** Write out, sync and apply everything, then close the segments. Appends are refused afterwards. */
+  /** Write out, apply and sync everything, then close the segments. Appends are refused afterwards. */
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
     await this.drained();
+    if (this.failure === null) await this.syncAll().catch(() => undefined);
     this.clearBatchTimer();
     for (const waiter of this.roomWaiters) waiter();
     this.roomWaiters = [];
@@ -223,7 +241,7 @@ export class LogWriter {
   }
 
   private isDrained(): boolean {
-    return this.failure !== null || (this.inFlight === null && this.filling.isEmpty);
+    return this.failure !== null || (this.inFlight === null && this.awaitingApply.length === 0 && this.filling.isEmpty);
   }
 
   private wakeDrainWaitersIfDrained(): void {
@@ -290,33 +308,72 @@ export class LogWriter {
     void this.writeBatch(batch);
   }
 
-  /** One batch from memory to durable log to live image. */
+  /** One batch from memory to the kernel; then it queues to be applied to the live image. */
   private async writeBatch(batch: Batch): Promise<void> {
     batch.seal();
     const marking = this.hooks.onBatchSealed(batch);
+    marking.catch(() => undefined); // observed in applyWrittenBatches
     try {
-      for (const run of batch.runs) await run.segment.handle.writev(run.buffers, run.startOffsetBytes);
-      for (const segment of distinctSegments(batch)) await segment.handle.datasync();
+      await writeRuns(batch);
     } catch (error) {
-      await marking.catch(() => undefined);
       this.fail(storageErrorFromSystem(error, 'writing the write log'));
       return;
     }
-    this.durableSequenceValue = batch.lastSequence;
-    this.resolveSyncWaiters();
-    this.closeRetiredSegments();
+    for (const run of batch.runs) this.unsyncedSegments.add(run.segment);
+    this.writtenSequenceValue = batch.lastSequence;
+    this.inFlight = null;
+    this.awaitingApply.push({ batch, marking });
+    this.startSyncIfWanted();
+    void this.applyWrittenBatches();
+    this.startBatchIfDue();
+  }
+
+  /** Apply written batches in log order, each once its regions are durably marked. */
+  private async applyWrittenBatches(): Promise<void> {
+    if (this.applying) return;
+    this.applying = true;
+    while (this.awaitingApply.length > 0 && this.failure === null) {
+      const { batch, marking } = this.awaitingApply[0]!;
+      try {
+        await marking;
+      } catch (error) {
+        this.fail(storageErrorFromSystem(error, 'marking dirty regions'));
+        break;
+      }
+      await this.hooks.onBatchWritten(batch);
+      this.awaitingApply.shift();
+      this.unappliedBytesValue -= batch.accountedBytes;
+      this.wakeRoomWaiters();
+    }
+    this.applying = false;
+    this.wakeDrainWaitersIfDrained();
+  }
+
+  /** Group commit: one fdatasync per segment covers every record written before it started. */
+  private startSyncIfWanted(): void {
+    if (this.syncing || this.failure !== null) return;
+    const wanted = this.syncWaiters[0];
+    if (wanted === undefined || wanted.sequence > this.writtenSequenceValue) return;
+    this.syncing = true;
+    void this.syncWritten();
+  }
+
+  private async syncWritten(): Promise<void> {
+    const throughSequence = this.writtenSequenceValue;
+    const segments = [...this.unsyncedSegments];
+    this.unsyncedSegments.clear();
     try {
-      await marking;
+      for (const segment of segments) await segment.handle.datasync();
     } catch (error) {
-      this.fail(storageErrorFromSystem(error, 'marking dirty regions'));
+      this.syncing = false;
+      this.fail(storageErrorFromSystem(error, 'syncing the write log'));
       return;
     }
-    this.hooks.onBatchDurable(batch);
-    this.inFlight = null;
-    this.unappliedBytesValue -= batch.accountedBytes;
-    this.wakeRoomWaiters();
-    this.startBatchIfDue();
-    this.wakeDrainWaitersIfDrained();
+    this.durableSequenceValue = Math.max(this.durableSequenceValue, throughSequence);
+    this.resolveSyncWaiters();
+    this.closeRetiredSegments();
+    this.syncing = false;
+    this.startSyncIfWanted();
   }
 
   private resolveSyncWaiters(): void {
@@ -389,8 +446,19 @@ export class LogWriter {
   }
 }
 
-function distinctSegments(batch: Batch): OpenSegment[] {
-  const segments: OpenSegment[] = [];
-  for (const run of batch.runs) if (!segments.includes(run.segment)) segments.push(run.segment);
-  return segments;
+/** Small batches are written on the event loop (a page-cache write costs less than a thread hop). */
+const writeOnEventLoopBytesMax = 256 * 1024;
+
+async function writeRuns(batch: Batch): Promise<void> {
+  if (batch.accountedBytes <= writeOnEventLoopBytesMax) {
+    for (const run of batch.runs) {
+      let positionBytes = run.startOffsetBytes;
+      for (const buffer of run.buffers) {
+        run.segment.handle.writeSync(buffer, positionBytes);
+        positionBytes += buffer.length;
+      }
+    }
+    return;
+  }
+  for (const run of batch.runs) await run.segment.handle.writev(run.buffers, run.startOffsetBytes);
 }

@@ -9,7 +9,8 @@
       "sources": [
         "src/cdp_native.c",
         "src/crc32c.c",
-        "src/file_ranges.c"
+        "src/file_ranges.c",
+        "src/write_batch.c"
       ],
       "defines": [
         "NAPI_VERSION=8",

@@ -64,3 +64,12 @@ export interface SystemCallError extends Error {
   errno: number;
   syscall: 'fallocate' | 'lseek' | 'fstat';
 }
+
+/**
+ * Write buffers[i] at positions[i] for every i, in order, on a libuv worker thread. Adjacent
+ * writes are joined into one pwritev; partial writes are finished; the first failure rejects
+ * the promise with a SystemCallError (syscall 'pwritev') and stops the batch. The buffers must
+ * not change until the promise settles.
+ * @throws TypeError on bad arguments (synchronously).
+ */
+export declare function pwriteBatch(fd: number, buffers: readonly Uint8Array[], positions: readonly number[]): Promise<void>;

@@ -14,3 +14,4 @@ export const allocate = binding.allocate;
 export const seekData = binding.seekData;
 export const seekHole = binding.seekHole;
 export const blockSize = binding.blockSize;
+export const pwriteBatch = binding.pwriteBatch;

@@ -11,6 +11,7 @@
 
 #include "crc32c.h"
 #include "file_ranges.h"
+#include "write_batch.h"
 
 /* Largest offset or length accepted: every integer up to it is exact in a double. */
 #define BYTE_COUNT_MAX 9007199254740992.0 /* 2^53 */
@@ -79,9 +80,10 @@ static void throw_napi_failure(napi_env env, const char *call) {
   napi_throw_error(env, NULL, message);
 }
 
-/* Throws Error { message: "EBADF: bad file descriptor, fallocate", code: "EBADF",
- * errno: -9, syscall: "fallocate" }: the shape and the negative errno of Node's fs. */
-static void throw_system_error(napi_env env, int error_number, const char *syscall) {
+/* Creates Error { message: "EBADF: bad file descriptor, fallocate", code: "EBADF",
+ * errno: -9, syscall: "fallocate" }: the shape and the negative errno of Node's fs.
+ * Returns NULL (with an exception pending) if that fails. */
+static napi_value create_system_error(napi_env env, int error_number, const char *syscall) {
   const struct errno_description *description = describe_errno(error_number);
   char message[160];
   snprintf(message, sizeof message, "%s: %s, %s", description->name, description->message,
@@ -95,9 +97,14 @@ static void throw_system_error(napi_env env, int error_number, const char *sysca
       napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_value) != napi_ok ||
       napi_set_named_property(env, error, "syscall", syscall_value) != napi_ok) {
     throw_napi_failure(env, "creating the system error");
-    return;
+    return NULL;
   }
-  napi_throw(env, error);
+  return error;
+}
+
+static void throw_system_error(napi_env env, int error_number, const char *syscall) {
+  napi_value error = create_system_error(env, error_number, syscall);
+  if (error != NULL) napi_throw(env, error);
 }
 
 static const char *value_type_name(napi_valuetype type) {
@@ -359,6 +366,88 @@ static napi_value block_size(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* Completion of a pwriteBatch: resolve, or reject with an fs-shaped error. */
+static void complete_write_batch(napi_env env, napi_status status, void *data) {
+  struct write_batch *batch = data;
+  napi_value result = NULL;
+  if (status == napi_ok && batch->error_number == 0) {
+    napi_get_undefined(env, &result);
+    napi_resolve_deferred(env, batch->deferred, result);
+  } else {
+    int error_number = status == napi_ok ? batch->error_number : EIO;
+    result = create_system_error(env, error_number, "pwritev");
+    if (result == NULL) {
+      napi_value exception;
+      napi_get_and_clear_last_exception(env, &exception);
+      result = exception;
+    }
+    napi_reject_deferred(env, batch->deferred, result);
+  }
+  napi_delete_reference(env, batch->buffers_reference);
+  napi_delete_async_work(env, batch->work);
+  write_batch_free(batch);
+}
+
+static void execute_write_batch(napi_env env, void *data) {
+  write_batch_execute(data);
+}
+
+/* pwriteBatch(fd: number, buffers: Uint8Array[], positions: number[]): Promise<void> */
+static napi_value pwrite_batch(napi_env env, napi_callback_info info) {
+  napi_value arguments[ARGUMENT_COUNT_MAX];
+  int fd;
+  if (!read_arguments(env, info, 3, arguments) || !read_fd(env, arguments[0], &fd)) return NULL;
+  bool buffers_is_array = false, positions_is_array = false;
+  CHECK_NAPI(env, napi_is_array(env, arguments[1], &buffers_is_array));
+  CHECK_NAPI(env, napi_is_array(env, arguments[2], &positions_is_array));
+  if (!buffers_is_array || !positions_is_array) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE",
+                          "pwriteBatch takes an Array of Uint8Array and an Array of positions");
+    return NULL;
+  }
+  uint32_t count, position_count;
+  CHECK_NAPI(env, napi_get_array_length(env, arguments[1], &count));
+  CHECK_NAPI(env, napi_get_array_length(env, arguments[2], &position_count));
+  if (count != position_count) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE",
+                          "pwriteBatch needs one position per buffer");
+    return NULL;
+  }
+  struct write_batch *batch = write_batch_new(fd, count);
+  if (batch == NULL) {
+    napi_throw_error(env, "ENOMEM", "cdp-native: out of memory for a write batch");
+    return NULL;
+  }
+  for (uint32_t index = 0; index < count; index++) {
+    napi_value buffer, position;
+    const uint8_t *bytes;
+    size_t length_bytes;
+    int64_t position_bytes;
+    if (napi_get_element(env, arguments[1], index, &buffer) != napi_ok ||
+        napi_get_element(env, arguments[2], index, &position) != napi_ok ||
+        !read_bytes(env, buffer, "buffers", index, &bytes, &length_bytes) ||
+        !read_byte_count(env, position, "positions[]", &position_bytes)) {
+      write_batch_free(batch);
+      bool pending = false;
+      napi_is_exception_pending(env, &pending);
+      if (!pending) throw_napi_failure(env, "reading pwriteBatch arguments");
+      return NULL;
+    }
+    write_batch_set(batch, index, bytes, length_bytes, position_bytes);
+  }
+  napi_value promise, name;
+  if (napi_create_reference(env, arguments[1], 1, &batch->buffers_reference) != napi_ok ||
+      napi_create_promise(env, &batch->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, "cdp-native:pwriteBatch", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, execute_write_batch, complete_write_batch, batch,
+                             &batch->work) != napi_ok ||
+      napi_queue_async_work(env, batch->work) != napi_ok) {
+    throw_napi_failure(env, "queueing pwriteBatch");
+    return NULL;
+  }
+  return promise;
+}
+
 struct exported_function {
   const char *name;
   napi_callback callback;
@@ -367,7 +456,7 @@ struct exported_function {
 static const struct exported_function exported_functions[] = {
     {"crc32c", crc32c},         {"crc32cv", crc32cv},   {"punchHole", punch_hole},
     {"zeroRange", zero_range},  {"allocate", allocate}, {"seekData", seek_data},
-    {"seekHole", seek_hole},    {"blockSize", block_size},
+    {"seekHole", seek_hole},    {"blockSize", block_size}, {"pwriteBatch", pwrite_batch},
 };
 
 static napi_value initialize_module(napi_env env, napi_value exports) {
