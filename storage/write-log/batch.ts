@@ -49,6 +49,8 @@ export class Batch {
 
   private slab: Buffer = Buffer.allocUnsafe(0);
   private slabUsedBytes = 0;
+  /** Slabs start small and double, so a batch of one large write does not hold a big slab. */
+  private nextSlabBytes = 64 * 1024;
   private readonly overlayChunks = new Map<number, number[]>();
   private readonly overlayLargeRecords: number[] = [];
 
@@ -67,8 +69,9 @@ export class Batch {
   /** Space for a record header (and a small payload) in the batch's slab. */
   allocate(lengthBytes: number): Buffer {
     if (this.slabUsedBytes + lengthBytes > this.slab.length) {
-      this.slab = Buffer.allocUnsafe(Math.max(storageLimits.slabBytes, lengthBytes));
+      this.slab = Buffer.allocUnsafe(Math.max(this.nextSlabBytes, lengthBytes));
       this.slabUsedBytes = 0;
+      this.nextSlabBytes = Math.min(this.nextSlabBytes * 2, storageLimits.slabBytes);
     }
     const piece = this.slab.subarray(this.slabUsedBytes, this.slabUsedBytes + lengthBytes);
     this.slabUsedBytes += lengthBytes;
