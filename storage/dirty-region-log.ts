@@ -140,7 +140,7 @@ export class DirtyRegionLog {
         flags: 0,
       };
       const block = Buffer.alloc(bitmapStartBytes + bitmapBytesFor(regionCount));
-      encodeSlot(header).copy(block, 0);
+      encodeSlot(header).copy(block, (header.generation % 2) * slotBytes); // the slot writeChanges would use
       handle.writeSync(block, 0);
       await handle.datasync();
     } finally {

@@ -101,6 +101,9 @@ export class Volume implements BlockDevice {
   /** Durable records the live image failed to take; reads still see them (volume is failed). */
   private readonly strandedRecords: AppendedRecord[] = [];
   private failure: StorageError | null = null;
+  /** Regions to log from the live image before the next write (recovery step 5). */
+  private pendingResyncRegions: readonly number[];
+  private resyncAttempt: Promise<number> | null = null;
   private cleaningTimer: NodeJS.Timeout | null = null;
   private cleaning: Promise<void> | null = null;
   private closed: Promise<void> | null = null;
@@ -120,6 +123,7 @@ export class Volume implements BlockDevice {
     this.primary = parts.primary;
     this.drl = parts.drl;
     this.recovery = parts.recovery;
+    this.pendingResyncRegions = parts.recovery.resyncRegions;
     const checkpoint = parts.drl.checkpoint;
     this.appliedSequence = checkpoint.sequence;
     this.appliedPosition = checkpoint.position;
@@ -191,7 +195,12 @@ export class Volume implements BlockDevice {
       const recovery = await recoverVolume({ fileSystem, paths, primary, drl });
       const clock = new MicrosecondClock(Math.max(recovery.lastTimestampMicros, drl.checkpoint.timestampMicros));
       const volume = new Volume({ config, paths, primary, drl, recovery, clock, fileSystem });
-      await volume.recordRecovery();
+      try {
+        await volume.recordRecovery();
+      } catch (error) {
+        await volume.close();
+        throw error;
+      }
       return volume;
     } catch (error) {
       primary.close();
@@ -282,6 +291,7 @@ export class Volume implements BlockDevice {
 
   private async logWrite(kind: RecordKind, offsetBytes: number, lengthBytes: number, payload: Buffer | null, fua: boolean): Promise<void> {
     if (this.failure !== null) throw this.failure;
+    if (this.pendingResyncRegions.length > 0) await this.finishPendingResync();
     const record = await this.appendRecord(kind, fua ? RecordFlag.fua : 0, offsetBytes, lengthBytes, payload);
     if (fua) await this.log.syncThrough(record.sequence);
   }
@@ -350,39 +360,62 @@ export class Volume implements BlockDevice {
 
   /**
    * Recovery step 5 (recovery.ts): after a machine restart, log what the dirty regions of the
-   * live image hold, so the log again describes the image exactly. Then note in the log what
-   * recovery found, for the people reading it later.
+   * live image hold, so the log again describes the image exactly; then note in the log what
+   * recovery found, for the people reading it later. With no room for the log, the volume still
+   * opens for reads, and writes are refused with ENOSPC until the resync can be done.
    */
   private async recordRecovery(): Promise<void> {
     const { recovery } = this;
     let resyncedBytes = 0;
+    try {
+      resyncedBytes = await this.finishPendingResync();
+    } catch (error) {
+      if (!(error instanceof StorageError && error.code === 'ENOSPC')) throw error;
+      await this.log.drained(); // what was appended before space ran out still goes to the log
+      return;
+    }
+    if (recovery.tear === null && recovery.resyncRegions.length === 0 && recovery.replayedRecordCount === 0) return;
+    const event = {
+      event: 'recovered',
+      replayedRecords: recovery.replayedRecordCount,
+      dirtyRegions: recovery.dirtyRegionCount,
+      machineRestarted: recovery.machineRestarted,
+      resyncedRegions: recovery.resyncRegions.length,
+      resyncedBytes,
+      tear: recovery.tear === null ? null : { ...recovery.tear.position, reason: recovery.tear.reason },
+    };
+    try {
+      await this.appendEvent(RecordKind.mark, Buffer.from(JSON.stringify(event)));
+    } catch (error) {
+      if (!(error instanceof StorageError && error.code === 'ENOSPC')) throw error;
+    }
+  }
+
+  /** Log the regions recovery flagged for resync (once; concurrent callers share the attempt). */
+  private finishPendingResync(): Promise<number> {
+    if (this.pendingResyncRegions.length === 0) return Promise.resolve(0);
+    this.resyncAttempt ??= this.resyncRegions(this.pendingResyncRegions).finally(() => (this.resyncAttempt = null));
+    return this.resyncAttempt;
+  }
+
+  private async resyncRegions(regions: readonly number[]): Promise<number> {
     const regionSizeBytes = this.config.regionSizeBytes;
     const chunkBytes = Math.min(regionSizeBytes, 1024 * 1024);
-    for (const region of recovery.resyncRegions) {
+    let resyncedBytes = 0;
+    for (const region of regions) {
       const regionEnd = Math.min((region + 1) * regionSizeBytes, this.sizeBytes);
       for (let offsetBytes = region * regionSizeBytes; offsetBytes < regionEnd; offsetBytes += chunkBytes) {
         const lengthBytes = Math.min(chunkBytes, regionEnd - offsetBytes);
-        await this.write(offsetBytes, await this.read(offsetBytes, lengthBytes), { fua: false });
+        const data = await this.read(offsetBytes, lengthBytes);
+        if (isAllZero(data)) await this.appendRecord(RecordKind.zeroes, 0, offsetBytes, lengthBytes, null);
+        else await this.appendRecord(RecordKind.data, 0, offsetBytes, lengthBytes, data);
         resyncedBytes += lengthBytes;
       }
     }
-    const eventful = recovery.tear !== null || recovery.resyncRegions.length > 0 || recovery.replayedRecordCount > 0;
-    if (eventful) {
-      const event = {
-        event: 'recovered',
-        replayedRecords: recovery.replayedRecordCount,
-        dirtyRegions: recovery.dirtyRegionCount,
-        machineRestarted: recovery.machineRestarted,
-        resyncedRegions: recovery.resyncRegions.length,
-        resyncedBytes,
-        tear: recovery.tear === null ? null : { ...recovery.tear.position, reason: recovery.tear.reason },
-      };
-      await this.appendEvent(RecordKind.mark, Buffer.from(JSON.stringify(event)));
-    }
-    if (recovery.resyncRegions.length > 0) {
-      await this.log.syncAll();
-      await this.drl.finishResync();
-    }
+    await this.log.syncAll();
+    await this.drl.finishResync();
+    this.pendingResyncRegions = [];
+    return resyncedBytes;
   }
 
   // ---- cleaning dirty regions ----
@@ -403,7 +436,8 @@ export class Volume implements BlockDevice {
    * there and clean the regions idle since the previous cleaning.
    */
   private async cleanRegions(cleanEverything = false): Promise<void> {
-    if (this.failure !== null) return;
+    // Regions waiting for a resync must stay dirty until it is done.
+    if (this.failure !== null || this.pendingResyncRegions.length > 0) return;
     const checkpoint = { sequence: this.appliedSequence, position: this.appliedPosition, timestampMicros: this.appliedTimestampMicros };
     const nothingNew = checkpoint.sequence === this.drl.checkpoint.sequence && this.drl.dirtyRegionCount === 0;
     if (nothingNew) return;

@@ -47,6 +47,8 @@ const readAheadBytes = 4 * 1024 * 1024;
 class SequentialReader {
   private buffer = Buffer.alloc(0);
   private bufferStartBytes = 0;
+  /** Bytes of the buffer that hold the file from bufferStartBytes on (the rest is stale). */
+  private bufferValidBytes = 0;
 
   constructor(
     private readonly handle: FileHandle,
@@ -57,14 +59,14 @@ class SequentialReader {
   view(positionBytes: number, lengthBytes: number): Buffer | null {
     if (positionBytes + lengthBytes > this.limitBytes) return null;
     const inBuffer =
-      positionBytes >= this.bufferStartBytes && positionBytes + lengthBytes <= this.bufferStartBytes + this.buffer.length;
+      positionBytes >= this.bufferStartBytes && positionBytes + lengthBytes <= this.bufferStartBytes + this.bufferValidBytes;
     if (!inBuffer) {
       const wantBytes = Math.min(Math.max(lengthBytes, readAheadBytes), this.limitBytes - positionBytes);
       if (this.buffer.length < wantBytes) this.buffer = Buffer.alloc(Math.max(wantBytes, readAheadBytes));
       const readBytes = this.handle.readSync(this.buffer.subarray(0, wantBytes), positionBytes);
       this.buffer.fill(0, readBytes, wantBytes); // past the end of file reads as the clean end
       this.bufferStartBytes = positionBytes;
-      if (wantBytes < this.buffer.length) this.buffer.fill(0, wantBytes);
+      this.bufferValidBytes = wantBytes;
     }
     const start = positionBytes - this.bufferStartBytes;
     return this.buffer.subarray(start, start + lengthBytes);

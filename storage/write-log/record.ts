@@ -104,7 +104,8 @@ export type HeaderProblem =
 export function decodeRecordHeader(source: Buffer, at: number): RecordHeader | HeaderProblem {
   const magic = source.readUInt32BE(at + field.magic);
   if (magic !== recordMagic) {
-    return magic === 0 && source.readUInt32BE(at + field.sequence) === 0 ? 'zero' : 'magic';
+    // Only a wholly zero header is the clean end; a partly zero one is a header torn across sectors.
+    return isZero(source, at, recordHeaderBytes) ? 'zero' : 'magic';
   }
   if (source.readUInt16BE(at + field.version) !== recordFormatVersion) return 'version';
   const kind = source.readUInt8(at + field.kind);
@@ -137,6 +138,11 @@ function lengthsAreConsistent(header: RecordHeader): boolean {
     case RecordKind.error:
       return true;
   }
+}
+
+function isZero(source: Buffer, at: number, lengthBytes: number): boolean {
+  for (let index = at; index < at + lengthBytes; index++) if (source[index] !== 0) return false;
+  return true;
 }
 
 /** True when the stored checksum matches the header bytes and the payload. */
