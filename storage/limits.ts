@@ -52,6 +52,8 @@ export const storageLimits = {
   /** Records longer than this are kept in the overlay's short list of large records. */
   overlayIndexedRecordBytesMax: 4 * MiB,
 
+  /** The next log segment is filled with zeroes at most this fast, in the background. */
+  spareZeroFillBytesPerSecond: 128 * MiB,
   /** How often regions whose writes are durable everywhere are cleaned in the DRL. */
   regionCleanIntervalMs: 5000,
 

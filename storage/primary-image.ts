@@ -13,6 +13,9 @@ export interface AllocationExtent {
   hole: boolean;
 }
 
+/** Reads up to this size are tried from the page cache on the event loop first. */
+const cachedReadBytesMax = 128 * 1024;
+
 export class PrimaryImage {
   readonly sizeBytes: number;
   private readonly handle: FileHandle;
@@ -38,16 +41,15 @@ export class PrimaryImage {
     return new PrimaryImage(fileSystem.open(path, { readOnly }), sizeBytes);
   }
 
-  /** Small reads on the event loop (a page-cache copy is cheaper than a thread hop). */
-  read(offsetBytes: number, target: Buffer): void {
-    const readBytes = this.handle.readSync(target, offsetBytes);
-    if (readBytes < target.length) target.fill(0, readBytes);
-  }
-
-  /** Large reads on a worker thread, so several proceed at once on other cores. */
-  async readAsync(offsetBytes: number, target: Buffer): Promise<void> {
-    const readBytes = await this.handle.read(target, offsetBytes);
-    if (readBytes < target.length) target.fill(0, readBytes);
+  /**
+   * Read what the page cache holds on the event loop (no thread hop), and anything it does not
+   * hold on a worker thread, so a read that must wait for the disk never stalls other requests.
+   * Large reads always go to a worker thread, so several copy at once on other cores.
+   */
+  async read(offsetBytes: number, target: Buffer): Promise<void> {
+    let doneBytes = target.length <= cachedReadBytesMax ? this.handle.readCached(target, offsetBytes) : 0;
+    if (doneBytes < target.length) doneBytes += await this.handle.read(target.subarray(doneBytes), offsetBytes + doneBytes);
+    if (doneBytes < target.length) target.fill(0, doneBytes);
   }
 
   /**

@@ -128,7 +128,7 @@ export async function recoverVolume(parts: {
 
 /** Zero a segment from `from` to its end and make that durable. */
 async function zeroSegmentTail(fileSystem: FileSystem, logDirectory: string, from: LogPosition): Promise<void> {
-  const segment = openSegment(fileSystem, logDirectory, from.segmentNumber, false);
+  const segment = openSegment(fileSystem, logDirectory, from.segmentNumber, 'repair');
   try {
     const tailBytes = segment.sizeBytes - from.offsetBytes;
     if (tailBytes > 0) segment.handle.zeroRange(from.offsetBytes, tailBytes);

@@ -62,8 +62,6 @@ export interface VolumeStatistics {
 }
 
 const zeroBlock = Buffer.alloc(64 * 1024);
-/** Reads this large go to a worker thread; smaller ones are served on the event loop. */
-const asyncReadBytesMin = 128 * 1024;
 
 /** True when every byte is zero (checked before logging, so zero blocks cost no log space). */
 export function isAllZero(data: Buffer): boolean {
@@ -129,7 +127,7 @@ export class Volume implements BlockDevice {
     this.appliedPosition = checkpoint.position;
     this.appliedTimestampMicros = checkpoint.timestampMicros;
     this.previousCheckpointSequence = checkpoint.sequence;
-    const segment = openSegment(parts.fileSystem, parts.paths.log, checkpoint.position.segmentNumber, false);
+    const segment = openSegment(parts.fileSystem, parts.paths.log, checkpoint.position.segmentNumber, 'append');
     this.log = new LogWriter({
       fileSystem: parts.fileSystem,
       logDirectory: parts.paths.log,
@@ -227,8 +225,7 @@ export class Volume implements BlockDevice {
     const batches = this.log.unappliedBatches();
     const target = Buffer.allocUnsafe(lengthBytes);
     try {
-      if (lengthBytes >= asyncReadBytesMin) await this.primary.readAsync(offsetBytes, target);
-      else this.primary.read(offsetBytes, target);
+      await this.primary.read(offsetBytes, target);
     } catch (error) {
       throw storageErrorFromSystem(error, `reading ${lengthBytes} bytes at ${offsetBytes} from the live image`);
     }

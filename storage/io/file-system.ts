@@ -14,6 +14,13 @@ export interface FileHandle {
   writev(sources: readonly Buffer[], positionBytes: number): Promise<void>;
   /** Write sources[i] at positionsBytes[i] for every i, in order, off the event loop. */
   writeBatch(sources: readonly Buffer[], positionsBytes: readonly number[]): Promise<void>;
+  /**
+   * Write prefix then sources, zero-padded to a multiple of alignmentBytes, at positionBytes (a
+   * multiple of it), off the event loop: the only write a handle opened `direct` may do.
+   */
+  writeAligned(prefix: Buffer, sources: readonly Buffer[], positionBytes: number, alignmentBytes: number): Promise<void>;
+  /** Read what the page cache holds, without waiting for the disk: bytes read, 0 if none cached. */
+  readCached(target: Buffer, positionBytes: number): number;
   /** Make every completed write of this file durable (fdatasync). */
   datasync(): Promise<void>;
   /** Make the range read as zeroes, keeping its space allocated. */
@@ -36,6 +43,8 @@ export interface OpenOptions {
   exclusive?: boolean;
   /** Open without write access. */
   readOnly?: boolean;
+  /** Bypass the page cache (O_DIRECT): only writeAligned, zeroRange, allocate and datasync then. */
+  direct?: boolean;
 }
 
 export interface FileSystem {

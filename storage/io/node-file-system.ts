@@ -50,6 +50,14 @@ class NodeFileHandle implements FileHandle {
     return native.pwriteBatch(this.fd, sources, positionsBytes);
   }
 
+  writeAligned(prefix: Buffer, sources: readonly Buffer[], positionBytes: number, alignmentBytes: number): Promise<void> {
+    return native.pwriteAligned(this.fd, prefix, sources, positionBytes, alignmentBytes);
+  }
+
+  readCached(target: Buffer, positionBytes: number): number {
+    return native.preadNoWait(this.fd, target, positionBytes);
+  }
+
   async writev(sources: readonly Buffer[], positionBytes: number): Promise<void> {
     let pending = sources.filter((buffer) => buffer.length > 0);
     let position = positionBytes;
@@ -118,6 +126,7 @@ export const nodeFileSystem: FileSystem = {
     let flags = options.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
     if (options.create) flags |= fs.constants.O_CREAT;
     if (options.exclusive) flags |= fs.constants.O_EXCL;
+    if (options.direct) flags |= fs.constants.O_DIRECT;
     return new NodeFileHandle(path, fs.openSync(path, flags, 0o600));
   },
   exists: (path) => fs.existsSync(path),

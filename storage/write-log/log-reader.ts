@@ -93,7 +93,7 @@ export function scanLog(
   const segmentEnds: LogPosition[] = [];
 
   for (const segmentNumber of segmentNumbers) {
-    const segment = openSegment(fileSystem, logDirectory, segmentNumber, true);
+    const segment = openSegment(fileSystem, logDirectory, segmentNumber, 'read');
     const startOffsetBytes = segmentNumber === options.from.segmentNumber ? options.from.offsetBytes : segmentHeaderBytes;
     let outcome: SegmentOutcome;
     try {

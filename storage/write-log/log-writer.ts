@@ -18,7 +18,9 @@ import { storageLimits } from '../limits.js';
 import type { MicrosecondClock } from '../clock.js';
 import { Batch, type AppendedRecord } from './batch.js';
 import { RecordKind, encodeRecordHeader, recordHeaderBytes } from './record.js';
+import { LogAppender } from './log-appender.js';
 import { createSegment, segmentHeaderBytes, type OpenSegment } from './segment.js';
+import { SpareSegment } from './spare-segment.js';
 
 export interface LogWriterHooks {
   /** A batch was sealed; the returned promise must settle before the batch may be applied. */
@@ -48,14 +50,6 @@ interface SyncWaiter {
   reject: (error: StorageError) => void;
 }
 
-/** The next segment, prepared in the background so switching to it costs nothing. */
-interface SpareSegment {
-  ready: Promise<void>;
-  segment: OpenSegment | null;
-  error: StorageError | null;
-  attemptedAtMs: number;
-}
-
 const spareRetryDelayMs = 1000;
 
 export class LogWriter {
@@ -74,6 +68,9 @@ export class LogWriter {
   private appendOffsetBytes: number;
   private nextSequence: number;
   private spare: SpareSegment | null = null;
+  private readonly appender: LogAppender;
+  /** The spare taken into use stops filling itself with zeroes; the next write waits for that. */
+  private spareTakeOver: Promise<void> = Promise.resolve();
   /** Segments appends have moved past, closed once their last record is durable. */
   private readonly retiring: Array<{ segment: OpenSegment; lastSequence: number }> = [];
   private readonly syncWaiters: SyncWaiter[] = [];
@@ -96,6 +93,7 @@ export class LogWriter {
     this.nextSequence = options.nextSequence;
     this.writtenSequenceValue = options.nextSequence - 1;
     this.durableSequenceValue = options.nextSequence - 1;
+    this.appender = LogAppender.resume(options.fileSystem, options.logDirectory, options.currentSegment, options.appendOffsetBytes);
     this.prepareSpare();
   }
 
@@ -235,6 +233,7 @@ export class LogWriter {
     for (const waiter of this.roomWaiters) waiter();
     this.roomWaiters = [];
     await this.spare?.ready;
+    await this.spare?.takeOver();
     this.spare?.segment?.handle.close();
     for (const { segment } of this.retiring) segment.handle.close();
     this.currentSegment.handle.close();
@@ -314,7 +313,8 @@ export class LogWriter {
     const marking = this.hooks.onBatchSealed(batch);
     marking.catch(() => undefined); // observed in applyWrittenBatches
     try {
-      await writeRuns(batch);
+      await this.spareTakeOver;
+      for (const run of batch.runs) await this.appender.write(run);
     } catch (error) {
       this.fail(storageErrorFromSystem(error, 'writing the write log'));
       return;
@@ -404,6 +404,7 @@ export class LogWriter {
     this.retiring.push({ segment: this.currentSegment, lastSequence: this.appendedSequence });
     this.currentSegment = spare.segment;
     this.appendOffsetBytes = segmentHeaderBytes;
+    this.spareTakeOver = spare.takeOver();
     this.spare = null;
     this.prepareSpare();
   }
@@ -416,22 +417,15 @@ export class LogWriter {
 
   private prepareSpare(): void {
     const { fileSystem, logDirectory, volumeId, segmentSizeBytes, clock } = this.options;
-    const spare: SpareSegment = { ready: Promise.resolve(), segment: null, error: null, attemptedAtMs: performance.now() };
-    spare.ready = createSegment(fileSystem, logDirectory, {
-      segmentNumber: this.currentSegment.segmentNumber + 1,
-      segmentSizeBytes,
-      volumeId,
-      createdMicros: clock.now(),
-    }).then(
-      (segment) => {
-        if (this.closing) segment.handle.close();
-        else spare.segment = segment;
-      },
-      (error: unknown) => {
-        spare.error = storageErrorFromSystem(error, 'preparing the next write-log segment');
-      },
-    );
-    this.spare = spare;
+    const segmentNumber = this.currentSegment.segmentNumber + 1;
+    this.spare = new SpareSegment(async () => {
+      const segment = await createSegment(fileSystem, logDirectory, { segmentNumber, segmentSizeBytes, volumeId, createdMicros: clock.now() });
+      if (this.closing) {
+        segment.handle.close();
+        throw new StorageError('ESHUTDOWN', 'the write log closed while its next segment was being prepared');
+      }
+      return segment;
+    }, storageLimits.spareZeroFillBytesPerSecond);
   }
 
   /** Null when the spare is ready; a promise while it is being prepared; throws if it cannot be. */
@@ -446,19 +440,3 @@ export class LogWriter {
   }
 }
 
-/** Small batches are written on the event loop (a page-cache write costs less than a thread hop). */
-const writeOnEventLoopBytesMax = 256 * 1024;
-
-async function writeRuns(batch: Batch): Promise<void> {
-  if (batch.accountedBytes <= writeOnEventLoopBytesMax) {
-    for (const run of batch.runs) {
-      let positionBytes = run.startOffsetBytes;
-      for (const buffer of run.buffers) {
-        run.segment.handle.writeSync(buffer, positionBytes);
-        positionBytes += buffer.length;
-      }
-    }
-    return;
-  }
-  for (const run of batch.runs) await run.segment.handle.writev(run.buffers, run.startOffsetBytes);
-}

@@ -59,8 +59,15 @@ export function decodeSegmentHeader(block: Buffer): SegmentHeader | string {
 export interface OpenSegment {
   readonly segmentNumber: number;
   readonly sizeBytes: number;
+  /** Opened for reading, or (mode 'append') with O_DIRECT for the log writer's aligned writes. */
   readonly handle: FileHandle;
 }
+
+/** How a segment is opened: to read it, to append to it (O_DIRECT), or to repair its tail. */
+export type SegmentMode = 'read' | 'append' | 'repair';
+
+/** Log writes bypass the page cache in whole blocks of this size (docs/formats/write-log.md). */
+export const logBlockBytes = 4096;
 
 /**
  * Create, preallocate and make durable a new empty segment. Space is reserved up front so that
@@ -88,30 +95,29 @@ export async function createSegment(
   handle.close();
   fileSystem.rename(temporaryPath, path);
   await fileSystem.syncDirectory(logDirectory);
-  return openSegment(fileSystem, logDirectory, header.segmentNumber, false);
+  return openSegment(fileSystem, logDirectory, header.segmentNumber, 'append');
 }
 
-/** Open an existing segment and check its header. */
-export function openSegment(
-  fileSystem: FileSystem,
-  logDirectory: string,
-  segmentNumber: number,
-  readOnly: boolean,
-): OpenSegment {
+/** Open an existing segment and check its header (read through the page cache first). */
+export function openSegment(fileSystem: FileSystem, logDirectory: string, segmentNumber: number, mode: SegmentMode): OpenSegment {
   const path = `${logDirectory}/${segmentFileName(segmentNumber)}`;
-  const handle = fileSystem.open(path, { readOnly });
+  const reader = fileSystem.open(path, { readOnly: true });
   const block = Buffer.alloc(segmentHeaderBytes);
-  const readBytes = handle.readSync(block, 0);
+  let readBytes: number;
+  try {
+    readBytes = reader.readSync(block, 0);
+  } finally {
+    if (mode !== 'read') reader.close();
+  }
   const header = decodeSegmentHeader(block.subarray(0, readBytes));
-  if (typeof header === 'string') {
-    handle.close();
-    throw new StorageError('ECORRUPT', `${path}: ${header}`);
+  const problem =
+    typeof header === 'string' ? header : header.segmentNumber !== segmentNumber ? `header says segment ${header.segmentNumber}` : null;
+  if (problem !== null) {
+    if (mode === 'read') reader.close();
+    throw new StorageError('ECORRUPT', `${path}: ${problem}`);
   }
-  if (header.segmentNumber !== segmentNumber) {
-    handle.close();
-    throw new StorageError('ECORRUPT', `${path}: header says segment ${header.segmentNumber}`);
-  }
-  return { segmentNumber, sizeBytes: header.segmentSizeBytes, handle };
+  const handle = mode === 'read' ? reader : fileSystem.open(path, { direct: mode === 'append' });
+  return { segmentNumber, sizeBytes: (header as SegmentHeader).segmentSizeBytes, handle };
 }
 
 /** Segment numbers present in the log directory, ascending. */

@@ -700,6 +700,20 @@ class SimulatedFileHandle implements FileHandle {
     }
   }
 
+  /** An O_DIRECT write: whole blocks, one operation for a crash (the model keeps it pending until datasync). */
+  async writeAligned(prefix: Buffer, sources: readonly Buffer[], positionBytes: number, alignmentBytes: number): Promise<void> {
+    if (positionBytes % alignmentBytes !== 0) throw new TypeError('writeAligned needs an aligned position');
+    const body = Buffer.concat([prefix, ...sources]);
+    const padded = Buffer.alloc(Math.ceil(body.length / alignmentBytes) * alignmentBytes);
+    body.copy(padded);
+    return this.writev([padded], positionBytes);
+  }
+
+  /** Everything is in the simulated page cache. */
+  readCached(target: Buffer, positionBytes: number): number {
+    return this.readSync(target, positionBytes);
+  }
+
   async writev(sources: readonly Buffer[], positionBytes: number): Promise<void> {
     this.assertWritable('writev');
     const data = Buffer.concat(sources);

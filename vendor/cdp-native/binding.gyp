@@ -10,7 +10,8 @@
         "src/cdp_native.c",
         "src/crc32c.c",
         "src/file_ranges.c",
-        "src/write_batch.c"
+        "src/write_batch.c",
+        "src/aligned_write.c"
       ],
       "defines": [
         "NAPI_VERSION=8",

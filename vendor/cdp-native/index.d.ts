@@ -73,3 +73,24 @@ export interface SystemCallError extends Error {
  * @throws TypeError on bad arguments (synchronously).
  */
 export declare function pwriteBatch(fd: number, buffers: readonly Uint8Array[], positions: readonly number[]): Promise<void>;
+
+/**
+ * Copy `prefix` and then `buffers` into one buffer aligned to `alignmentBytes`, zero-padded to a
+ * multiple of it, and write that at `positionBytes` (a multiple of it) on a libuv worker thread:
+ * the shape O_DIRECT needs. Rejects with a SystemCallError (syscall 'pwrite').
+ * @throws TypeError on bad arguments (synchronously).
+ */
+export declare function pwriteAligned(
+  fd: number,
+  prefix: Uint8Array,
+  buffers: readonly Uint8Array[],
+  positionBytes: number,
+  alignmentBytes: number,
+): Promise<void>;
+
+/**
+ * Read into `target` at `positionBytes` only what the page cache holds (preadv2 with RWF_NOWAIT):
+ * returns the bytes read, possibly fewer than asked and 0 when the next byte is not cached (or the
+ * kernel cannot tell). Never waits for the disk.
+ */
+export declare function preadNoWait(fd: number, target: Uint8Array, positionBytes: number): number;

@@ -15,3 +15,5 @@ export const seekData = binding.seekData;
 export const seekHole = binding.seekHole;
 export const blockSize = binding.blockSize;
 export const pwriteBatch = binding.pwriteBatch;
+export const pwriteAligned = binding.pwriteAligned;
+export const preadNoWait = binding.preadNoWait;

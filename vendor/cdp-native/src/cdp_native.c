@@ -12,6 +12,7 @@
 #include "crc32c.h"
 #include "file_ranges.h"
 #include "write_batch.h"
+#include "aligned_write.h"
 
 /* Largest offset or length accepted: every integer up to it is exact in a double. */
 #define BYTE_COUNT_MAX 9007199254740992.0 /* 2^53 */
@@ -448,6 +449,110 @@ static napi_value pwrite_batch(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+static void complete_aligned_write(napi_env env, napi_status status, void *data) {
+  struct aligned_write *request = data;
+  napi_value result = NULL;
+  if (status == napi_ok && request->error_number == 0) {
+    napi_get_undefined(env, &result);
+    napi_resolve_deferred(env, request->deferred, result);
+  } else {
+    result = create_system_error(env, status == napi_ok ? request->error_number : EIO, "pwrite");
+    if (result == NULL) napi_get_and_clear_last_exception(env, &result);
+    napi_reject_deferred(env, request->deferred, result);
+  }
+  napi_delete_reference(env, request->prefix_reference);
+  napi_delete_reference(env, request->buffers_reference);
+  napi_delete_async_work(env, request->work);
+  aligned_write_free(request);
+}
+
+static void execute_aligned_write(napi_env env, void *data) {
+  aligned_write_execute(data);
+}
+
+/* pwriteAligned(fd, prefix: Uint8Array, buffers: Uint8Array[], positionBytes, alignmentBytes): Promise<void> */
+static napi_value pwrite_aligned(napi_env env, napi_callback_info info) {
+  napi_value arguments[5];
+  size_t given = 5;
+  CHECK_NAPI(env, napi_get_cb_info(env, info, &given, arguments, NULL, NULL));
+  int fd;
+  const uint8_t *prefix;
+  size_t prefix_bytes;
+  int64_t position_bytes, alignment_bytes;
+  bool is_array = false;
+  if (!read_fd(env, arguments[0], &fd) || !read_bytes(env, arguments[1], "prefix", -1, &prefix, &prefix_bytes) ||
+      !read_byte_count(env, arguments[3], "positionBytes", &position_bytes) ||
+      !read_byte_count(env, arguments[4], "alignmentBytes", &alignment_bytes)) {
+    return NULL;
+  }
+  CHECK_NAPI(env, napi_is_array(env, arguments[2], &is_array));
+  if (!is_array) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "The \"buffers\" argument must be an Array of Uint8Array");
+    return NULL;
+  }
+  if (alignment_bytes < 512 || (alignment_bytes & (alignment_bytes - 1)) != 0 || position_bytes % alignment_bytes != 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", "alignmentBytes must be a power of two >= 512 dividing positionBytes");
+    return NULL;
+  }
+  uint32_t count;
+  CHECK_NAPI(env, napi_get_array_length(env, arguments[2], &count));
+  struct aligned_write *request = aligned_write_new(count);
+  if (request == NULL) {
+    napi_throw_error(env, "ENOMEM", "cdp-native: out of memory for an aligned write");
+    return NULL;
+  }
+  request->fd = fd;
+  request->position_bytes = position_bytes;
+  request->alignment_bytes = (size_t)alignment_bytes;
+  request->prefix = prefix;
+  request->prefix_bytes = prefix_bytes;
+  for (uint32_t index = 0; index < count; index++) {
+    napi_value buffer;
+    if (napi_get_element(env, arguments[2], index, &buffer) != napi_ok ||
+        !read_bytes(env, buffer, "buffers", index, &request->pieces[index], &request->piece_bytes[index])) {
+      aligned_write_free(request);
+      bool pending = false;
+      napi_is_exception_pending(env, &pending);
+      if (!pending) throw_napi_failure(env, "reading pwriteAligned arguments");
+      return NULL;
+    }
+  }
+  napi_value promise, name;
+  if (napi_create_reference(env, arguments[1], 1, &request->prefix_reference) != napi_ok ||
+      napi_create_reference(env, arguments[2], 1, &request->buffers_reference) != napi_ok ||
+      napi_create_promise(env, &request->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, "cdp-native:pwriteAligned", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, execute_aligned_write, complete_aligned_write, request,
+                             &request->work) != napi_ok ||
+      napi_queue_async_work(env, request->work) != napi_ok) {
+    throw_napi_failure(env, "queueing pwriteAligned");
+    return NULL;
+  }
+  return promise;
+}
+
+/* preadNoWait(fd, target: Uint8Array, positionBytes): bytes read from the page cache (0: would wait). */
+static napi_value pread_no_wait(napi_env env, napi_callback_info info) {
+  napi_value arguments[ARGUMENT_COUNT_MAX];
+  int fd;
+  const uint8_t *target;
+  size_t length_bytes;
+  int64_t position_bytes;
+  if (!read_arguments(env, info, 3, arguments) || !read_fd(env, arguments[0], &fd) ||
+      !read_bytes(env, arguments[1], "target", -1, &target, &length_bytes) ||
+      !read_byte_count(env, arguments[2], "positionBytes", &position_bytes)) {
+    return NULL;
+  }
+  int64_t result_bytes = read_without_waiting(fd, (uint8_t *)target, length_bytes, position_bytes);
+  if (result_bytes < 0) {
+    throw_system_error(env, (int)-result_bytes, "preadv2");
+    return NULL;
+  }
+  napi_value result;
+  CHECK_NAPI(env, napi_create_int64(env, result_bytes, &result));
+  return result;
+}
+
 struct exported_function {
   const char *name;
   napi_callback callback;
@@ -457,6 +562,7 @@ static const struct exported_function exported_functions[] = {
     {"crc32c", crc32c},         {"crc32cv", crc32cv},   {"punchHole", punch_hole},
     {"zeroRange", zero_range},  {"allocate", allocate}, {"seekData", seek_data},
     {"seekHole", seek_hole},    {"blockSize", block_size}, {"pwriteBatch", pwrite_batch},
+    {"pwriteAligned", pwrite_aligned}, {"preadNoWait", pread_no_wait},
 };
 
 static napi_value initialize_module(napi_env env, napi_value exports) {

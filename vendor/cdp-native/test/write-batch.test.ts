@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { pwriteBatch } from 'cdp-native';
+import { preadNoWait, pwriteAligned, pwriteBatch } from 'cdp-native';
 
 function temporaryFile(t: { teardown(callback: () => void): void }): { filePath: string; fd: number } {
   const directory = fs.mkdtempSync(path.join(os.tmpdir(), 'cdp-native-batch-'));
@@ -45,4 +45,35 @@ t.test('errors reject with an fs-shaped error; bad arguments throw TypeError', a
   t.throws(() => pwriteBatch(1, [Buffer.from('x')], [-1]), TypeError);
   await pwriteBatch(fd, [], []).catch(() => undefined);
   t.pass('an empty batch settles');
+});
+
+t.test('pwriteAligned: prefix and buffers, zero-padded to the alignment, through O_DIRECT', async (t) => {
+  const { filePath, fd: plain } = temporaryFile(t);
+  fs.closeSync(plain);
+  const fd = fs.openSync(filePath, fs.constants.O_RDWR | fs.constants.O_DIRECT);
+  const prefix = Buffer.from('prefix-bytes');
+  const pieces = [randomBytes(5000), Buffer.alloc(0), randomBytes(3)];
+  await pwriteAligned(fd, prefix, pieces, 8192, 4096);
+  fs.closeSync(fd);
+  const written = fs.readFileSync(filePath);
+  const body = Buffer.concat([prefix, ...pieces]);
+  t.equal(written.length, 8192 + 8192, 'padded to whole 4 KiB blocks');
+  t.ok(written.subarray(8192, 8192 + body.length).equals(body), 'prefix then buffers');
+  t.ok(written.subarray(8192 + body.length).every((byte) => byte === 0), 'zero padding');
+  t.throws(() => pwriteAligned(fd, prefix, pieces, 100, 4096), TypeError, 'an unaligned position is refused');
+  t.throws(() => pwriteAligned(fd, prefix, pieces, 0, 1000), TypeError, 'the alignment is a power of two');
+});
+
+t.test('preadNoWait reads what the page cache holds and never more than asked', async (t) => {
+  const { filePath, fd } = temporaryFile(t);
+  const data = randomBytes(64 * 1024);
+  fs.writeSync(fd, data, 0, data.length, 0);
+  const target = Buffer.alloc(4096);
+  const readBytes = preadNoWait(fd, target, 8192);
+  t.ok(readBytes === 4096 || readBytes === 0, 'all of it from the page cache (or 0 where the kernel cannot tell)');
+  if (readBytes === 4096) t.ok(target.equals(data.subarray(8192, 8192 + 4096)), 'the right bytes');
+  t.equal(preadNoWait(fd, target, 1 << 30), 0, 'past the end: nothing');
+  fs.closeSync(fd);
+  t.throws(() => preadNoWait(fd, target, 0), { code: 'EBADF' });
+  t.ok(filePath.length > 0);
 });

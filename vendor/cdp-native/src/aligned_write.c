@@ -1,0 +1,81 @@
+/* Aligned writes for O_DIRECT, and reads that never wait for the disk. See aligned_write.h. */
+#include "aligned_write.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#ifndef RWF_NOWAIT
+#define RWF_NOWAIT 0x00000008
+#endif
+
+struct aligned_write *aligned_write_new(size_t count) {
+  struct aligned_write *request = calloc(1, sizeof *request);
+  if (request == NULL) return NULL;
+  request->count = count;
+  request->pieces = calloc(count > 0 ? count : 1, sizeof *request->pieces);
+  request->piece_bytes = calloc(count > 0 ? count : 1, sizeof *request->piece_bytes);
+  if (request->pieces == NULL || request->piece_bytes == NULL) {
+    aligned_write_free(request);
+    return NULL;
+  }
+  return request;
+}
+
+void aligned_write_execute(struct aligned_write *request) {
+  size_t total_bytes = request->prefix_bytes;
+  for (size_t index = 0; index < request->count; index++) total_bytes += request->piece_bytes[index];
+  size_t alignment = request->alignment_bytes;
+  size_t padded_bytes = (total_bytes + alignment - 1) / alignment * alignment;
+  if (padded_bytes == 0) return;
+  uint8_t *staging = NULL;
+  if (posix_memalign((void **)&staging, alignment, padded_bytes) != 0) {
+    request->error_number = ENOMEM;
+    return;
+  }
+  size_t filled = 0;
+  if (request->prefix_bytes > 0) memcpy(staging, request->prefix, request->prefix_bytes);
+  filled += request->prefix_bytes;
+  for (size_t index = 0; index < request->count; index++) {
+    memcpy(staging + filled, request->pieces[index], request->piece_bytes[index]);
+    filled += request->piece_bytes[index];
+  }
+  memset(staging + filled, 0, padded_bytes - filled);
+
+  size_t written = 0;
+  while (written < padded_bytes) {
+    ssize_t result = pwrite(request->fd, staging + written, padded_bytes - written,
+                            (off_t)(request->position_bytes + (int64_t)written));
+    if (result < 0) {
+      if (errno == EINTR) continue;
+      request->error_number = errno;
+      break;
+    }
+    if (result == 0) {
+      request->error_number = EIO;
+      break;
+    }
+    written += (size_t)result;
+  }
+  free(staging);
+}
+
+void aligned_write_free(struct aligned_write *request) {
+  if (request == NULL) return;
+  free(request->pieces);
+  free(request->piece_bytes);
+  free(request);
+}
+
+int64_t read_without_waiting(int fd, uint8_t *target, size_t length_bytes, int64_t position_bytes) {
+  struct iovec piece = {.iov_base = target, .iov_len = length_bytes};
+  for (;;) {
+    ssize_t result = preadv2(fd, &piece, 1, (off_t)position_bytes, RWF_NOWAIT);
+    if (result >= 0) return result;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL) return 0;
+    return -(int64_t)errno;
+  }
+}
