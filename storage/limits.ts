@@ -36,6 +36,8 @@ export const storageLimits = {
   batchTargetBytes: 1 * MiB,
   /** ... or this long after its first record, or at once when a FLUSH/FUA waits for it. */
   batchDelayMs: 2,
+  /** A batch is sealed at this size even while another is being written. */
+  batchMaxBytes: 4 * MiB,
   /** Payloads up to this size are copied into the batch slab; larger ones are referenced. */
   slabCopyPayloadBytesMax: 64 * KiB,
   /** Size of one batch slab (headers and small payloads). */
@@ -52,8 +54,8 @@ export const storageLimits = {
   /** Records longer than this are kept in the overlay's short list of large records. */
   overlayIndexedRecordBytesMax: 4 * MiB,
 
-  /** The next log segment is filled with zeroes at most this fast, in the background. */
-  spareZeroFillBytesPerSecond: 128 * MiB,
+  /** Log segments are filled with zeroes ahead of the appends at most this fast, in the background. */
+  segmentZeroFillBytesPerSecond: 128 * MiB,
   /** How often regions whose writes are durable everywhere are cleaned in the DRL. */
   regionCleanIntervalMs: 5000,
 
@@ -80,7 +82,8 @@ export function assertStorageLimits(limits: StorageLimits = storageLimits): void
     [limits.volumeSizeBytesMin >= limits.regionSizeBytesMin, 'a volume holds at least one region'],
     [limits.segmentSizeBytesMin > limits.slabBytes, 'a segment holds more than one slab'],
     [limits.slabCopyPayloadBytesMax * 4 <= limits.slabBytes, 'copied payloads are small against the slab'],
-    [limits.batchTargetBytes <= limits.unappliedBytesMax, 'a batch fits the unapplied budget'],
+    [limits.batchTargetBytes <= limits.batchMaxBytes, 'the write-now size is below the sealing size'],
+    [limits.batchMaxBytes * 4 <= limits.unappliedBytesMax, 'several batches fit the unapplied budget'],
     // 4096 is the segment header, 48 a record header (write-log.md): the largest record fits a segment.
     [limits.writePayloadBytesMax + 4096 + 48 <= limits.segmentSizeBytesMin, 'records fit a segment'],
     [isPowerOfTwo(limits.overlayChunkBytes), 'overlay chunk is a power of two'],

@@ -13,6 +13,19 @@ export interface AllocationExtent {
   hole: boolean;
 }
 
+/** Records are applied in this many parallel lanes of stripes of this size (see apply). */
+const applyLaneCount = 4;
+const applyStripeBytes = 1024 * 1024;
+
+interface ApplyLane {
+  buffers: Buffer[];
+  positions: number[];
+}
+
+function newLanes(): ApplyLane[] {
+  return Array.from({ length: applyLaneCount }, () => ({ buffers: [], positions: [] }));
+}
+
 /** Reads up to this size are tried from the page cache on the event loop first. */
 const cachedReadBytesMax = 128 * 1024;
 
@@ -53,24 +66,37 @@ export class PrimaryImage {
   }
 
   /**
-   * Apply records in log order. Runs of data records go to a worker thread as one batch of
-   * positioned writes; zeroing (a metadata change) happens in between, in its place.
+   * Apply records in log order, on worker threads: data records go out as batches of positioned
+   * writes, one batch per lane, the lanes in parallel (page-cache writes scale with threads).
+   * A lane takes the records of every applyLaneCount-th stripe of the volume, so records in
+   * different lanes never overlap and each lane keeps its records in order. A record that spans
+   * stripes, and zeroing (a metadata change), wait for everything before them.
    */
   async apply(records: readonly AppendedRecord[]): Promise<void> {
-    let buffers: Buffer[] = [];
-    let positions: number[] = [];
+    let lanes = newLanes();
+    const flushLanes = async (): Promise<void> => {
+      const pending = lanes.filter((lane) => lane.buffers.length > 0);
+      lanes = newLanes();
+      await Promise.all(pending.map((lane) => this.handle.writeBatch(lane.buffers, lane.positions)));
+    };
     for (const record of records) {
       if (record.kind === RecordKind.data) {
-        buffers.push(record.data!);
-        positions.push(record.offsetBytes);
+        const firstStripe = Math.floor(record.offsetBytes / applyStripeBytes);
+        const lastStripe = Math.floor((record.offsetBytes + record.lengthBytes - 1) / applyStripeBytes);
+        if (firstStripe === lastStripe) {
+          const lane = lanes[firstStripe % applyLaneCount]!;
+          lane.buffers.push(record.data!);
+          lane.positions.push(record.offsetBytes);
+          continue;
+        }
+        await flushLanes();
+        await this.handle.writeBatch([record.data!], [record.offsetBytes]);
       } else if (record.kind === RecordKind.zeroes || record.kind === RecordKind.trim) {
-        if (buffers.length > 0) await this.handle.writeBatch(buffers, positions);
-        buffers = [];
-        positions = [];
+        await flushLanes();
         this.handle.zeroRange(record.offsetBytes, record.lengthBytes);
       }
     }
-    if (buffers.length > 0) await this.handle.writeBatch(buffers, positions);
+    await flushLanes();
   }
 
   writeData(offsetBytes: number, data: Buffer): void {

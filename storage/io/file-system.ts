@@ -16,9 +16,12 @@ export interface FileHandle {
   writeBatch(sources: readonly Buffer[], positionsBytes: readonly number[]): Promise<void>;
   /**
    * Write prefix then sources, zero-padded to a multiple of alignmentBytes, at positionBytes (a
-   * multiple of it), off the event loop: the only write a handle opened `direct` may do.
+   * multiple of it), off the event loop: the only write a handle opened `direct` may do. With
+   * `durable` the write is durable when it resolves (RWF_DSYNC), as if followed by datasync.
    */
-  writeAligned(prefix: Buffer, sources: readonly Buffer[], positionBytes: number, alignmentBytes: number): Promise<void>;
+  writeAligned(prefix: Buffer, sources: readonly Buffer[], positionBytes: number, alignmentBytes: number, durable?: boolean): Promise<void>;
+  /** writeAligned on the calling thread, for small writes where a worker-thread hop costs more. */
+  writeAlignedSync(prefix: Buffer, sources: readonly Buffer[], positionBytes: number, alignmentBytes: number, durable?: boolean): void;
   /** Read what the page cache holds, without waiting for the disk: bytes read, 0 if none cached. */
   readCached(target: Buffer, positionBytes: number): number;
   /** Make every completed write of this file durable (fdatasync). */

@@ -50,8 +50,12 @@ class NodeFileHandle implements FileHandle {
     return native.pwriteBatch(this.fd, sources, positionsBytes);
   }
 
-  writeAligned(prefix: Buffer, sources: readonly Buffer[], positionBytes: number, alignmentBytes: number): Promise<void> {
-    return native.pwriteAligned(this.fd, prefix, sources, positionBytes, alignmentBytes);
+  writeAligned(prefix: Buffer, sources: readonly Buffer[], positionBytes: number, alignmentBytes: number, durable = false): Promise<void> {
+    return native.pwriteAligned(this.fd, prefix, sources, positionBytes, alignmentBytes, durable);
+  }
+
+  writeAlignedSync(prefix: Buffer, sources: readonly Buffer[], positionBytes: number, alignmentBytes: number, durable = false): void {
+    native.pwriteAlignedSync(this.fd, prefix, sources, positionBytes, alignmentBytes, durable);
   }
 
   readCached(target: Buffer, positionBytes: number): number {

@@ -10,6 +10,9 @@ import type { FileSystem } from '../io/file-system.js';
 import type { SegmentRun } from './batch.js';
 import { logBlockBytes, segmentFileName, type OpenSegment } from './segment.js';
 
+/** Durable writes up to this size are made on the event loop. */
+const syncWriteBytesMax = 64 * 1024;
+
 interface TailBlock {
   segment: OpenSegment;
   /** Offset of the partial block at the end of the log (a multiple of logBlockBytes). */
@@ -40,8 +43,12 @@ export class LogAppender {
     return new LogAppender({ segment, blockOffsetBytes, bytes });
   }
 
-  /** Write one run of a batch. Runs come in log order, each starting where the log ends. */
-  async write(run: SegmentRun): Promise<void> {
+  /**
+   * Write one run of a batch. Runs come in log order, each starting where the log ends. With
+   * `durable` the write is durable when it resolves (RWF_DSYNC): only when nothing else written
+   * to the log waits for a sync.
+   */
+  async write(run: SegmentRun, durable = false): Promise<void> {
     if (run.segment !== this.tail.segment) {
       // A new segment: appends start right after its header, on a block boundary.
       assert(run.startOffsetBytes % logBlockBytes === 0, 'a new segment is appended from a block boundary');
@@ -49,7 +56,10 @@ export class LogAppender {
     }
     const { blockOffsetBytes, bytes: prefix } = this.tail;
     assert(blockOffsetBytes + prefix.length === run.startOffsetBytes, 'runs continue the log without gaps');
-    await run.segment.handle.writeAligned(prefix, run.buffers, blockOffsetBytes, logBlockBytes);
+    // A small durable write (a FLUSH's few records) is done here: the disk's answer comes back
+    // sooner than a worker thread's would.
+    if (durable && run.lengthBytes <= syncWriteBytesMax) run.segment.handle.writeAlignedSync(prefix, run.buffers, blockOffsetBytes, logBlockBytes, true);
+    else await run.segment.handle.writeAligned(prefix, run.buffers, blockOffsetBytes, logBlockBytes, durable);
     const endBytes = run.startOffsetBytes + run.lengthBytes;
     const newBlockOffsetBytes = alignDown(endBytes);
     this.tail = {

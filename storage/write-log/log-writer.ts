@@ -19,7 +19,8 @@ import type { MicrosecondClock } from '../clock.js';
 import { Batch, type AppendedRecord } from './batch.js';
 import { RecordKind, encodeRecordHeader, recordHeaderBytes } from './record.js';
 import { LogAppender } from './log-appender.js';
-import { createSegment, segmentHeaderBytes, type OpenSegment } from './segment.js';
+import { createSegment, logBlockBytes, segmentHeaderBytes, type OpenSegment } from './segment.js';
+import { SegmentFiller } from './segment-filler.js';
 import { SpareSegment } from './spare-segment.js';
 
 export interface LogWriterHooks {
@@ -56,6 +57,8 @@ export class LogWriter {
   private readonly options: LogWriterOptions;
   private readonly hooks: LogWriterHooks;
   private filling = new Batch();
+  /** Full batches waiting for the one in flight, in order. */
+  private readonly sealed: Batch[] = [];
   /** The batch being written to the kernel. */
   private inFlight: Batch | null = null;
   /** Batches written to the kernel, waiting (in order) for their DRL marks, then applied. */
@@ -69,8 +72,8 @@ export class LogWriter {
   private nextSequence: number;
   private spare: SpareSegment | null = null;
   private readonly appender: LogAppender;
-  /** The spare taken into use stops filling itself with zeroes; the next write waits for that. */
-  private spareTakeOver: Promise<void> = Promise.resolve();
+  /** Zero-fillers of the current segment and of the spare, by segment number. */
+  private readonly fillers = new Map<number, SegmentFiller>();
   /** Segments appends have moved past, closed once their last record is durable. */
   private readonly retiring: Array<{ segment: OpenSegment; lastSequence: number }> = [];
   private readonly syncWaiters: SyncWaiter[] = [];
@@ -94,6 +97,7 @@ export class LogWriter {
     this.writtenSequenceValue = options.nextSequence - 1;
     this.durableSequenceValue = options.nextSequence - 1;
     this.appender = LogAppender.resume(options.fileSystem, options.logDirectory, options.currentSegment, options.appendOffsetBytes);
+    this.startFiller(options.currentSegment);
     this.prepareSpare();
   }
 
@@ -124,6 +128,7 @@ export class LogWriter {
   unappliedBatches(): Batch[] {
     const batches: Batch[] = this.awaitingApply.map((entry) => entry.batch);
     if (this.inFlight !== null) batches.push(this.inFlight);
+    batches.push(...this.sealed);
     if (!this.filling.isEmpty) batches.push(this.filling);
     return batches;
   }
@@ -190,6 +195,9 @@ export class LogWriter {
     };
     batch.addRecord(record);
     this.unappliedBytesValue += recordBytes;
+    // A full batch is sealed even while another is in flight, so batches stay small enough to
+    // be written, applied and released step by step.
+    if (batch.accountedBytes >= storageLimits.batchMaxBytes) this.sealFilling();
     this.scheduleBatch();
     return record;
   }
@@ -233,14 +241,17 @@ export class LogWriter {
     for (const waiter of this.roomWaiters) waiter();
     this.roomWaiters = [];
     await this.spare?.ready;
-    await this.spare?.takeOver();
+    await Promise.all([...this.fillers.values()].map((filler) => filler.stop()));
     this.spare?.segment?.handle.close();
     for (const { segment } of this.retiring) segment.handle.close();
     this.currentSegment.handle.close();
   }
 
   private isDrained(): boolean {
-    return this.failure !== null || (this.inFlight === null && this.awaitingApply.length === 0 && this.filling.isEmpty);
+    return (
+      this.failure !== null ||
+      (this.inFlight === null && this.sealed.length === 0 && this.awaitingApply.length === 0 && this.filling.isEmpty)
+    );
   }
 
   private wakeDrainWaitersIfDrained(): void {
@@ -267,7 +278,7 @@ export class LogWriter {
 
   private scheduleBatch(): void {
     if (this.inFlight !== null) return; // the batch in flight starts the next one when it lands
-    if (this.filling.accountedBytes >= storageLimits.batchTargetBytes) {
+    if (this.sealed.length > 0 || this.filling.accountedBytes >= storageLimits.batchTargetBytes) {
       this.startBatchIfDue();
     } else if (this.batchTimer === null) {
       this.batchTimer = setTimeout(() => {
@@ -295,32 +306,56 @@ export class LogWriter {
 
   private startBatchIfDue(): void {
     if (this.inFlight !== null || this.failure !== null) return;
-    const batch = this.filling;
-    if (batch.isEmpty) return;
-    if (!this.isDue(batch)) {
-      this.scheduleBatch();
-      return;
+    if (this.sealed.length === 0) {
+      if (this.filling.isEmpty) return;
+      if (!this.isDue(this.filling)) {
+        this.scheduleBatch();
+        return;
+      }
+      this.sealFilling();
     }
     this.clearBatchTimer();
-    this.filling = new Batch();
+    const batch = this.sealed.shift()!;
     this.inFlight = batch;
     void this.writeBatch(batch);
   }
 
+  private sealFilling(): void {
+    const batch = this.filling;
+    if (batch.isEmpty) return;
+    this.filling = new Batch();
+    batch.seal();
+    this.sealed.push(batch);
+  }
+
   /** One batch from memory to the kernel; then it queues to be applied to the live image. */
   private async writeBatch(batch: Batch): Promise<void> {
-    batch.seal();
     const marking = this.hooks.onBatchSealed(batch);
     marking.catch(() => undefined); // observed in applyWrittenBatches
+    // A FLUSH/FUA waiting for this batch, with nothing else unsynced: write it durably in one
+    // step (RWF_DSYNC) instead of a write and then an fdatasync.
+    const durable =
+      this.unsyncedSegments.size === 0 &&
+      !this.syncing &&
+      batch.runs.length === 1 &&
+      this.syncWaiters.some((waiter) => waiter.sequence >= batch.firstSequence && waiter.sequence <= batch.lastSequence);
     try {
-      await this.spareTakeOver;
-      for (const run of batch.runs) await this.appender.write(run);
+      for (const run of batch.runs) {
+        await this.fillers.get(run.segment.segmentNumber)?.clear(run.startOffsetBytes - logBlockBytes, run.startOffsetBytes + run.lengthBytes);
+        await this.appender.write(run, durable);
+      }
     } catch (error) {
       this.fail(storageErrorFromSystem(error, 'writing the write log'));
       return;
     }
-    for (const run of batch.runs) this.unsyncedSegments.add(run.segment);
     this.writtenSequenceValue = batch.lastSequence;
+    if (durable) {
+      this.durableSequenceValue = batch.lastSequence;
+      this.resolveSyncWaiters();
+      this.closeRetiredSegments();
+    } else {
+      for (const run of batch.runs) this.unsyncedSegments.add(run.segment);
+    }
     this.inFlight = null;
     this.awaitingApply.push({ batch, marking });
     this.startSyncIfWanted();
@@ -402,10 +437,12 @@ export class LogWriter {
     const spare = this.spare;
     assert(spare !== null && spare.segment !== null, 'switching segments needs the spare to be ready (admit first)');
     this.retiring.push({ segment: this.currentSegment, lastSequence: this.appendedSequence });
+    const retired = this.currentSegment;
     this.currentSegment = spare.segment;
     this.appendOffsetBytes = segmentHeaderBytes;
-    this.spareTakeOver = spare.takeOver();
     this.spare = null;
+    void this.fillers.get(retired.segmentNumber)?.stop();
+    this.fillers.delete(retired.segmentNumber);
     this.prepareSpare();
   }
 
@@ -424,8 +461,16 @@ export class LogWriter {
         segment.handle.close();
         throw new StorageError('ESHUTDOWN', 'the write log closed while its next segment was being prepared');
       }
+      this.startFiller(segment);
       return segment;
-    }, storageLimits.spareZeroFillBytesPerSecond);
+    });
+  }
+
+  /** Zero-fill a segment ahead of the appends (segment-filler.ts). */
+  private startFiller(segment: OpenSegment): void {
+    const appendOffset = (): number | null => (segment === this.currentSegment ? this.appendOffsetBytes : null);
+    const onFailure = (error: unknown): void => this.fail(storageErrorFromSystem(error, 'zero-filling a write-log segment'));
+    this.fillers.set(segment.segmentNumber, new SegmentFiller(segment, appendOffset, storageLimits.segmentZeroFillBytesPerSecond, onFailure));
   }
 
   /** Null when the spare is ready; a promise while it is being prepared; throws if it cannot be. */

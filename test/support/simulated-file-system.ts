@@ -209,6 +209,14 @@ class FileNode {
     this.pending.push(operation);
   }
 
+  /** Make one pending operation durable on its own (a write with RWF_DSYNC). */
+  makeOperationDurable(operation: FileOperation): void {
+    const index = this.pending.indexOf(operation);
+    if (index < 0) return;
+    this.pending.splice(index, 1);
+    applyFileOperation(this.durable, operation);
+  }
+
   makeDurable(operationCount: number): void {
     const operations = this.pending.splice(0, operationCount);
     if (this.pending.length === 0 && !this.lostOperations) {
@@ -700,13 +708,50 @@ class SimulatedFileHandle implements FileHandle {
     }
   }
 
-  /** An O_DIRECT write: whole blocks, one operation for a crash (the model keeps it pending until datasync). */
-  async writeAligned(prefix: Buffer, sources: readonly Buffer[], positionBytes: number, alignmentBytes: number): Promise<void> {
+  /**
+   * An O_DIRECT write: whole blocks, one operation for a crash, pending until datasync. A durable
+   * (RWF_DSYNC) write is durable when it returns; the model only allows it when nothing else of
+   * the file is pending, since it cannot order it against other pending writes.
+   */
+  async writeAligned(prefix: Buffer, sources: readonly Buffer[], positionBytes: number, alignmentBytes: number, durable = false): Promise<void> {
     if (positionBytes % alignmentBytes !== 0) throw new TypeError('writeAligned needs an aligned position');
     const body = Buffer.concat([prefix, ...sources]);
     const padded = Buffer.alloc(Math.ceil(body.length / alignmentBytes) * alignmentBytes);
     body.copy(padded);
-    return this.writev([padded], positionBytes);
+    await this.writev([padded], positionBytes);
+    if (!durable) return;
+    // The write is not durable until the device says so: a test holding this file's syncs holds it.
+    const operation = this.node.pending[this.node.pending.length - 1]!;
+    await this.fileSystem.passPauses(this.path);
+    await this.fileSystem.wait();
+    this.assertOpen('pwrite');
+    this.makeWriteDurable(operation);
+  }
+
+  /**
+   * RWF_DSYNC: the write just made is durable, on its own. (Callers never overlap it with other
+   * pending writes of the file, so applying it ahead of them keeps every byte's order.)
+   */
+  private makeLastWriteDurable(): void {
+    this.makeWriteDurable(this.node.pending[this.node.pending.length - 1]!);
+  }
+
+  private makeWriteDurable(operation: FileOperation): void {
+    const fault = this.fileSystem.takeDatasyncFault(this.path);
+    if (fault !== null) {
+      if (fault === 'lost') this.node.loseUnsynced(this.node.pending.length);
+      throw systemError('EIO', 'pwrite', this.path);
+    }
+    this.node.makeOperationDurable(operation);
+  }
+
+  writeAlignedSync(prefix: Buffer, sources: readonly Buffer[], positionBytes: number, alignmentBytes: number, durable = false): void {
+    if (positionBytes % alignmentBytes !== 0) throw new TypeError('writeAligned needs an aligned position');
+    const body = Buffer.concat([prefix, ...sources]);
+    const padded = Buffer.alloc(Math.ceil(body.length / alignmentBytes) * alignmentBytes);
+    body.copy(padded);
+    this.writeSync(padded, positionBytes);
+    if (durable) this.makeLastWriteDurable();
   }
 
   /** Everything is in the simulated page cache. */

@@ -77,7 +77,9 @@ export declare function pwriteBatch(fd: number, buffers: readonly Uint8Array[], 
 /**
  * Copy `prefix` and then `buffers` into one buffer aligned to `alignmentBytes`, zero-padded to a
  * multiple of it, and write that at `positionBytes` (a multiple of it) on a libuv worker thread:
- * the shape O_DIRECT needs. Rejects with a SystemCallError (syscall 'pwrite').
+ * the shape O_DIRECT needs. With `durable`, the write is made with RWF_DSYNC: durable, data and
+ * the metadata to find it, when the promise resolves. Rejects with a SystemCallError
+ * (syscall 'pwrite').
  * @throws TypeError on bad arguments (synchronously).
  */
 export declare function pwriteAligned(
@@ -86,6 +88,7 @@ export declare function pwriteAligned(
   buffers: readonly Uint8Array[],
   positionBytes: number,
   alignmentBytes: number,
+  durable?: boolean,
 ): Promise<void>;
 
 /**
@@ -94,3 +97,13 @@ export declare function pwriteAligned(
  * kernel cannot tell). Never waits for the disk.
  */
 export declare function preadNoWait(fd: number, target: Uint8Array, positionBytes: number): number;
+
+/** `pwriteAligned` done on the calling thread; throws instead of rejecting. For small writes. */
+export declare function pwriteAlignedSync(
+  fd: number,
+  prefix: Uint8Array,
+  buffers: readonly Uint8Array[],
+  positionBytes: number,
+  alignmentBytes: number,
+  durable?: boolean,
+): void;

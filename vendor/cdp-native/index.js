@@ -17,3 +17,4 @@ export const blockSize = binding.blockSize;
 export const pwriteBatch = binding.pwriteBatch;
 export const pwriteAligned = binding.pwriteAligned;
 export const preadNoWait = binding.preadNoWait;
+export const pwriteAlignedSync = binding.pwriteAlignedSync;

@@ -10,6 +10,9 @@
 #ifndef RWF_NOWAIT
 #define RWF_NOWAIT 0x00000008
 #endif
+#ifndef RWF_DSYNC
+#define RWF_DSYNC 0x00000002
+#endif
 
 struct aligned_write *aligned_write_new(size_t count) {
   struct aligned_write *request = calloc(1, sizeof *request);
@@ -46,8 +49,9 @@ void aligned_write_execute(struct aligned_write *request) {
 
   size_t written = 0;
   while (written < padded_bytes) {
-    ssize_t result = pwrite(request->fd, staging + written, padded_bytes - written,
-                            (off_t)(request->position_bytes + (int64_t)written));
+    struct iovec piece = {.iov_base = staging + written, .iov_len = padded_bytes - written};
+    ssize_t result = pwritev2(request->fd, &piece, 1, (off_t)(request->position_bytes + (int64_t)written),
+                              request->durable ? RWF_DSYNC : 0);
     if (result < 0) {
       if (errno == EINTR) continue;
       request->error_number = errno;

@@ -23,6 +23,8 @@ struct aligned_write {
   size_t count;
   const uint8_t **pieces;
   size_t *piece_bytes;
+  /* Write with RWF_DSYNC: durable (data and the metadata to find it) when the call returns. */
+  int durable;
   int error_number;
 };
 

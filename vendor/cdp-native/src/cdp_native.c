@@ -470,11 +470,14 @@ static void execute_aligned_write(napi_env env, void *data) {
   aligned_write_execute(data);
 }
 
-/* pwriteAligned(fd, prefix: Uint8Array, buffers: Uint8Array[], positionBytes, alignmentBytes): Promise<void> */
-static napi_value pwrite_aligned(napi_env env, napi_callback_info info) {
-  napi_value arguments[5];
-  size_t given = 5;
-  CHECK_NAPI(env, napi_get_cb_info(env, info, &given, arguments, NULL, NULL));
+/* Reads the arguments of pwriteAligned / pwriteAlignedSync into a new request (NULL: thrown). */
+static struct aligned_write *read_aligned_write(napi_env env, napi_callback_info info, napi_value arguments[6]) {
+  size_t given = 6;
+  if (napi_get_cb_info(env, info, &given, arguments, NULL, NULL) != napi_ok) {
+    throw_napi_failure(env, "napi_get_cb_info");
+    return NULL;
+  }
+  for (size_t index = given; index < 6; index++) napi_get_undefined(env, &arguments[index]);
   int fd;
   const uint8_t *prefix;
   size_t prefix_bytes;
@@ -485,8 +488,7 @@ static napi_value pwrite_aligned(napi_env env, napi_callback_info info) {
       !read_byte_count(env, arguments[4], "alignmentBytes", &alignment_bytes)) {
     return NULL;
   }
-  CHECK_NAPI(env, napi_is_array(env, arguments[2], &is_array));
-  if (!is_array) {
+  if (napi_is_array(env, arguments[2], &is_array) != napi_ok || !is_array) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "The \"buffers\" argument must be an Array of Uint8Array");
     return NULL;
   }
@@ -495,13 +497,21 @@ static napi_value pwrite_aligned(napi_env env, napi_callback_info info) {
     return NULL;
   }
   uint32_t count;
-  CHECK_NAPI(env, napi_get_array_length(env, arguments[2], &count));
+  if (napi_get_array_length(env, arguments[2], &count) != napi_ok) {
+    throw_napi_failure(env, "napi_get_array_length");
+    return NULL;
+  }
   struct aligned_write *request = aligned_write_new(count);
   if (request == NULL) {
     napi_throw_error(env, "ENOMEM", "cdp-native: out of memory for an aligned write");
     return NULL;
   }
   request->fd = fd;
+  bool durable = false;
+  napi_valuetype durable_type = napi_undefined;
+  napi_typeof(env, arguments[5], &durable_type);
+  if (durable_type == napi_boolean) napi_get_value_bool(env, arguments[5], &durable);
+  request->durable = durable ? 1 : 0;
   request->position_bytes = position_bytes;
   request->alignment_bytes = (size_t)alignment_bytes;
   request->prefix = prefix;
@@ -517,6 +527,14 @@ static napi_value pwrite_aligned(napi_env env, napi_callback_info info) {
       return NULL;
     }
   }
+  return request;
+}
+
+/* pwriteAligned(fd, prefix, buffers, positionBytes, alignmentBytes, durable?): Promise<void> */
+static napi_value pwrite_aligned(napi_env env, napi_callback_info info) {
+  napi_value arguments[6];
+  struct aligned_write *request = read_aligned_write(env, info, arguments);
+  if (request == NULL) return NULL;
   napi_value promise, name;
   if (napi_create_reference(env, arguments[1], 1, &request->prefix_reference) != napi_ok ||
       napi_create_reference(env, arguments[2], 1, &request->buffers_reference) != napi_ok ||
@@ -529,6 +547,19 @@ static napi_value pwrite_aligned(napi_env env, napi_callback_info info) {
     return NULL;
   }
   return promise;
+}
+
+/* pwriteAlignedSync(fd, prefix, buffers, positionBytes, alignmentBytes, durable?): undefined,
+ * on the calling thread: for small durable writes, where a worker-thread hop costs more than it saves. */
+static napi_value pwrite_aligned_sync(napi_env env, napi_callback_info info) {
+  napi_value arguments[6];
+  struct aligned_write *request = read_aligned_write(env, info, arguments);
+  if (request == NULL) return NULL;
+  aligned_write_execute(request);
+  int error_number = request->error_number;
+  aligned_write_free(request);
+  if (error_number != 0) throw_system_error(env, error_number, "pwrite");
+  return NULL;
 }
 
 /* preadNoWait(fd, target: Uint8Array, positionBytes): bytes read from the page cache (0: would wait). */
@@ -562,7 +593,8 @@ static const struct exported_function exported_functions[] = {
     {"crc32c", crc32c},         {"crc32cv", crc32cv},   {"punchHole", punch_hole},
     {"zeroRange", zero_range},  {"allocate", allocate}, {"seekData", seek_data},
     {"seekHole", seek_hole},    {"blockSize", block_size}, {"pwriteBatch", pwrite_batch},
-    {"pwriteAligned", pwrite_aligned}, {"preadNoWait", pread_no_wait},
+    {"pwriteAligned", pwrite_aligned}, {"pwriteAlignedSync", pwrite_aligned_sync},
+    {"preadNoWait", pread_no_wait},
 };
 
 static napi_value initialize_module(napi_env env, napi_value exports) {

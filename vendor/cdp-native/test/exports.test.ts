@@ -12,6 +12,7 @@ t.test('exports', async (t) => {
     'preadNoWait',
     'punchHole',
     'pwriteAligned',
+    'pwriteAlignedSync',
     'pwriteBatch',
     'seekData',
     'seekHole',

@@ -1,0 +1,160 @@
+// The commands of the cdp-nbd command line: `cdp-nbd COMMAND [options]`. Every command prints --help.
+
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { VolumeStore, validateVolumeName } from '../storage/index.js';
+import { inspectLog } from './log-inspect.js';
+import { serve, serveDefaults } from './serve.js';
+import { formatBytes, parseSize } from './sizes.js';
+
+const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+const usage = `cdp-nbd ${version}: continuous data protection served over NBD
+
+Usage:
+  cdp-nbd serve [options]            run the appliance
+  cdp-nbd volume create NAME --size SIZE [--data DIR]
+  cdp-nbd volume list [--data DIR]
+  cdp-nbd log inspect --volume NAME [--data DIR] [--from SEQUENCE] [--limit N] [--json]
+  cdp-nbd help | --help | COMMAND --help
+
+Run \`cdp-nbd serve --help\` for the appliance's options.`;
+
+const serveUsage = `cdp-nbd serve: run the appliance
+
+Options:
+  --data DIR              data folder (default ${serveDefaults.dataDirectory})
+  --nbd-listen HOST:PORT  NBD over TCP (default ${serveDefaults.nbdListen}; "none" to disable)
+  --nbd-socket PATH       also serve NBD on this unix socket
+  --http-listen HOST:PORT REST API and console (default ${serveDefaults.httpListen}; "none" to disable)
+  --volume-size SIZE      size of the default volume made on first start (default 1G)
+  --default-volume NAME   name of that volume and of the default export (default ${serveDefaults.defaultVolumeName})
+  --log-level LEVEL       trace, debug, info, warn, error (default ${serveDefaults.logLevel})
+
+Each volume is exported over NBD under its own name; the empty export name selects the
+default volume. SIGTERM or SIGINT finish in-flight requests, make everything durable, and exit.`;
+
+type Handler = (argv: string[]) => Promise<number>;
+
+const commands: Record<string, Handler> = {
+  serve: runServe,
+  volume: runVolume,
+  log: runLog,
+};
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === 'help' || command === '--help' || command === '-h') {
+    process.stdout.write(`${usage}\n`);
+    return command === undefined ? 2 : 0;
+  }
+  if (command === '--version') {
+    process.stdout.write(`${version}\n`);
+    return 0;
+  }
+  const handler = commands[command];
+  if (handler === undefined) {
+    process.stderr.write(`cdp-nbd: unknown command "${command}"\n\n${usage}\n`);
+    return 2;
+  }
+  return handler(rest);
+}
+
+async function runServe(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      data: { type: 'string', default: serveDefaults.dataDirectory },
+      'nbd-listen': { type: 'string', default: serveDefaults.nbdListen },
+      'nbd-socket': { type: 'string' },
+      'http-listen': { type: 'string', default: serveDefaults.httpListen },
+      'volume-size': { type: 'string', default: '1G' },
+      'default-volume': { type: 'string', default: serveDefaults.defaultVolumeName },
+      'log-level': { type: 'string', default: serveDefaults.logLevel },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(`${serveUsage}\n`);
+    return 0;
+  }
+  const nameProblem = validateVolumeName(values['default-volume']);
+  if (nameProblem !== null) throw new Error(`--default-volume: ${nameProblem}`);
+  await serve({
+    dataDirectory: values.data,
+    nbdListen: values['nbd-listen'],
+    nbdSocket: values['nbd-socket'] ?? null,
+    httpListen: values['http-listen'],
+    defaultVolumeName: values['default-volume'],
+    defaultVolumeSizeBytes: parseSize(values['volume-size']),
+    logLevel: values['log-level'],
+    version,
+  });
+  return -1; // keeps running until a signal
+}
+
+async function runVolume(argv: string[]): Promise<number> {
+  const [action, ...rest] = argv;
+  const { values, positionals } = parseArgs({
+    args: rest,
+    allowPositionals: true,
+    options: { data: { type: 'string', default: serveDefaults.dataDirectory }, size: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+  });
+  if (values.help || (action !== 'create' && action !== 'list')) {
+    process.stdout.write('Usage:\n  cdp-nbd volume create NAME --size SIZE [--data DIR]\n  cdp-nbd volume list [--data DIR]\n');
+    return values.help ? 0 : 2;
+  }
+  const store = VolumeStore.openDataDirectory(values.data);
+  try {
+    if (action === 'list') {
+      for (const name of store.list()) process.stdout.write(`${name}\t${formatBytes(store.config(name).sizeBytes)}\n`);
+      return 0;
+    }
+    const name = positionals[0];
+    if (name === undefined || values.size === undefined) throw new Error('volume create needs a NAME and --size SIZE');
+    const config = await store.create({ name, sizeBytes: parseSize(values.size) });
+    process.stdout.write(`created volume ${config.name} (${formatBytes(config.sizeBytes)})\n`);
+    return 0;
+  } finally {
+    await store.close();
+  }
+}
+
+async function runLog(argv: string[]): Promise<number> {
+  const [action, ...rest] = argv;
+  const { values } = parseArgs({
+    args: rest,
+    options: {
+      volume: { type: 'string' },
+      data: { type: 'string', default: serveDefaults.dataDirectory },
+      from: { type: 'string', default: '1' },
+      limit: { type: 'string', default: String(Number.MAX_SAFE_INTEGER) },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help || action !== 'inspect' || values.volume === undefined) {
+    process.stdout.write('Usage: cdp-nbd log inspect --volume NAME [--data DIR] [--from SEQUENCE] [--limit N] [--json]\n');
+    return values.help ? 0 : 2;
+  }
+  const nameProblem = validateVolumeName(values.volume);
+  if (nameProblem !== null) throw new Error(`--volume: ${nameProblem}`);
+  inspectLog({
+    volumeDirectory: `${values.data}/volumes/${values.volume}`,
+    fromSequence: Number(values.from),
+    limit: Number(values.limit),
+    json: values.json,
+    write: (line) => process.stdout.write(`${line}\n`),
+  });
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code >= 0) process.exitCode = code;
+  },
+  (error: unknown) => {
+    process.stderr.write(`cdp-nbd: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.exitCode = 1;
+  },
+);
