@@ -27,6 +27,14 @@ const healthResponse = {
     version: { type: 'string' },
     uptimeSeconds: { type: 'number' },
     connections: { type: 'integer' },
+    memory: {
+      type: 'object',
+      properties: {
+        rssBytes: { type: 'integer' },
+        heapUsedBytes: { type: 'integer' },
+        externalBytes: { type: 'integer' },
+      },
+    },
     volumes: {
       type: 'array',
       items: {
@@ -66,10 +74,16 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
       version: context.version,
       uptimeSeconds: Math.round((Date.now() - context.startedAtMs) / 1000),
       connections: context.nbd.connectionCount,
+      memory: memoryFigures(),
       volumes,
     };
   });
   app.get('/api/v1/health', (_request, reply) => reply.redirect('/health', 308));
 
   return app;
+}
+
+function memoryFigures() {
+  const usage = process.memoryUsage();
+  return { rssBytes: usage.rss, heapUsedBytes: usage.heapUsed, externalBytes: usage.external };
 }

@@ -8,7 +8,7 @@ export const serverLimits = {
   /** Requests of one connection being served at once; reading pauses beyond it. */
   inFlightRequestCountMax: 512,
   /** Bytes of payloads and read results one connection holds at once; reading pauses beyond it. */
-  inFlightBytesMax: 128 * MiB,
+  inFlightBytesMax: 64 * MiB,
   /** Reply bytes queued on one socket before we stop reading requests until it drains. */
   queuedReplyBytesMax: 64 * MiB,
   /** Largest READ or WRITE payload (advertised as the maximum block size). */

@@ -47,7 +47,7 @@ export const storageLimits = {
    * batch being written). Writes wait for room beyond it, so memory does not grow with load.
    * One maximal write always fits, on top of this.
    */
-  unappliedBytesMax: 64 * MiB,
+  unappliedBytesMax: 48 * MiB,
 
   /** Granularity of the read overlay's index over unapplied records. */
   overlayChunkBytes: 64 * KiB,

@@ -3,6 +3,7 @@
 // and shuts down in order on SIGTERM/SIGINT: stop accepting, finish in-flight requests, make
 // everything durable, close.
 
+import { limitAllocatorRetention } from 'cdp-native';
 import { pino } from 'pino';
 import { buildApp } from '../api/app.js';
 import { ExportTable, NbdServer, parseListenAddress, type ListenAddress } from '../server/index.js';
@@ -30,6 +31,7 @@ export const serveDefaults = {
 } as const;
 
 export async function serve(options: ServeOptions): Promise<void> {
+  limitAllocatorRetention(); // large payload buffers go back to the system when freed
   const log = pino({ level: options.logLevel, base: undefined }, pino.destination(2));
   const store = VolumeStore.openDataDirectory(options.dataDirectory);
 

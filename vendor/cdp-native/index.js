@@ -18,3 +18,4 @@ export const pwriteBatch = binding.pwriteBatch;
 export const pwriteAligned = binding.pwriteAligned;
 export const preadNoWait = binding.preadNoWait;
 export const pwriteAlignedSync = binding.pwriteAlignedSync;
+export const limitAllocatorRetention = binding.limitAllocatorRetention;

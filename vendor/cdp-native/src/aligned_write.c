@@ -4,8 +4,27 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
+
+/* Staging buffers this large come straight from mmap and go straight back: glibc would keep
+ * freed large blocks in per-thread arenas, and the process would hold on to them. */
+#define STAGING_MMAP_BYTES_MIN (64 * 1024)
+
+static uint8_t *staging_allocate(size_t alignment, size_t bytes) {
+  if (bytes >= STAGING_MMAP_BYTES_MIN && alignment <= 4096) {
+    void *memory = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return memory == MAP_FAILED ? NULL : memory;
+  }
+  void *memory = NULL;
+  return posix_memalign(&memory, alignment, bytes) == 0 ? memory : NULL;
+}
+
+static void staging_free(uint8_t *memory, size_t alignment, size_t bytes) {
+  if (bytes >= STAGING_MMAP_BYTES_MIN && alignment <= 4096) munmap(memory, bytes);
+  else free(memory);
+}
 
 #ifndef RWF_NOWAIT
 #define RWF_NOWAIT 0x00000008
@@ -33,8 +52,8 @@ void aligned_write_execute(struct aligned_write *request) {
   size_t alignment = request->alignment_bytes;
   size_t padded_bytes = (total_bytes + alignment - 1) / alignment * alignment;
   if (padded_bytes == 0) return;
-  uint8_t *staging = NULL;
-  if (posix_memalign((void **)&staging, alignment, padded_bytes) != 0) {
+  uint8_t *staging = staging_allocate(alignment, padded_bytes);
+  if (staging == NULL) {
     request->error_number = ENOMEM;
     return;
   }
@@ -63,7 +82,7 @@ void aligned_write_execute(struct aligned_write *request) {
     }
     written += (size_t)result;
   }
-  free(staging);
+  staging_free(staging, alignment, padded_bytes);
 }
 
 void aligned_write_free(struct aligned_write *request) {

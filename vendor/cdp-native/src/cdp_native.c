@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <malloc.h>
 
 #include <node_api.h>
 
@@ -584,6 +585,16 @@ static napi_value pread_no_wait(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* limitAllocatorRetention(): glibc raises its mmap threshold each time a large block is freed, so
+ * later large blocks (Buffers of payloads and reads) come from arenas that keep freed memory:
+ * a server doing large I/O then holds hundreds of MiB it does not use. Fixing the threshold at
+ * 128 KiB, and the arenas at two, lets large blocks go back to the system when freed. */
+static napi_value limit_allocator_retention(napi_env env, napi_callback_info info) {
+  mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+  mallopt(M_ARENA_MAX, 2);
+  return NULL;
+}
+
 struct exported_function {
   const char *name;
   napi_callback callback;
@@ -595,6 +606,7 @@ static const struct exported_function exported_functions[] = {
     {"seekHole", seek_hole},    {"blockSize", block_size}, {"pwriteBatch", pwrite_batch},
     {"pwriteAligned", pwrite_aligned}, {"pwriteAlignedSync", pwrite_aligned_sync},
     {"preadNoWait", pread_no_wait},
+    {"limitAllocatorRetention", limit_allocator_retention},
 };
 
 static napi_value initialize_module(napi_env env, napi_value exports) {

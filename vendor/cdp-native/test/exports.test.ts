@@ -9,6 +9,7 @@ t.test('exports', async (t) => {
     'crc32c',
     'crc32cImplementation',
     'crc32cv',
+    'limitAllocatorRetention',
     'preadNoWait',
     'punchHole',
     'pwriteAligned',
