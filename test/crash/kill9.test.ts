@@ -17,6 +17,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { NbdClient } from '../../tools/nbd-client.js';
 import { RecordKind, logStart, nodeFileSystem, scanLog, volumePaths } from '../../storage/index.js';
 import { startAppliance } from '../support/appliance.js';
+import { seededRandom } from '../support/seeded-random.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 
 const blockBytes = 4096;
@@ -25,16 +26,6 @@ const volumeSizeBytes = 64 * 1024 * 1024;
 const cycleCount = Number(process.env.CRASH_CYCLES ?? 12);
 const seed = Number(process.env.CRASH_SEED ?? Date.now() % 1_000_000);
 const magic = Buffer.from('CDPCRASH');
-
-/** A small deterministic PRNG (mulberry32), so a failing seed can be replayed. */
-function prng(state: number): () => number {
-  return () => {
-    state = (state + 0x6d2b79f5) | 0;
-    let value = Math.imul(state ^ (state >>> 15), 1 | state);
-    value = (value + Math.imul(value ^ (value >>> 7), 61 | value)) ^ value;
-    return ((value ^ (value >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function blockContent(writeId: number, block: number): Buffer {
   const content = Buffer.allocUnsafe(blockBytes);
@@ -156,6 +147,19 @@ async function runLoad(clients: NbdClient[], model: Model, random: () => number,
   await Promise.allSettled(workers);
 }
 
+/** Read every block of the load's span through a fresh connection and check it against the model. */
+async function settleEveryBlock(nbdSocket: string, model: Model): Promise<string[]> {
+  const reader = await NbdClient.connect({ kind: 'unix', path: nbdSocket }, { exportName: 'vol0' });
+  const image = await reader.read(0, blockCount * blockBytes);
+  await reader.disconnect();
+  const problems: string[] = [];
+  for (let block = 0; block < blockCount; block++) {
+    const problem = model.settle(block, identify(image.subarray(block * blockBytes, (block + 1) * blockBytes), block));
+    if (problem !== null) problems.push(problem);
+  }
+  return problems;
+}
+
 /** Replay the whole log onto zeroes: what the live image must equal. */
 function replayLog(volumeDirectory: string): Buffer {
   const image = Buffer.alloc(volumeSizeBytes);
@@ -185,7 +189,7 @@ function loggedWriteIds(volumeDirectory: string): Set<number> {
 t.test(`kill -9 under load, ${cycleCount} times (seed ${seed})`, async (t) => {
   const dataDirectory = temporaryDirectory(t);
   const volumeDirectory = `${dataDirectory}/volumes/vol0`;
-  const random = prng(seed);
+  const random = seededRandom(seed);
   const model = new Model();
   let writeCounter = 0;
   const nextWriteId = (): number => ++writeCounter;
@@ -200,14 +204,7 @@ t.test(`kill -9 under load, ${cycleCount} times (seed ${seed})`, async (t) => {
 
     // Invariant 1 (and 4): after a restart, every block is as the model allows.
     if (cycle > 0) {
-      const reader = await NbdClient.connect({ kind: 'unix', path: appliance.nbdSocket }, { exportName: 'vol0' });
-      const image = await reader.read(0, blockCount * blockBytes);
-      await reader.disconnect();
-      const problems: string[] = [];
-      for (let block = 0; block < blockCount; block++) {
-        const problem = model.settle(block, identify(image.subarray(block * blockBytes, (block + 1) * blockBytes), block));
-        if (problem !== null) problems.push(problem);
-      }
+      const problems = await settleEveryBlock(appliance.nbdSocket, model);
       t.same(problems.slice(0, 5), [], `cycle ${cycle}: every durable write survived the kill`);
       if (problems.length > 0) {
         await appliance.kill();
@@ -230,14 +227,7 @@ t.test(`kill -9 under load, ${cycleCount} times (seed ${seed})`, async (t) => {
 
   // Invariants 2 and 3, checked on the files after one more recovery and an orderly stop.
   const last = await startAppliance(t, { dataDirectory, volumeSize: String(volumeSizeBytes) });
-  const reader = await NbdClient.connect({ kind: 'unix', path: last.nbdSocket }, { exportName: 'vol0' });
-  const image = await reader.read(0, blockCount * blockBytes);
-  await reader.disconnect();
-  const problems: string[] = [];
-  for (let block = 0; block < blockCount; block++) {
-    const problem = model.settle(block, identify(image.subarray(block * blockBytes, (block + 1) * blockBytes), block));
-    if (problem !== null) problems.push(problem);
-  }
+  const problems = await settleEveryBlock(last.nbdSocket, model);
   t.same(problems.slice(0, 5), [], 'after the last kill every durable write survived');
   t.equal(await last.stop(), 0, 'orderly stop');
 

@@ -22,6 +22,7 @@ import {
 } from 'nbd-protocol-ts';
 import { NbdClient } from '../../tools/nbd-client.js';
 import { startAppliance, type Appliance } from '../support/appliance.js';
+import { seededRandom } from '../support/seeded-random.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 
 /** A raw connection: send bytes, read parsed server messages, see whether the server hung up. */
@@ -196,20 +197,10 @@ t.test('structured replies: errors carry a message', async (t) => {
   await client.disconnect();
 });
 
-/** A small deterministic PRNG (mulberry32). */
-function prng(state: number): () => number {
-  return () => {
-    state = (state + 0x6d2b79f5) | 0;
-    let value = Math.imul(state ^ (state >>> 15), 1 | state);
-    value = (value + Math.imul(value ^ (value >>> 7), 61 | value)) ^ value;
-    return ((value ^ (value >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 t.test('fuzz: random and mutated streams never bring the server down', async (t) => {
   const appliance = await startAppliance(t, { dataDirectory: temporaryDirectory(t) });
   const seed = Number(process.env.FUZZ_SEED ?? Date.now() % 1_000_000);
-  const random = prng(seed);
+  const random = seededRandom(seed);
   t.comment(`seed ${seed}`);
   const valid = Buffer.concat([
     serializeClientFlags(ClientFlag.C_FIXED_NEWSTYLE | ClientFlag.C_NO_ZEROES),
