@@ -213,9 +213,9 @@ function invalid(option: number, message: string): OptionOutcome {
   return reply(serializeOptionErrorReply(option, OptionReplyType.ERR_INVALID, message));
 }
 
-/** The metadata contexts an export offers. */
-export function availableContexts(_entry: ExportEntry): string[] {
-  return [BASE_ALLOCATION_CONTEXT];
+/** The metadata contexts an export offers: base:allocation, and whatever its device adds. */
+export function availableContexts(entry: ExportEntry): string[] {
+  return [BASE_ALLOCATION_CONTEXT, ...(entry.device.metaContexts?.() ?? [])];
 }
 
 /**

@@ -3,6 +3,7 @@
 // the wire through one function, wireErrno.
 
 import {
+  BASE_ALLOCATION_CONTEXT,
   CommandFlag,
   CommandType,
   Errno,
@@ -188,18 +189,28 @@ export class Transmission {
   private async blockStatus(request: RequestMessage): Promise<void> {
     const { cookie, flags, offsetBytes, lengthBytes } = request;
     const extentCountMax = (flags & CommandFlag.REQ_ONE) !== 0 ? 1 : serverLimits.blockStatusExtentCountMax;
-    const statuses = await this.negotiated.entry.device.allocation(offsetBytes, lengthBytes, extentCountMax);
-    const extents = statuses.map((status) => ({
-      lengthBytes: status.lengthBytes,
-      flags: (status.hole ? StateFlag.HOLE : 0) | (status.zero ? StateFlag.ZERO : 0),
-    }));
-    // At least one descriptor is required; status 0 (allocated, not known zero) is always true.
-    if (extents.length === 0) extents.push({ lengthBytes, flags: 0 });
     const contexts = this.negotiated.contexts;
+    const extentLists = await Promise.all(contexts.map((context) => this.contextExtents(context.name, offsetBytes, lengthBytes, extentCountMax)));
     const chunks = contexts.map((context, index) =>
-      serializeBlockStatusChunk(cookie, index === contexts.length - 1 ? ReplyFlag.DONE : 0, context.id, extents),
+      serializeBlockStatusChunk(cookie, index === contexts.length - 1 ? ReplyFlag.DONE : 0, context.id, extentLists[index]!),
     );
     this.sink.send(chunks);
+  }
+
+  /** Extents of one metadata context; at least one (status 0 is always a true answer). */
+  private async contextExtents(context: string, offsetBytes: number, lengthBytes: number, extentCountMax: number): Promise<Array<{ lengthBytes: number; flags: number }>> {
+    const device = this.negotiated.entry.device;
+    let extents: Array<{ lengthBytes: number; flags: number }>;
+    if (context === BASE_ALLOCATION_CONTEXT) {
+      const statuses = await device.allocation(offsetBytes, lengthBytes, extentCountMax);
+      extents = statuses.map((status) => ({ lengthBytes: status.lengthBytes, flags: (status.hole ? StateFlag.HOLE : 0) | (status.zero ? StateFlag.ZERO : 0) }));
+    } else if (device.contextStatus !== undefined) {
+      extents = await device.contextStatus(context, offsetBytes, lengthBytes, extentCountMax);
+    } else {
+      extents = [];
+    }
+    if (extents.length === 0) extents.push({ lengthBytes, flags: 0 });
+    return extents;
   }
 
   private sendDone(request: RequestMessage): void {

@@ -25,6 +25,12 @@ export interface AllocationStatus {
   zero: boolean;
 }
 
+/** One extent of a metadata context other than base:allocation (flags as the context defines). */
+export interface ContextExtent {
+  lengthBytes: number;
+  flags: number;
+}
+
 export interface BlockDeviceCapabilities {
   flush: boolean;
   fua: boolean;
@@ -53,4 +59,8 @@ export interface BlockDevice {
   cache(offsetBytes: number, lengthBytes: number): Promise<void>;
   /** base:allocation of a range: at most extentCountMax extents, covering a prefix of it. */
   allocation(offsetBytes: number, lengthBytes: number, extentCountMax: number): Promise<AllocationStatus[]>;
+  /** Metadata contexts the device offers besides base:allocation (e.g. qemu:dirty-bitmap:NAME). */
+  metaContexts?(): string[];
+  /** Status of a range in one of those contexts: at most extentCountMax extents, a prefix of it. */
+  contextStatus?(context: string, offsetBytes: number, lengthBytes: number, extentCountMax: number): Promise<ContextExtent[]>;
 }

@@ -1,11 +1,15 @@
 // The storage layer's public surface. Other layers (server, api, tools) import storage only
 // from here; everything else in this folder is private to it.
 
-export type { AllocationStatus, BlockDevice, BlockDeviceCapabilities, WriteOptions, ZeroOptions } from './block-device.js';
+export type { AllocationStatus, BlockDevice, BlockDeviceCapabilities, ContextExtent, WriteOptions, ZeroOptions } from './block-device.js';
 export { StorageError, type StorageErrorCode } from './errors.js';
 export { storageLimits, assertStorageLimits, KiB, MiB, GiB, TiB } from './limits.js';
 export { formatMicros } from './clock.js';
-export { Volume, type CreateVolumeOptions, type VolumeStatistics } from './volume.js';
+export { Volume, type CreateVolumeOptions, type OpenVolumeOptions, type VolumeStatistics } from './volume.js';
+export { VolumeHistory, validateSnapshotName, type InstantSpecification } from './point-in-time/history.js';
+export { PointInTimeView } from './point-in-time/view.js';
+export { dirtyBitmapContext, dirtyBitmapPrefix } from './point-in-time/dirty-bitmap.js';
+export type { SnapshotRecord } from './index/delta-map-index.js';
 export { VolumeStore } from './volume-store.js';
 export { validateVolumeName, validateVolumeSize, volumePaths, type VolumeConfig } from './volume-config.js';
 export type { RecoveryReport } from './recovery.js';

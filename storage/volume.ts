@@ -23,7 +23,9 @@ import { nodeFileSystem } from './io/node-file-system.js';
 import { storageLimits } from './limits.js';
 import { PrimaryImage } from './primary-image.js';
 import { recoverVolume, type RecoveryReport } from './recovery.js';
-import type { AllocationStatus, BlockDevice, BlockDeviceCapabilities, WriteOptions, ZeroOptions } from './block-device.js';
+import type { AllocationStatus, BlockDevice, BlockDeviceCapabilities, ContextExtent, WriteOptions, ZeroOptions } from './block-device.js';
+import { VolumeHistory, type HistoryVolume } from './point-in-time/history.js';
+import { dirtyBitmapContext, dirtyBitmapStatus } from './point-in-time/dirty-bitmap.js';
 import {
   newVolumeId,
   readVolumeConfig,
@@ -43,6 +45,14 @@ export interface CreateVolumeOptions {
   sizeBytes: number;
   regionSizeBytes?: number;
   segmentSizeBytes?: number;
+}
+
+export interface OpenVolumeOptions {
+  /**
+   * Keep the delta-map index (points in time, snapshots, changed-block tracking). On by default
+   * on the real file system; the index lives in LevelDB, which a simulated file system cannot host.
+   */
+  history?: boolean;
 }
 
 export interface VolumeStatistics {
@@ -88,6 +98,8 @@ export class Volume implements BlockDevice {
   /** What recovery found and did when this volume was opened. */
   readonly recovery: RecoveryReport;
 
+  /** Points in time, snapshots and changed-block tracking; null when opened without them. */
+  history: VolumeHistory | null = null;
   private readonly primary: PrimaryImage;
   private readonly drl: DirtyRegionLog;
   private readonly log: LogWriter;
@@ -180,7 +192,7 @@ export class Volume implements BlockDevice {
   }
 
   /** Open a volume, recovering it first if it was not closed cleanly. */
-  static async open(directory: string, fileSystem: FileSystem = nodeFileSystem): Promise<Volume> {
+  static async open(directory: string, fileSystem: FileSystem = nodeFileSystem, options: OpenVolumeOptions = {}): Promise<Volume> {
     const paths = volumePaths(directory);
     const config = readVolumeConfig(fileSystem, paths.config);
     assertGeometry(config);
@@ -194,6 +206,9 @@ export class Volume implements BlockDevice {
       const clock = new MicrosecondClock(Math.max(recovery.lastTimestampMicros, drl.checkpoint.timestampMicros));
       const volume = new Volume({ config, paths, primary, drl, recovery, clock, fileSystem });
       try {
+        if (options.history ?? fileSystem === nodeFileSystem) {
+          volume.history = await VolumeHistory.open({ volume: volume.asHistoryVolume(), paths, fileSystem, sizeBytes: config.sizeBytes });
+        }
         await volume.recordRecovery();
       } catch (error) {
         await volume.close();
@@ -297,7 +312,42 @@ export class Volume implements BlockDevice {
   private async appendRecord(kind: RecordKind, flags: number, offsetBytes: number, lengthBytes: number, payload: Buffer | null): Promise<AppendedRecord> {
     const recordBytes = recordHeaderBytes + (payload?.length ?? 0);
     for (let wait = this.log.admit(recordBytes); wait !== null; wait = this.log.admit(recordBytes)) await wait;
-    return this.log.append(kind, flags, offsetBytes, lengthBytes, payload);
+    const record = this.log.append(kind, flags, offsetBytes, lengthBytes, payload);
+    this.history?.noteRecord(record, payload);
+    return record;
+  }
+
+  /** What the history (points in time) needs of this volume. */
+  private asHistoryVolume(): HistoryVolume {
+    const log = this.log;
+    return {
+      name: this.config.name,
+      sizeBytes: this.config.sizeBytes,
+      read: (offsetBytes, lengthBytes) => this.read(offsetBytes, lengthBytes),
+      allocation: (offsetBytes, lengthBytes, extentCountMax) => this.allocation(offsetBytes, lengthBytes, extentCountMax),
+      snapshotInstants: () => this.history?.snapshotInstants() ?? [],
+      appendMark: (payload) => this.appendEvent(RecordKind.mark, payload),
+      syncThrough: (sequence) => this.log.syncThrough(sequence),
+      flush: () => this.flush(),
+      get appendedSequence(): number {
+        return log.appendedSequence;
+      },
+      get durableSequence(): number {
+        return log.durableSequence;
+      },
+    };
+  }
+
+  // ---- metadata contexts: changed-block tracking since each snapshot ----
+
+  metaContexts(): string[] {
+    return (this.history?.snapshotInstants() ?? []).map((snapshot) => dirtyBitmapContext(snapshot.name));
+  }
+
+  async contextStatus(context: string, offsetBytes: number, lengthBytes: number, extentCountMax: number): Promise<ContextExtent[]> {
+    const history = this.history;
+    if (history === null) throw new StorageError('EINVAL', `no metadata context ${context} on this volume`);
+    return dirtyBitmapStatus(history.index, history.snapshotInstants(), context, this.log.appendedSequence, offsetBytes, lengthBytes, extentCountMax);
   }
 
   // ---- the back half: durable batches reach the live image ----
@@ -462,6 +512,10 @@ export class Volume implements BlockDevice {
     if (this.cleaningTimer !== null) clearTimeout(this.cleaningTimer);
     await this.cleaning;
     await this.log.close();
+    if (this.history !== null) {
+      await this.history.cutEverything();
+      await this.history.close();
+    }
     await this.drl.settled().catch(() => undefined);
     if (this.failure === null && this.strandedRecords.length === 0) await this.cleanRegions(true);
     this.primary.close();

@@ -1,0 +1,183 @@
+// Extents: byte ranges of the volume, each saying which log record holds its newest data.
+// A delta map is a sorted list of non-overlapping extents (docs/formats/delta-map.md). This file
+// builds them (newest record wins where writes overlap) and merges them (newer maps win).
+
+import { assert } from '../errors.js';
+
+/** Where the data of an extent lies: a log record, or nothing (zeroes, trim). */
+export interface ExtentSource {
+  sequence: number;
+  /** True for data records; false for zeroes and trims (the range reads as zeroes). */
+  hasData: boolean;
+  segmentNumber: number;
+  /** Offset of the record's header in its segment. */
+  recordOffsetBytes: number;
+  /** The volume offset the record starts at: the extent's data is at payload + (start - this). */
+  volumeOffsetBytes: number;
+}
+
+export interface Extent {
+  startBytes: number;
+  endBytes: number;
+  source: ExtentSource;
+}
+
+/** A record written in a window, as the map engine keeps it (no payload). */
+export interface RecordExtent {
+  startBytes: number;
+  endBytes: number;
+  source: ExtentSource;
+}
+
+/**
+ * The newest-wins segmentation of records given in log order: for every byte, the last record
+ * that wrote it. Sweep over the boundaries with a max-heap of the records covering the point.
+ * O(n log n).
+ */
+export function flattenNewestWins(records: readonly RecordExtent[]): Extent[] {
+  if (records.length === 0) return [];
+  const boundaries: Array<{ positionBytes: number; recordIndex: number; opens: boolean }> = [];
+  records.forEach((record, recordIndex) => {
+    assert(record.startBytes < record.endBytes, 'records cover at least one byte');
+    boundaries.push({ positionBytes: record.startBytes, recordIndex, opens: true });
+    boundaries.push({ positionBytes: record.endBytes, recordIndex, opens: false });
+  });
+  boundaries.sort((left, right) => left.positionBytes - right.positionBytes);
+  const heap = new MaxHeap();
+  const closed = new Uint8Array(records.length);
+  const result: Extent[] = [];
+  let index = 0;
+  while (index < boundaries.length) {
+    const positionBytes = boundaries[index]!.positionBytes;
+    for (; index < boundaries.length && boundaries[index]!.positionBytes === positionBytes; index++) {
+      const boundary = boundaries[index]!;
+      if (boundary.opens) heap.push(boundary.recordIndex);
+      else closed[boundary.recordIndex] = 1;
+    }
+    while (heap.size > 0 && closed[heap.top()] === 1) heap.pop();
+    if (heap.size === 0 || index === boundaries.length) continue;
+    const winner = records[heap.top()]!;
+    const endBytes = boundaries[index]!.positionBytes;
+    const last = result[result.length - 1];
+    if (last !== undefined && last.source === winner.source && last.endBytes === positionBytes) last.endBytes = endBytes;
+    else result.push({ startBytes: positionBytes, endBytes, source: winner.source });
+  }
+  return result;
+}
+
+/** A max-heap of record indexes (later records are newer). */
+class MaxHeap {
+  private readonly items: number[] = [];
+
+  get size(): number {
+    return this.items.length;
+  }
+
+  top(): number {
+    return this.items[0]!;
+  }
+
+  push(item: number): void {
+    const items = this.items;
+    items.push(item);
+    let child = items.length - 1;
+    while (child > 0) {
+      const parent = (child - 1) >> 1;
+      if (items[parent]! >= items[child]!) break;
+      [items[parent], items[child]] = [items[child]!, items[parent]!];
+      child = parent;
+    }
+  }
+
+  pop(): void {
+    const items = this.items;
+    const last = items.pop()!;
+    if (items.length === 0) return;
+    items[0] = last;
+    let parent = 0;
+    for (;;) {
+      const left = 2 * parent + 1;
+      const right = left + 1;
+      let largest = parent;
+      if (left < items.length && items[left]! > items[largest]!) largest = left;
+      if (right < items.length && items[right]! > items[largest]!) largest = right;
+      if (largest === parent) break;
+      [items[parent], items[largest]] = [items[largest]!, items[parent]!];
+      parent = largest;
+    }
+  }
+}
+
+/**
+ * Merge sorted, non-overlapping extent streams, newest first: where several cover a byte, the
+ * first stream's extent wins. Streams are consumed as they are read (bounded memory), so maps
+ * larger than memory merge too.
+ */
+export async function* mergeNewestWins(streamsNewestFirst: ReadonlyArray<AsyncIterator<Extent>>): AsyncGenerator<Extent> {
+  const current: Array<Extent | null> = [];
+  for (const stream of streamsNewestFirst) current.push(await nextOf(stream));
+  let positionBytes = -1;
+  let pending: Extent | null = null;
+  for (;;) {
+    // Drop what lies before the position.
+    for (let index = 0; index < current.length; index++) {
+      while (current[index] !== null && current[index]!.endBytes <= positionBytes) current[index] = await nextOf(streamsNewestFirst[index]!);
+    }
+    let nextStart = Number.POSITIVE_INFINITY;
+    for (const extent of current) if (extent !== null) nextStart = Math.min(nextStart, Math.max(extent.startBytes, positionBytes));
+    if (nextStart === Number.POSITIVE_INFINITY) break;
+    positionBytes = nextStart;
+    // The newest stream covering the position wins, up to where it ends or a newer one begins.
+    let winner = -1;
+    for (let index = 0; index < current.length; index++) {
+      const extent = current[index] ?? null;
+      if (extent !== null && extent.startBytes <= positionBytes && positionBytes < extent.endBytes) {
+        winner = index;
+        break;
+      }
+    }
+    assert(winner >= 0, 'some stream covers the next start');
+    let endBytes = current[winner]!.endBytes;
+    for (let index = 0; index < winner; index++) {
+      const extent = current[index] ?? null;
+      if (extent !== null && extent.startBytes > positionBytes) endBytes = Math.min(endBytes, extent.startBytes);
+    }
+    const source = current[winner]!.source;
+    if (pending !== null && pending.source === source && pending.endBytes === positionBytes) {
+      pending.endBytes = endBytes;
+    } else {
+      if (pending !== null) yield pending;
+      pending = { startBytes: positionBytes, endBytes, source };
+    }
+    positionBytes = endBytes;
+  }
+  if (pending !== null) yield pending;
+}
+
+async function nextOf(stream: AsyncIterator<Extent>): Promise<Extent | null> {
+  const result = await stream.next();
+  return result.done === true ? null : result.value;
+}
+
+/** An async iterator over an array (for merges of maps already in memory). */
+export function streamOf(extents: readonly Extent[]): AsyncIterator<Extent> {
+  let index = 0;
+  return {
+    next: async () => (index < extents.length ? { done: false, value: extents[index++]! } : { done: true, value: undefined }),
+  };
+}
+
+/** The parts of [startBytes, endBytes) not covered by the sorted extents. */
+export function gapsOf(extents: readonly Extent[], startBytes: number, endBytes: number): Array<[number, number]> {
+  const gaps: Array<[number, number]> = [];
+  let cursor = startBytes;
+  for (const extent of extents) {
+    if (extent.endBytes <= cursor) continue;
+    if (extent.startBytes >= endBytes) break;
+    if (extent.startBytes > cursor) gaps.push([cursor, Math.min(extent.startBytes, endBytes)]);
+    cursor = Math.max(cursor, extent.endBytes);
+    if (cursor >= endBytes) break;
+  }
+  if (cursor < endBytes) gaps.push([cursor, endBytes]);
+  return gaps;
+}

@@ -1,0 +1,62 @@
+// Reads data back out of the write log: the bytes of an extent, from the record that holds them.
+// Segments are opened for reading through the page cache and kept open, a bounded number at once
+// (one in use by a read is never closed under it).
+
+import type { FileHandle, FileSystem } from '../io/file-system.js';
+import type { ExtentSource } from '../index/extents.js';
+import { recordHeaderBytes } from '../write-log/record.js';
+import { segmentFileName } from '../write-log/segment.js';
+
+const openSegmentCountMax = 64;
+
+interface OpenSegmentReader {
+  handle: FileHandle;
+  readsInFlight: number;
+}
+
+export class LogDataReader {
+  private readonly segments = new Map<number, OpenSegmentReader>();
+
+  constructor(
+    private readonly fileSystem: FileSystem,
+    private readonly logDirectory: string,
+  ) {}
+
+  /** Read the data of `source` for volume range [startBytes, startBytes + target.length) into target. */
+  async read(source: ExtentSource, startBytes: number, target: Buffer): Promise<void> {
+    const positionBytes = source.recordOffsetBytes + recordHeaderBytes + (startBytes - source.volumeOffsetBytes);
+    const segment = this.segment(source.segmentNumber);
+    segment.readsInFlight++;
+    try {
+      const readBytes = await segment.handle.read(target, positionBytes);
+      if (readBytes < target.length) throw new Error(`segment ${source.segmentNumber} ends before record ${source.sequence}'s data`);
+    } finally {
+      segment.readsInFlight--;
+    }
+  }
+
+  close(): void {
+    for (const segment of this.segments.values()) segment.handle.close();
+    this.segments.clear();
+  }
+
+  private segment(segmentNumber: number): OpenSegmentReader {
+    let segment = this.segments.get(segmentNumber);
+    if (segment !== undefined) {
+      this.segments.delete(segmentNumber); // most recently used last
+      this.segments.set(segmentNumber, segment);
+      return segment;
+    }
+    if (this.segments.size >= openSegmentCountMax) {
+      for (const [oldestNumber, oldest] of this.segments) {
+        if (oldest.readsInFlight > 0) continue;
+        oldest.handle.close();
+        this.segments.delete(oldestNumber);
+        break;
+      }
+    }
+    segment = { handle: this.fileSystem.open(`${this.logDirectory}/${segmentFileName(segmentNumber)}`, { readOnly: true }), readsInFlight: 0 };
+    this.segments.set(segmentNumber, segment);
+    return segment;
+  }
+}

@@ -1,0 +1,212 @@
+// A point-in-time view: the volume as it was just after record S, read-only, as a BlockDevice.
+//
+// A read takes each chunk (1 MiB) of its range one of two ways. If no record after S wrote the
+// chunk, the live volume holds exactly what it held then: the chunk is read from the live volume
+// (and the chunk's last write is checked again afterwards, in case a write landed meanwhile).
+// Otherwise the chunk's extents as of S are resolved through the delta maps (delta-map-index.ts),
+// once, and kept in a bounded cache; their data is read from the log records that hold it. Bytes
+// no record wrote up to S read as zeroes.
+
+import { StorageError } from '../errors.js';
+import type { AllocationStatus, BlockDevice, BlockDeviceCapabilities, ContextExtent, WriteOptions, ZeroOptions } from '../block-device.js';
+import type { Extent } from '../index/extents.js';
+import type { DeltaMapIndex, InstantPlan } from '../index/delta-map-index.js';
+import type { LogDataReader } from './log-data-reader.js';
+import { dirtyBitmapContext, dirtyBitmapStatus, type SnapshotInstant } from './dirty-bitmap.js';
+
+/** What a view needs of its volume. */
+export interface ViewSource {
+  readonly sizeBytes: number;
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  allocation(offsetBytes: number, lengthBytes: number, extentCountMax: number): Promise<AllocationStatus[]>;
+  snapshotInstants(): SnapshotInstant[];
+}
+
+export interface ViewStatistics {
+  reads: number;
+  readsFromLiveImage: number;
+  chunksResolved: number;
+  mapsConsulted: number;
+}
+
+/** At most this many extents are cached per view (about 100 bytes each). */
+const cachedExtentCountMax = 1 << 20;
+
+export class PointInTimeView implements BlockDevice {
+  readonly readOnly = true;
+  readonly capabilities: BlockDeviceCapabilities = {
+    flush: true,
+    fua: false,
+    trim: false,
+    writeZeroes: false,
+    fastZero: false,
+    cache: true,
+    multiConnection: true,
+  };
+  readonly description: string;
+  readonly sequence: number;
+  readonly statistics: ViewStatistics = { reads: 0, readsFromLiveImage: 0, chunksResolved: 0, mapsConsulted: 0 };
+  private readonly source: ViewSource;
+  private readonly index: DeltaMapIndex;
+  private readonly plan: InstantPlan;
+  private readonly log: LogDataReader;
+  private readonly chunkExtents = new Map<number, Extent[]>();
+  private readonly resolving = new Map<number, Promise<Extent[]>>();
+  private cachedExtentCount = 0;
+
+  constructor(parts: { source: ViewSource; index: DeltaMapIndex; plan: InstantPlan; log: LogDataReader; description: string }) {
+    this.source = parts.source;
+    this.index = parts.index;
+    this.plan = parts.plan;
+    this.log = parts.log;
+    this.description = parts.description;
+    this.sequence = parts.plan.sequence;
+  }
+
+  get sizeBytes(): number {
+    return this.source.sizeBytes;
+  }
+
+  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    this.statistics.reads++;
+    const target = Buffer.alloc(lengthBytes);
+    const chunkBytes = this.index.chunkBytes;
+    const endBytes = offsetBytes + lengthBytes;
+    const pieces: Array<Promise<void>> = [];
+    for (let chunkStart = offsetBytes - (offsetBytes % chunkBytes); chunkStart < endBytes; chunkStart += chunkBytes) {
+      const startBytes = Math.max(chunkStart, offsetBytes);
+      const pieceEnd = Math.min(chunkStart + chunkBytes, endBytes);
+      pieces.push(this.readPiece(startBytes, target.subarray(startBytes - offsetBytes, pieceEnd - offsetBytes)));
+    }
+    await Promise.all(pieces);
+    return target;
+  }
+
+  /** Read [startBytes, +target.length), which lies within one chunk. */
+  private async readPiece(startBytes: number, target: Buffer): Promise<void> {
+    if (this.index.lastWriteSequence(startBytes) <= this.sequence) {
+      const live = await this.source.read(startBytes, target.length);
+      if (this.index.lastWriteSequence(startBytes) <= this.sequence) {
+        live.copy(target);
+        this.statistics.readsFromLiveImage++;
+        return;
+      }
+    }
+    const extents = await this.extentsOfChunk(startBytes);
+    const endBytes = startBytes + target.length;
+    const reads: Array<Promise<void>> = [];
+    for (const extent of extents) {
+      if (!extent.source.hasData || extent.endBytes <= startBytes || extent.startBytes >= endBytes) continue;
+      const from = Math.max(extent.startBytes, startBytes);
+      const to = Math.min(extent.endBytes, endBytes);
+      reads.push(this.log.read(extent.source, from, target.subarray(from - startBytes, to - startBytes)));
+    }
+    await Promise.all(reads);
+  }
+
+  /** The chunk's extents as of the view's instant (sorted), resolved once and cached. */
+  private extentsOfChunk(offsetBytes: number): Promise<Extent[]> {
+    const chunkBytes = this.index.chunkBytes;
+    const chunk = Math.floor(offsetBytes / chunkBytes);
+    const cached = this.chunkExtents.get(chunk);
+    if (cached !== undefined) {
+      this.chunkExtents.delete(chunk); // most recently used last
+      this.chunkExtents.set(chunk, cached);
+      return Promise.resolve(cached);
+    }
+    let pending = this.resolving.get(chunk);
+    if (pending === undefined) {
+      const chunkStart = chunk * chunkBytes;
+      pending = this.index.resolve(this.plan, chunkStart, Math.min(chunkStart + chunkBytes, this.sizeBytes)).then(({ extents, mapsConsulted }) => {
+        this.resolving.delete(chunk);
+        this.statistics.chunksResolved++;
+        this.statistics.mapsConsulted += mapsConsulted;
+        this.remember(chunk, extents);
+        return extents;
+      });
+      this.resolving.set(chunk, pending);
+    }
+    return pending;
+  }
+
+  private remember(chunk: number, extents: Extent[]): void {
+    this.chunkExtents.set(chunk, extents);
+    this.cachedExtentCount += extents.length;
+    while (this.cachedExtentCount > cachedExtentCountMax && this.chunkExtents.size > 1) {
+      const [oldestChunk, oldest] = this.chunkExtents.entries().next().value as [number, Extent[]];
+      this.chunkExtents.delete(oldestChunk);
+      this.cachedExtentCount -= oldest.length;
+    }
+  }
+
+  async allocation(offsetBytes: number, lengthBytes: number, extentCountMax: number): Promise<AllocationStatus[]> {
+    const statuses: AllocationStatus[] = [];
+    const chunkBytes = this.index.chunkBytes;
+    const endBytes = offsetBytes + lengthBytes;
+    for (let position = offsetBytes; position < endBytes && statuses.length < extentCountMax; ) {
+      const pieceEnd = Math.min(position - (position % chunkBytes) + chunkBytes, endBytes);
+      const pieceStatuses =
+        this.index.lastWriteSequence(position) <= this.sequence
+          ? await this.source.allocation(position, pieceEnd - position, extentCountMax - statuses.length)
+          : statusesOf(await this.extentsOfChunk(position), position, pieceEnd);
+      for (const status of pieceStatuses) appendStatus(statuses, status);
+      position = pieceEnd;
+    }
+    return statuses.slice(0, extentCountMax);
+  }
+
+  metaContexts(): string[] {
+    return this.source
+      .snapshotInstants()
+      .filter((snapshot) => snapshot.sequence <= this.sequence)
+      .map((snapshot) => dirtyBitmapContext(snapshot.name));
+  }
+
+  async contextStatus(context: string, offsetBytes: number, lengthBytes: number, extentCountMax: number): Promise<ContextExtent[]> {
+    return dirtyBitmapStatus(this.index, this.source.snapshotInstants(), context, this.sequence, offsetBytes, lengthBytes, extentCountMax);
+  }
+
+  write(_offsetBytes: number, _data: Buffer, _options: WriteOptions): Promise<void> {
+    return Promise.reject(readOnlyError());
+  }
+
+  writeZeroes(_offsetBytes: number, _lengthBytes: number, _options: ZeroOptions): Promise<void> {
+    return Promise.reject(readOnlyError());
+  }
+
+  trim(_offsetBytes: number, _lengthBytes: number, _options: WriteOptions): Promise<void> {
+    return Promise.reject(readOnlyError());
+  }
+
+  async flush(): Promise<void> {
+    // Nothing to make durable: a view only reads. (The Linux kernel flushes read-only devices too.)
+  }
+
+  async cache(): Promise<void> {}
+}
+
+function readOnlyError(): StorageError {
+  return new StorageError('EPERM', 'a point-in-time view is read-only');
+}
+
+/** Allocation of [startBytes, endBytes) from resolved extents: data is allocated, the rest a hole of zeroes. */
+function statusesOf(extents: readonly Extent[], startBytes: number, endBytes: number): AllocationStatus[] {
+  const statuses: AllocationStatus[] = [];
+  const covered = extents.filter((extent) => extent.source.hasData && extent.endBytes > startBytes && extent.startBytes < endBytes);
+  let position = startBytes;
+  for (const extent of covered) {
+    const from = Math.max(extent.startBytes, startBytes);
+    const to = Math.min(extent.endBytes, endBytes);
+    if (from > position) appendStatus(statuses, { lengthBytes: from - position, hole: true, zero: true });
+    appendStatus(statuses, { lengthBytes: to - from, hole: false, zero: false });
+    position = to;
+  }
+  if (position < endBytes) appendStatus(statuses, { lengthBytes: endBytes - position, hole: true, zero: true });
+  return statuses;
+}
+
+function appendStatus(statuses: AllocationStatus[], status: AllocationStatus): void {
+  const last = statuses[statuses.length - 1];
+  if (last !== undefined && last.hole === status.hole && last.zero === status.zero) last.lengthBytes += status.lengthBytes;
+  else statuses.push({ ...status });
+}
