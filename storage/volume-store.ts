@@ -83,6 +83,20 @@ export class VolumeStore {
     return volume;
   }
 
+  /** Close a volume (if open) and delete it with its whole history. */
+  async delete(name: string): Promise<void> {
+    this.requireValidName(name);
+    this.config(name); // ENOENT for a missing volume
+    const volume = this.open.get(name);
+    this.open.delete(name);
+    await volume?.close();
+    const directory = this.directoryOf(name);
+    const doomed = `${this.volumesDirectory}/.deleting-${name}`;
+    this.fileSystem.rename(directory, doomed); // gone from the list at once, even if removal is cut short
+    await this.fileSystem.syncDirectory(this.volumesDirectory);
+    this.fileSystem.removeTree(doomed);
+  }
+
   openVolumes(): Volume[] {
     return [...this.open.values()];
   }

@@ -68,8 +68,13 @@ export interface VolumeStatistics {
   appliedSequence: number;
   unappliedBytes: number;
   dirtyRegionCount: number;
+  /** Bytes of log up to the append position (segments are preallocated: disk use is whole segments). */
+  logBytes: number;
   failed: string | null;
 }
+
+/** Upper bounds (seconds) of the flush latency histogram's buckets. */
+const flushLatencyBucketsSeconds = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
 
 const zeroBlock = Buffer.alloc(64 * 1024);
 
@@ -118,6 +123,8 @@ export class Volume implements BlockDevice {
   private cleaning: Promise<void> | null = null;
   private closed: Promise<void> | null = null;
   private readonly statistics = { writeCount: 0, writeBytes: 0, zeroCount: 0, trimCount: 0, readCount: 0, readBytes: 0, flushCount: 0 };
+  private readonly flushLatencyCounts = new Array<number>(flushLatencyBucketsSeconds.length + 1).fill(0);
+  private flushLatencySumSeconds = 0;
 
   private constructor(parts: {
     config: VolumeConfig;
@@ -290,7 +297,18 @@ export class Volume implements BlockDevice {
   async flush(): Promise<void> {
     this.statistics.flushCount++;
     if (this.failure !== null) throw this.failure;
+    const startedMs = performance.now();
     await this.log.syncAll();
+    const seconds = (performance.now() - startedMs) / 1000;
+    this.flushLatencySumSeconds += seconds;
+    let bucket = flushLatencyBucketsSeconds.findIndex((bound) => seconds <= bound);
+    if (bucket < 0) bucket = flushLatencyBucketsSeconds.length;
+    this.flushLatencyCounts[bucket]!++;
+  }
+
+  /** Flush latencies so far: counts per bucket (the last one is over the largest bound). */
+  flushLatency(): { bucketsSeconds: readonly number[]; counts: readonly number[]; sumSeconds: number } {
+    return { bucketsSeconds: flushLatencyBucketsSeconds, counts: [...this.flushLatencyCounts], sumSeconds: this.flushLatencySumSeconds };
   }
 
   /** Append a mark or error record (no data). Resolves with its sequence number once durable. */
@@ -530,6 +548,7 @@ export class Volume implements BlockDevice {
       appliedSequence: this.appliedSequence,
       unappliedBytes: this.log.unappliedBytes,
       dirtyRegionCount: this.drl.dirtyRegionCount,
+      logBytes: (this.log.appendPosition.segmentNumber - 1) * this.config.segmentSizeBytes + this.log.appendPosition.offsetBytes,
       failed: this.failure?.message ?? null,
     };
   }

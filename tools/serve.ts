@@ -1,14 +1,15 @@
-// `cdp-nbd serve`: the appliance. Opens the data folder (creating the default volume on first
-// start), recovers every volume, exports each over NBD under its own name, serves the HTTP API,
-// and shuts down in order on SIGTERM/SIGINT: stop accepting, finish in-flight requests, make
-// everything durable, close.
+// `cdp-nbd serve`: the appliance. Opens the data folder (making the default volume on first
+// start), recovers every volume, exports each over NBD under its own name (and the view and clone
+// exports of the previous run), serves the HTTP API, and shuts down in order on SIGTERM/SIGINT:
+// stop accepting, finish in-flight requests, make everything durable, close.
 
 import { limitAllocatorRetention } from 'cdp-native';
 import { pino } from 'pino';
 import { buildApp } from '../api/app.js';
-import { ExportTable, NbdServer, parseListenAddress, type ListenAddress } from '../server/index.js';
-import { GiB, VolumeStore, formatMicros } from '../storage/index.js';
-import { formatBytes } from './sizes.js';
+import { Appliance } from '../appliance/appliance.js';
+import { loadOrCreateApiToken } from '../appliance/api-token.js';
+import { parseListenAddress, type ListenAddress } from '../server/index.js';
+import { GiB } from '../storage/index.js';
 
 export interface ServeOptions {
   dataDirectory: string;
@@ -33,41 +34,23 @@ export const serveDefaults = {
 export async function serve(options: ServeOptions): Promise<void> {
   limitAllocatorRetention(); // large payload buffers go back to the system when freed
   const log = pino({ level: options.logLevel, base: undefined }, pino.destination(2));
-  const store = VolumeStore.openDataDirectory(options.dataDirectory);
-
-  if (store.list().length === 0) {
-    await store.create({ name: options.defaultVolumeName, sizeBytes: options.defaultVolumeSizeBytes });
-    log.info({ volume: options.defaultVolumeName, size: formatBytes(options.defaultVolumeSizeBytes) }, 'created the default volume');
-  }
-
-  const exports = new ExportTable();
-  for (const name of store.list()) {
-    const volume = await store.openVolume(name);
-    const { recovery } = volume;
-    log.info(
-      {
-        volume: name,
-        replayedRecords: recovery.replayedRecordCount,
-        dirtyRegions: recovery.dirtyRegionCount,
-        tear: recovery.tear?.reason ?? null,
-        recoveryMs: Math.round(recovery.durationMs),
-        nextSequence: recovery.nextSequence,
-        lastWrite: recovery.lastTimestampMicros > 0 ? formatMicros(recovery.lastTimestampMicros) : null,
-      },
-      'volume opened',
-    );
-    exports.add(name, volume);
-  }
-  const defaultExport = store.list().includes(options.defaultVolumeName) ? options.defaultVolumeName : (store.list()[0] ?? null);
-  exports.setDefault(defaultExport);
-
-  const nbd = new NbdServer({ exports, log });
-  const addresses: ListenAddress[] = [];
   const tcp = parseListenAddress(options.nbdListen);
-  if (tcp !== null) addresses.push(await nbd.listen(tcp));
-  if (options.nbdSocket !== null) addresses.push(await nbd.listen({ kind: 'unix', path: options.nbdSocket }));
+  const appliance = await Appliance.start({
+    dataDirectory: options.dataDirectory,
+    defaultVolumeName: options.defaultVolumeName,
+    defaultVolumeSizeBytes: options.defaultVolumeSizeBytes,
+    log,
+    nbdUriBase: 'nbd://127.0.0.1:10809', // replaced below once the listener is bound
+  });
 
-  const app = await buildApp({ context: { store, nbd, startedAtMs: Date.now(), version: options.version }, logger: log });
+  const addresses: ListenAddress[] = [];
+  if (tcp !== null) addresses.push(await appliance.listen(tcp));
+  if (options.nbdSocket !== null) addresses.push(await appliance.listen({ kind: 'unix', path: options.nbdSocket }));
+  appliance.exports.setUriBase(uriBaseOf(addresses[0]));
+
+  const token = loadOrCreateApiToken(options.dataDirectory);
+  if (token.created) log.info({ token: token.token, file: token.path }, 'created the API token (shown once; the CLI reads the file)');
+  const app = await buildApp({ context: { appliance, startedAtMs: Date.now(), version: options.version, token: token.token }, logger: log });
   const http = parseListenAddress(options.httpListen);
   let httpAddress: string | null = null;
   if (http !== null) {
@@ -76,16 +59,15 @@ export async function serve(options: ServeOptions): Promise<void> {
     httpAddress = bound === null || typeof bound === 'string' ? bound : `${bound.address}:${bound.port}`;
   }
 
-  log.info({ nbd: addresses.map(describeAddress), http: httpAddress, exports: exports.list().map((entry) => entry.name) }, 'cdp-nbd is serving');
+  log.info({ nbd: addresses.map(describeAddress), http: httpAddress, exports: appliance.exports.list().map((entry) => entry.name) }, 'cdp-nbd is serving');
 
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'shutting down: finishing in-flight requests');
-    await nbd.close();
     await app.close();
-    await store.close();
+    await appliance.stop();
     log.info({}, 'stopped; every volume is durable and clean');
     log.flush();
     process.exit(0);
@@ -96,4 +78,12 @@ export async function serve(options: ServeOptions): Promise<void> {
 
 function describeAddress(address: ListenAddress): string {
   return address.kind === 'unix' ? `unix:${address.path}` : `${address.host}:${address.port}`;
+}
+
+/** The nbd:// (or nbd+unix://) base of export URIs. */
+function uriBaseOf(address: ListenAddress | undefined): string {
+  if (address === undefined) return 'nbd://127.0.0.1:10809';
+  if (address.kind === 'unix') return `nbd+unix://?socket=${address.path}#`;
+  const host = address.host === '0.0.0.0' || address.host === '::' ? '127.0.0.1' : address.host.includes(':') ? `[${address.host}]` : address.host;
+  return `nbd://${host}:${address.port}`;
 }

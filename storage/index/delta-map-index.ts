@@ -425,6 +425,19 @@ export class DeltaMapIndex {
     return index === 0 ? 0 : (await this.mapInfo({ level: 0, index: index - 1 })).lastSequence;
   }
 
+  /** Time of the last data-changing record at or before `sequence` (0 if none). */
+  async microsOf(sequence: number): Promise<number> {
+    const window = await this.windowOf(sequence);
+    const records = window === null ? this.tail.records : await this.windowRecords(window);
+    let micros = 0;
+    for (const record of records) {
+      if (record.source.sequence > sequence) break;
+      micros = record.micros;
+    }
+    if (micros > 0 || window === null || window === 0) return micros;
+    return (await this.mapInfo({ level: 0, index: window - 1 })).lastMicros;
+  }
+
   async windowRecords(index: number): Promise<WindowRecord[]> {
     const value = await this.db.get(windowRecordsKey(index));
     assert(value !== undefined, `window ${index} has its records`);

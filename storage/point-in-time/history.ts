@@ -180,6 +180,11 @@ export class VolumeHistory {
     return new PointInTimeView({ source, index: this.index, plan, log: this.logReader, description });
   }
 
+  /** When record `sequence` (or the last data record before it) was written; 0 if none. */
+  async microsOf(sequence: number): Promise<number> {
+    return this.index.microsOf(sequence);
+  }
+
   // ---- the timeline ----
 
   async windows(fromMicros: number, toMicros: number, limit: number): Promise<MapInfo[]> {

@@ -16,7 +16,7 @@ import { StorageError, assert, storageErrorFromSystem } from '../errors.js';
 import type { FileSystem } from '../io/file-system.js';
 import { storageLimits } from '../limits.js';
 import type { MicrosecondClock } from '../clock.js';
-import { Batch, type AppendedRecord } from './batch.js';
+import { Batch, type AppendedRecord, type LogPosition } from './batch.js';
 import { RecordKind, encodeRecordHeader, recordHeaderBytes } from './record.js';
 import { LogAppender } from './log-appender.js';
 import { createSegment, logBlockBytes, segmentHeaderBytes, type OpenSegment } from './segment.js';
@@ -104,6 +104,11 @@ export class LogWriter {
   /** Sequence number of the last record appended (0 before the first). */
   get appendedSequence(): number {
     return this.nextSequence - 1;
+  }
+
+  /** Where the next record goes. */
+  get appendPosition(): LogPosition {
+    return { segmentNumber: this.currentSegment.segmentNumber, offsetBytes: this.appendOffsetBytes };
   }
 
   /** Every record up to this sequence number has been handed to the kernel (and applied). */

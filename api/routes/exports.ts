@@ -1,0 +1,65 @@
+// /api/v1/exports: NBD exports of points in time, read-only views or writable clones.
+
+import type { FastifyInstance } from 'fastify';
+import { formatMicros } from '../../storage/index.js';
+import type { ExportSummary } from '../../appliance/exports.js';
+import type { AppContext } from '../context.js';
+import { commonErrors, errorReference, exportNameParameter, exportSchema, snapshotNameParameter, volumeNameParameter } from '../schemas.js';
+
+function exportJson(summary: ExportSummary) {
+  return { ...summary, time: summary.micros === null ? null : formatMicros(summary.micros) };
+}
+
+export async function exportRoutes(app: FastifyInstance, context: AppContext): Promise<void> {
+  app.post<{ Body: { volume: string; at?: string | number; snapshot?: string; sequence?: number; writable?: boolean; name?: string } }>(
+    '/exports',
+    {
+      schema: {
+        summary: 'Export a point in time over NBD: give exactly one of at, snapshot, sequence',
+        tags: ['exports'],
+        body: {
+          type: 'object',
+          required: ['volume'],
+          additionalProperties: false,
+          properties: {
+            volume: volumeNameParameter,
+            at: { type: ['string', 'integer'], description: 'RFC 3339 with microseconds, or Unix µs' },
+            snapshot: snapshotNameParameter,
+            sequence: { type: 'integer', minimum: 0 },
+            writable: { type: 'boolean', default: false, description: 'a clone: writes go to an overlay of its own' },
+            name: exportNameParameter,
+          },
+        },
+        response: { 201: exportSchema, 404: errorReference, 409: errorReference, ...commonErrors },
+      },
+    },
+    async (request, reply) => {
+      const summary = await context.appliance.exports.create(request.body);
+      reply.code(201);
+      return exportJson(summary);
+    },
+  );
+
+  app.get(
+    '/exports',
+    { schema: { summary: 'List exports, live volumes included', tags: ['exports'], response: { 200: { type: 'object', properties: { exports: { type: 'array', items: exportSchema } } }, ...commonErrors } } },
+    async () => ({ exports: context.appliance.exports.list().map(exportJson) }),
+  );
+
+  app.delete<{ Params: { name: string }; Querystring: { force?: boolean } }>(
+    '/exports/:name',
+    {
+      schema: {
+        summary: 'Delete a view or clone export; refused while clients are attached unless force=true',
+        tags: ['exports'],
+        params: { type: 'object', required: ['name'], properties: { name: exportNameParameter } },
+        querystring: { type: 'object', additionalProperties: false, properties: { force: { type: 'boolean', default: false } } },
+        response: { 204: { type: 'null' }, 404: errorReference, 409: errorReference, ...commonErrors },
+      },
+    },
+    async (request, reply) => {
+      await context.appliance.exports.delete(request.params.name, { force: request.query.force ?? false });
+      return reply.code(204).send();
+    },
+  );
+}

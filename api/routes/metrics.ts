@@ -1,0 +1,69 @@
+// GET /metrics: Prometheus text exposition of the appliance's counters and gauges.
+
+import type { FastifyInstance } from 'fastify';
+import type { AppContext } from '../context.js';
+
+interface Metric {
+  name: string;
+  help: string;
+  type: 'counter' | 'gauge' | 'histogram';
+  samples: Array<{ labels: Record<string, string>; value: number; suffix?: string }>;
+}
+
+function render(metrics: readonly Metric[]): string {
+  const lines: string[] = [];
+  for (const metric of metrics) {
+    lines.push(`# HELP ${metric.name} ${metric.help}`, `# TYPE ${metric.name} ${metric.type}`);
+    for (const sample of metric.samples) {
+      const labels = Object.entries(sample.labels).map(([key, value]) => `${key}="${value.replace(/["\\\n]/g, (character) => (character === '\n' ? '\\n' : `\\${character}`))}"`);
+      lines.push(`${metric.name}${sample.suffix ?? ''}${labels.length > 0 ? `{${labels.join(',')}}` : ''} ${sample.value}`);
+    }
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+export async function metricsRoutes(app: FastifyInstance, context: AppContext): Promise<void> {
+  app.get('/metrics', { schema: { summary: 'Prometheus metrics', tags: ['health'], produces: ['text/plain'] } }, async (_request, reply) => {
+    const volumes = context.appliance.store.openVolumes();
+    const perVolume = (name: string, help: string, type: Metric['type'], value: (stats: ReturnType<(typeof volumes)[number]['stats']>) => number): Metric => ({
+      name,
+      help,
+      type,
+      samples: volumes.map((volume) => ({ labels: { volume: volume.config.name }, value: value(volume.stats()) })),
+    });
+    const flushHistogram: Metric = { name: 'cdp_nbd_flush_seconds', help: 'Time a FLUSH takes, from request to durable.', type: 'histogram', samples: [] };
+    for (const volume of volumes) {
+      const histogram = volume.flushLatency();
+      let cumulative = 0;
+      histogram.bucketsSeconds.forEach((bound, index) => {
+        cumulative += histogram.counts[index]!;
+        flushHistogram.samples.push({ labels: { volume: volume.config.name, le: String(bound) }, value: cumulative, suffix: '_bucket' });
+      });
+      cumulative += histogram.counts[histogram.bucketsSeconds.length]!;
+      flushHistogram.samples.push({ labels: { volume: volume.config.name, le: '+Inf' }, value: cumulative, suffix: '_bucket' });
+      flushHistogram.samples.push({ labels: { volume: volume.config.name }, value: histogram.sumSeconds, suffix: '_sum' });
+      flushHistogram.samples.push({ labels: { volume: volume.config.name }, value: cumulative, suffix: '_count' });
+    }
+    const maps: Metric = { name: 'cdp_nbd_delta_maps', help: 'Delta maps in the index, per level (level 0: windows cut from the log).', type: 'gauge', samples: [] };
+    for (const volume of volumes) {
+      (volume.history?.index.builtCounts ?? []).forEach((count, level) => maps.samples.push({ labels: { volume: volume.config.name, level: String(level) }, value: count }));
+    }
+    const metrics: Metric[] = [
+      perVolume('cdp_nbd_writes_total', 'Writes received (WRITE requests).', 'counter', (stats) => stats.writeCount),
+      perVolume('cdp_nbd_write_bytes_total', 'Bytes written by WRITE requests.', 'counter', (stats) => stats.writeBytes),
+      perVolume('cdp_nbd_reads_total', 'Reads served.', 'counter', (stats) => stats.readCount),
+      perVolume('cdp_nbd_read_bytes_total', 'Bytes read.', 'counter', (stats) => stats.readBytes),
+      perVolume('cdp_nbd_flushes_total', 'FLUSH requests.', 'counter', (stats) => stats.flushCount),
+      perVolume('cdp_nbd_log_records', 'Records in the write log (the last sequence number).', 'gauge', (stats) => stats.appendedSequence),
+      perVolume('cdp_nbd_log_bytes', 'Bytes of the write log on disk.', 'gauge', (stats) => stats.logBytes),
+      perVolume('cdp_nbd_dirty_regions', 'Regions of the live image that may differ from the log.', 'gauge', (stats) => stats.dirtyRegionCount),
+      perVolume('cdp_nbd_unapplied_bytes', 'Bytes in the write-log buffer not yet in the live image.', 'gauge', (stats) => stats.unappliedBytes),
+      perVolume('cdp_nbd_volume_failed', '1 when the volume failed and refuses writes until restart.', 'gauge', (stats) => (stats.failed === null ? 0 : 1)),
+      flushHistogram,
+      maps,
+      { name: 'cdp_nbd_connections', help: 'NBD connections open.', type: 'gauge', samples: [{ labels: {}, value: context.appliance.nbd.connectionCount }] },
+      { name: 'cdp_nbd_exports', help: 'NBD exports (live volumes, views and clones).', type: 'gauge', samples: [{ labels: {}, value: context.appliance.exports.list().length }] },
+    ];
+    return reply.type('text/plain; version=0.0.4').send(render(metrics));
+  });
+}

@@ -1,0 +1,96 @@
+// /api/v1/volumes: list, create, show and delete volumes.
+
+import type { FastifyInstance } from 'fastify';
+import { formatMicros, type Volume } from '../../storage/index.js';
+import type { AppContext } from '../context.js';
+import { commonErrors, errorReference, volumeNameParameter, volumeSchema } from '../schemas.js';
+
+export async function volumeRoutes(app: FastifyInstance, context: AppContext): Promise<void> {
+  app.get(
+    '/volumes',
+    { schema: { summary: 'List volumes', tags: ['volumes'], response: { 200: { type: 'object', properties: { volumes: { type: 'array', items: volumeSchema } } }, ...commonErrors } } },
+    async () => {
+      const volumes = await Promise.all(context.appliance.store.list().map(async (name) => describe(await context.appliance.store.openVolume(name))));
+      return { volumes };
+    },
+  );
+
+  app.post<{ Body: { name: string; sizeBytes: number } }>(
+    '/volumes',
+    {
+      schema: {
+        summary: 'Create a volume',
+        tags: ['volumes'],
+        body: {
+          type: 'object',
+          required: ['name', 'sizeBytes'],
+          additionalProperties: false,
+          properties: { name: volumeNameParameter, sizeBytes: { type: 'integer', minimum: 1 } },
+        },
+        response: { 201: volumeSchema, 409: errorReference, 507: errorReference, ...commonErrors },
+      },
+    },
+    async (request, reply) => {
+      await context.appliance.createVolume(request.body.name, request.body.sizeBytes);
+      reply.code(201);
+      return describe(await context.appliance.store.openVolume(request.body.name));
+    },
+  );
+
+  app.get<{ Params: { volume: string } }>(
+    '/volumes/:volume',
+    {
+      schema: {
+        summary: 'Show a volume',
+        tags: ['volumes'],
+        params: { type: 'object', required: ['volume'], properties: { volume: volumeNameParameter } },
+        response: { 200: volumeSchema, 404: errorReference, ...commonErrors },
+      },
+    },
+    async (request) => describe(await context.appliance.store.openVolume(request.params.volume)),
+  );
+
+  app.delete<{ Params: { volume: string } }>(
+    '/volumes/:volume',
+    {
+      schema: {
+        summary: 'Delete a volume and its whole history (refused while clients are attached)',
+        tags: ['volumes'],
+        params: { type: 'object', required: ['volume'], properties: { volume: volumeNameParameter } },
+        response: { 204: { type: 'null' }, 404: errorReference, 409: errorReference, ...commonErrors },
+      },
+    },
+    async (request, reply) => {
+      await context.appliance.deleteVolume(request.params.volume);
+      return reply.code(204).send();
+    },
+  );
+}
+
+async function describe(volume: Volume) {
+  const stats = volume.stats();
+  const history = volume.history;
+  return {
+    name: volume.config.name,
+    sizeBytes: volume.config.sizeBytes,
+    regionSizeBytes: volume.config.regionSizeBytes,
+    segmentSizeBytes: volume.config.segmentSizeBytes,
+    createdMicros: volume.config.createdMicros,
+    createdTime: formatMicros(volume.config.createdMicros),
+    snapshotCount: history?.snapshots().length ?? 0,
+    failed: stats.failed,
+    statistics: { ...stats },
+    ...(history === null
+      ? {}
+      : {
+          history: {
+            windows: history.index.windowCount,
+            mapsPerLevel: [...history.index.builtCounts],
+            mappedThroughSequence: history.index.mappedThroughSequence,
+            oldestMicros: await history.index.firstMicros(),
+            newestMicros: history.index.lastMicros,
+            indexBytes: history.index.sizeBytes(),
+          },
+        }),
+  };
+}

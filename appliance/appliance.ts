@@ -1,0 +1,178 @@
+// The running appliance: the data folder's volumes, each exported live over NBD, the view and
+// clone exports, and the events people and the console follow. It wires storage and server
+// together; the API (api/) and the command line (tools/) drive it.
+
+import {
+  VolumeStore,
+  formatMicros,
+  validateSnapshotName,
+  type SnapshotRecord,
+  type Volume,
+  type VolumeConfig,
+} from '../storage/index.js';
+import { ExportTable, NbdServer, type ListenAddress, type Logger } from '../server/index.js';
+import { ApplianceError } from './errors.js';
+import { ApplianceEvents, nowMicros } from './events.js';
+import { ExportManager } from './exports.js';
+
+export interface ApplianceOptions {
+  dataDirectory: string;
+  defaultVolumeName: string;
+  defaultVolumeSizeBytes: number;
+  log: Logger;
+  /** How clients reach the NBD server, for export URIs (e.g. nbd://127.0.0.1:10809). */
+  nbdUriBase: string;
+}
+
+export class Appliance {
+  readonly store: VolumeStore;
+  readonly table: ExportTable;
+  readonly nbd: NbdServer;
+  readonly exports: ExportManager;
+  readonly events = new ApplianceEvents();
+  private readonly log: Logger;
+  private readonly defaultVolumeName: string;
+  private rateTimer: NodeJS.Timeout | null = null;
+  private readonly previousWrites = new Map<string, { writes: number; bytes: number }>();
+
+  private constructor(options: ApplianceOptions, store: VolumeStore) {
+    this.store = store;
+    this.log = options.log;
+    this.defaultVolumeName = options.defaultVolumeName;
+    this.table = new ExportTable();
+    this.nbd = new NbdServer({ exports: this.table, log: options.log });
+    this.exports = new ExportManager({ store, table: this.table, nbd: this.nbd, events: this.events, uriBase: options.nbdUriBase });
+    this.nbd.onAttachChange((entry, connection, attached) => {
+      this.events.emit({
+        type: attached ? 'client-connected' : 'client-disconnected',
+        export: entry.name,
+        connection: connection.id,
+        remote: connection.remote,
+        micros: nowMicros(),
+      });
+    });
+  }
+
+  /** Open the data folder (making the default volume on first start), every volume, every export. */
+  static async start(options: ApplianceOptions): Promise<Appliance> {
+    const store = VolumeStore.openDataDirectory(options.dataDirectory);
+    const appliance = new Appliance(options, store);
+    try {
+      await appliance.openEverything(options);
+    } catch (error) {
+      await store.close();
+      throw error;
+    }
+    return appliance;
+  }
+
+  private async openEverything(options: ApplianceOptions): Promise<void> {
+    if (this.store.list().length === 0) {
+      await this.store.create({ name: options.defaultVolumeName, sizeBytes: options.defaultVolumeSizeBytes });
+      this.log.info({ volume: options.defaultVolumeName, sizeBytes: options.defaultVolumeSizeBytes }, 'created the default volume');
+    }
+    for (const name of this.store.list()) this.exportVolume(await this.store.openVolume(name));
+    this.chooseDefaultExport();
+    for (const failure of await this.exports.restore()) this.log.warn(failure, 'an export could not be restored and was dropped');
+    this.rateTimer = setInterval(() => this.reportWriteRates(), 1000);
+    this.rateTimer.unref();
+  }
+
+  private exportVolume(volume: Volume): void {
+    const { recovery } = volume;
+    this.log.info(
+      {
+        volume: volume.config.name,
+        replayedRecords: recovery.replayedRecordCount,
+        dirtyRegions: recovery.dirtyRegionCount,
+        tear: recovery.tear?.reason ?? null,
+        recoveryMs: Math.round(recovery.durationMs),
+        nextSequence: recovery.nextSequence,
+        lastWrite: recovery.lastTimestampMicros > 0 ? formatMicros(recovery.lastTimestampMicros) : null,
+      },
+      'volume opened',
+    );
+    this.exports.addVolume(volume);
+  }
+
+  private chooseDefaultExport(): void {
+    const names = this.store.list();
+    this.table.setDefault(names.includes(this.defaultVolumeName) ? this.defaultVolumeName : (names[0] ?? null));
+  }
+
+  async listen(address: ListenAddress): Promise<ListenAddress> {
+    return this.nbd.listen(address);
+  }
+
+  // ---- volumes ----
+
+  async createVolume(name: string, sizeBytes: number): Promise<VolumeConfig> {
+    const config = await this.store.create({ name, sizeBytes });
+    this.exportVolume(await this.store.openVolume(name));
+    this.chooseDefaultExport();
+    this.events.emit({ type: 'volume-created', volume: name, sizeBytes, micros: nowMicros() });
+    return config;
+  }
+
+  /** Delete a volume and its history; refused while any of its exports has clients. */
+  async deleteVolume(name: string): Promise<void> {
+    await this.store.openVolume(name); // ENOENT for a missing volume
+    const exportNames = [name, ...this.exports.exportsOfVolume(name)];
+    const clients = exportNames.flatMap((exportName) => this.nbd.connectionsOf(exportName).map((connection) => ({ export: exportName, remote: connection.remote })));
+    if (clients.length > 0) {
+      throw new ApplianceError('EBUSY', `volume ${name} has clients attached: ${clients.map((client) => `${client.remote} on ${client.export}`).join(', ')}`, { clients });
+    }
+    for (const exportName of exportNames.slice(1)) await this.exports.delete(exportName);
+    this.exports.removeVolume(name);
+    await this.store.delete(name);
+    this.chooseDefaultExport();
+    this.events.emit({ type: 'volume-deleted', volume: name, micros: nowMicros() });
+  }
+
+  // ---- snapshots ----
+
+  async createSnapshot(volumeName: string, name: string, note = ''): Promise<SnapshotRecord> {
+    const history = await this.historyOf(volumeName);
+    const snapshot = await history.createSnapshot(name, note);
+    this.events.emit({ type: 'snapshot-created', volume: volumeName, name, sequence: snapshot.sequence, micros: snapshot.micros, note });
+    return snapshot;
+  }
+
+  async deleteSnapshot(volumeName: string, name: string): Promise<void> {
+    const history = await this.historyOf(volumeName);
+    const problem = validateSnapshotName(name);
+    if (problem !== null) throw new ApplianceError('EINVAL', problem);
+    await history.deleteSnapshot(name);
+    this.events.emit({ type: 'snapshot-deleted', volume: volumeName, name, micros: nowMicros() });
+  }
+
+  async historyOf(volumeName: string) {
+    const volume = await this.store.openVolume(volumeName);
+    if (volume.history === null) throw new ApplianceError('EINVAL', `volume ${volumeName} keeps no history`);
+    return volume.history;
+  }
+
+  private reportWriteRates(): void {
+    for (const volume of this.store.openVolumes()) {
+      const stats = volume.stats();
+      const name = volume.config.name;
+      const previous = this.previousWrites.get(name) ?? { writes: stats.writeCount, bytes: stats.writeBytes };
+      this.previousWrites.set(name, { writes: stats.writeCount, bytes: stats.writeBytes });
+      this.events.emit({
+        type: 'write-rate',
+        volume: name,
+        writesPerSecond: stats.writeCount - previous.writes,
+        bytesPerSecond: stats.writeBytes - previous.bytes,
+        micros: nowMicros(),
+      });
+    }
+  }
+
+  /** Stop accepting, finish in-flight requests, make everything durable, close. */
+  async stop(): Promise<void> {
+    if (this.rateTimer !== null) clearInterval(this.rateTimer);
+    await this.nbd.close();
+    this.exports.close();
+    await this.store.close();
+  }
+}

@@ -1,0 +1,35 @@
+// What happens in the appliance, for the events websocket and the console: a typed bus.
+
+import { EventEmitter } from 'node:events';
+
+export type ApplianceEvent =
+  | { type: 'write-rate'; volume: string; writesPerSecond: number; bytesPerSecond: number; micros: number }
+  | { type: 'snapshot-created'; volume: string; name: string; sequence: number; micros: number; note: string }
+  | { type: 'snapshot-deleted'; volume: string; name: string; micros: number }
+  | { type: 'volume-created'; volume: string; sizeBytes: number; micros: number }
+  | { type: 'volume-deleted'; volume: string; micros: number }
+  | { type: 'export-created'; name: string; volume: string; sequence: number | null; writable: boolean; micros: number }
+  | { type: 'export-deleted'; name: string; micros: number }
+  | { type: 'client-connected'; export: string; connection: number; remote: string; micros: number }
+  | { type: 'client-disconnected'; export: string; connection: number; remote: string; micros: number };
+
+export class ApplianceEvents {
+  private readonly emitter = new EventEmitter();
+
+  constructor() {
+    this.emitter.setMaxListeners(1000); // one per websocket client; the server bounds its connections
+  }
+
+  emit(event: ApplianceEvent): void {
+    this.emitter.emit('event', event);
+  }
+
+  subscribe(listener: (event: ApplianceEvent) => void): () => void {
+    this.emitter.on('event', listener);
+    return () => this.emitter.off('event', listener);
+  }
+}
+
+export function nowMicros(): number {
+  return Math.floor((performance.timeOrigin + performance.now()) * 1000);
+}

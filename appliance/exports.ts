@@ -1,0 +1,261 @@
+// The exports of the appliance: every volume under its own name (live), and the point-in-time
+// views and clones people create, each under a name of its own. View and clone exports are kept
+// in data/exports.json and come back after a restart; a clone's overlay lives in
+// data/volumes/<volume>/clones/<export>/.
+
+import path from 'node:path';
+import {
+  Clone,
+  formatMicros,
+  nodeFileSystem,
+  writeFileAtomic,
+  type BlockDevice,
+  type InstantSpecification,
+  type Volume,
+  type VolumeStore,
+} from '../storage/index.js';
+import type { ExportTable, NbdServer } from '../server/index.js';
+import { ApplianceError } from './errors.js';
+import { nowMicros, type ApplianceEvents } from './events.js';
+import { parseInstant } from './instant.js';
+import fs from 'node:fs';
+
+export interface ExportRequest {
+  volume: string;
+  /** One of: an instant (RFC 3339 or Unix µs), a snapshot name, a sequence number. */
+  at?: string | number;
+  snapshot?: string;
+  sequence?: number;
+  writable?: boolean;
+  name?: string;
+}
+
+/** A view or clone export as kept in data/exports.json. */
+export interface ExportDefinition {
+  name: string;
+  volume: string;
+  sequence: number;
+  micros: number;
+  snapshot: string | null;
+  writable: boolean;
+  createdMicros: number;
+}
+
+export interface ExportSummary {
+  name: string;
+  volume: string;
+  kind: 'live' | 'view' | 'clone';
+  sequence: number | null;
+  /** The instant shown (µs), for views and clones. */
+  micros: number | null;
+  snapshot: string | null;
+  writable: boolean;
+  description: string;
+  uri: string;
+  clients: Array<{ connection: number; remote: string }>;
+}
+
+const exportNamePattern = /^[a-z0-9][a-z0-9._@-]{0,127}$/;
+const exportCountMax = 256;
+const exportsFileVersion = 1;
+
+export class ExportManager {
+  private readonly store: VolumeStore;
+  private readonly table: ExportTable;
+  private readonly nbd: NbdServer;
+  private readonly events: ApplianceEvents;
+  private readonly definitionsPath: string;
+  private uriBase: string;
+  private readonly definitions = new Map<string, ExportDefinition>();
+  private readonly clones = new Map<string, Clone>();
+
+  constructor(parts: { store: VolumeStore; table: ExportTable; nbd: NbdServer; events: ApplianceEvents; uriBase: string }) {
+    this.store = parts.store;
+    this.table = parts.table;
+    this.nbd = parts.nbd;
+    this.events = parts.events;
+    this.uriBase = parts.uriBase;
+    this.definitionsPath = path.join(parts.store.dataDirectory, 'exports.json');
+  }
+
+  /** The nbd:// base of export URIs, once the listener is bound. */
+  setUriBase(uriBase: string): void {
+    this.uriBase = uriBase;
+  }
+
+  /** Export a volume live under its own name. */
+  addVolume(volume: Volume): void {
+    this.table.add(volume.config.name, volume);
+  }
+
+  removeVolume(name: string): void {
+    this.table.remove(name);
+  }
+
+  /** Bring back the view and clone exports of the previous run. Returns the ones that failed. */
+  async restore(): Promise<Array<{ name: string; error: string }>> {
+    const failures: Array<{ name: string; error: string }> = [];
+    for (const definition of this.readDefinitions()) {
+      try {
+        const device = await this.openDevice(definition);
+        this.table.add(definition.name, device, device.description);
+        this.definitions.set(definition.name, definition);
+      } catch (error) {
+        failures.push({ name: definition.name, error: error instanceof Error ? error.message : String(error) });
+      }
+    }
+    if (failures.length > 0) await this.persist();
+    return failures;
+  }
+
+  async create(request: ExportRequest): Promise<ExportSummary> {
+    const volume = await this.store.openVolume(request.volume);
+    const history = volume.history;
+    if (history === null) throw new ApplianceError('EINVAL', `volume ${request.volume} keeps no history`);
+    const chosen = [request.at, request.snapshot, request.sequence].filter((value) => value !== undefined);
+    if (chosen.length !== 1) throw new ApplianceError('EINVAL', 'give exactly one of at, snapshot or sequence');
+    const instant: InstantSpecification =
+      request.snapshot !== undefined ? { snapshot: request.snapshot } : request.sequence !== undefined ? { sequence: request.sequence } : { micros: parseInstant(request.at!) };
+    const sequence = await history.sequenceOf(instant);
+    const writable = request.writable ?? false;
+    const name = request.name ?? defaultExportName(request.volume, instant, sequence, writable);
+    if (!exportNamePattern.test(name)) {
+      throw new ApplianceError('EINVAL', 'an export name has 1 to 128 characters a-z, 0-9, ".", "_", "@" and "-", starting with a letter or digit');
+    }
+    if (this.table.lookup(name) !== undefined || this.definitions.has(name)) throw new ApplianceError('EEXIST', `an export named ${name} already exists`);
+    if (this.definitions.size >= exportCountMax) throw new ApplianceError('EINVAL', `at most ${exportCountMax} view and clone exports`);
+    const micros = 'micros' in instant ? instant.micros : await this.instantMicros(volume, sequence);
+    const definition: ExportDefinition = {
+      name,
+      volume: request.volume,
+      sequence,
+      micros,
+      snapshot: request.snapshot ?? null,
+      writable,
+      createdMicros: nowMicros(),
+    };
+    if (writable) {
+      await Clone.create(nodeFileSystem, this.cloneDirectory(definition), {
+        formatVersion: 1,
+        name,
+        volume: definition.volume,
+        sequence,
+        sizeBytes: volume.sizeBytes,
+        createdMicros: definition.createdMicros,
+      });
+    }
+    const device = await this.openDevice(definition);
+    this.table.add(name, device, device.description);
+    this.definitions.set(name, definition);
+    await this.persist();
+    this.events.emit({ type: 'export-created', name, volume: definition.volume, sequence, writable, micros: nowMicros() });
+    return this.summary(name)!;
+  }
+
+  /** Remove a view or clone export; refused while clients are attached, unless forced. */
+  async delete(name: string, options: { force?: boolean } = {}): Promise<void> {
+    const definition = this.definitions.get(name);
+    if (definition === undefined) {
+      if (this.table.lookup(name) !== undefined) throw new ApplianceError('EINVAL', `${name} is a volume's live export: delete the volume instead`);
+      throw new ApplianceError('ENOENT', `no export named ${name}`);
+    }
+    const connections = this.nbd.connectionsOf(name);
+    if (connections.length > 0 && options.force !== true) {
+      const clients = connections.map((connection) => ({ connection: connection.id, remote: connection.remote }));
+      throw new ApplianceError('EBUSY', `export ${name} has ${clients.length} client(s) attached: ${clients.map((client) => client.remote).join(', ')}`, { clients });
+    }
+    for (const connection of connections) connection.destroy();
+    this.table.remove(name);
+    this.definitions.delete(name);
+    const clone = this.clones.get(name);
+    if (clone !== undefined) {
+      clone.close();
+      this.clones.delete(name);
+      fs.rmSync(this.cloneDirectory(definition), { recursive: true, force: true });
+    }
+    await this.persist();
+    this.events.emit({ type: 'export-deleted', name, micros: nowMicros() });
+  }
+
+  /** Every export of a volume's views and clones (for deleting the volume). */
+  exportsOfVolume(volume: string): string[] {
+    return [...this.definitions.values()].filter((definition) => definition.volume === volume).map((definition) => definition.name);
+  }
+
+  list(): ExportSummary[] {
+    return this.table.list().map((entry) => this.summary(entry.name)!);
+  }
+
+  summary(name: string): ExportSummary | undefined {
+    const entry = this.table.lookup(name);
+    if (entry === undefined || name === '') return undefined;
+    const definition = this.definitions.get(name);
+    const clients = this.nbd.connectionsOf(name).map((connection) => ({ connection: connection.id, remote: connection.remote }));
+    return {
+      name,
+      volume: definition?.volume ?? name,
+      kind: definition === undefined ? 'live' : definition.writable ? 'clone' : 'view',
+      sequence: definition?.sequence ?? null,
+      micros: definition?.micros ?? null,
+      snapshot: definition?.snapshot ?? null,
+      writable: !entry.device.readOnly,
+      description: entry.description,
+      uri: exportUri(this.uriBase, name),
+      clients,
+    };
+  }
+
+  close(): void {
+    for (const clone of this.clones.values()) clone.close();
+    this.clones.clear();
+  }
+
+  private async openDevice(definition: ExportDefinition): Promise<BlockDevice> {
+    const volume = await this.store.openVolume(definition.volume);
+    if (volume.history === null) throw new ApplianceError('EINVAL', `volume ${definition.volume} keeps no history`);
+    const instantText = definition.snapshot !== null ? `snapshot ${definition.snapshot}, ` : '';
+    const description = `cdp-nbd volume ${definition.volume} at ${formatMicros(definition.micros)} (${instantText}sequence ${definition.sequence}), read-only`;
+    const view = await volume.history.openView(definition.sequence, description);
+    if (!definition.writable) return view;
+    const clone = Clone.open(nodeFileSystem, this.cloneDirectory(definition), view);
+    await clone.flush();
+    this.clones.set(definition.name, clone);
+    return clone;
+  }
+
+  private async instantMicros(volume: Volume, sequence: number): Promise<number> {
+    const snapshot = volume.history?.snapshots().find((candidate) => candidate.sequence === sequence);
+    if (snapshot !== undefined) return snapshot.micros;
+    return (await volume.history?.microsOf(sequence)) ?? 0;
+  }
+
+  private cloneDirectory(definition: ExportDefinition): string {
+    return path.join(this.store.volumesDirectory, definition.volume, 'clones', definition.name);
+  }
+
+  private readDefinitions(): ExportDefinition[] {
+    try {
+      const parsed = JSON.parse(fs.readFileSync(this.definitionsPath, 'utf8')) as { formatVersion: number; exports: ExportDefinition[] };
+      return parsed.formatVersion === exportsFileVersion ? parsed.exports : [];
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw error;
+    }
+  }
+
+  private async persist(): Promise<void> {
+    const content = { formatVersion: exportsFileVersion, exports: [...this.definitions.values()] };
+    await writeFileAtomic(nodeFileSystem, this.definitionsPath, Buffer.from(`${JSON.stringify(content, null, 2)}\n`));
+  }
+}
+
+function defaultExportName(volume: string, instant: InstantSpecification, sequence: number, writable: boolean): string {
+  const at = 'snapshot' in instant ? instant.snapshot : `seq${sequence}`;
+  return `${volume}@${at}${writable ? '-clone' : ''}`;
+}
+
+/** nbd://HOST:PORT/NAME, or nbd+unix:///NAME?socket=PATH for a unix socket. */
+function exportUri(uriBase: string, name: string): string {
+  if (uriBase.startsWith('nbd+unix://?socket=')) return `nbd+unix:///${name}?socket=${uriBase.slice('nbd+unix://?socket='.length, -1)}`;
+  return `${uriBase}/${name}`; // export names need no escaping (a-z 0-9 . _ @ -)
+}
