@@ -29,7 +29,11 @@ const openPaths = new Set(['/health']);
 
 export async function buildApp(options: BuildAppOptions): Promise<FastifyInstance> {
   const { context } = options;
-  const app = Fastify({ loggerInstance: options.logger ?? pino({ level: 'silent' }), bodyLimit: 64 * 1024 });
+  const app = Fastify({
+    loggerInstance: options.logger ?? pino({ level: 'silent' }),
+    bodyLimit: 64 * 1024,
+    ajv: { customOptions: { allowUnionTypes: true } },
+  });
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler((request, reply) => sendError(reply, { statusCode: 404, code: 'not-found', message: `no route ${request.method} ${request.url}` }));
   app.addSchema(errorResponseSchema);

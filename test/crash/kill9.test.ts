@@ -198,7 +198,7 @@ t.test(`kill -9 under load, ${cycleCount} times (seed ${seed})`, async (t) => {
 
   for (let cycle = 0; cycle < cycleCount; cycle++) {
     const appliance = await startAppliance(t, { dataDirectory, volumeSize: String(volumeSizeBytes) });
-    const recoveryLine = appliance.output.map((line) => JSON.parse(line) as Record<string, unknown>).find((entry) => entry.msg === 'volume opened');
+    const recoveryLine = appliance.logEntries().find((entry) => entry.msg === 'volume opened');
     if (recoveryLine?.tear) tornTails++;
     replayedRecords += Number(recoveryLine?.replayedRecords ?? 0);
 

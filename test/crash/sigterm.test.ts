@@ -45,7 +45,7 @@ t.test('SIGTERM under write load loses no acknowledged write', async (t) => {
   t.ok(acknowledged.size > 100, `writes were acknowledged before the signal (${acknowledged.size} blocks)`);
 
   const again = await startAppliance(t, { dataDirectory });
-  const opened = again.output.map((line) => JSON.parse(line) as Record<string, unknown>).find((entry) => entry.msg === 'volume opened');
+  const opened = again.logEntries().find((entry) => entry.msg === 'volume opened');
   t.equal(opened?.replayedRecords, 0, 'an orderly stop leaves nothing to replay');
   const reader = await NbdClient.connect({ kind: 'unix', path: again.nbdSocket }, { exportName: 'vol0' });
   const wrong: number[] = [];

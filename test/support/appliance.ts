@@ -26,6 +26,8 @@ export interface Appliance {
   readonly child: ChildProcess;
   /** Everything the server printed to stderr so far. */
   readonly output: string[];
+  /** The JSON log entries among it. */
+  logEntries(): Array<Record<string, unknown>>;
   /** nbd://127.0.0.1:PORT/EXPORT */
   uri(exportName?: string): string;
   /** nbd+unix:///EXPORT?socket=PATH */
@@ -96,6 +98,14 @@ export async function startAppliance(t: Teardown, options: ApplianceOptions): Pr
     httpBase: `http://${ready.http}`,
     child,
     output,
+    logEntries: () =>
+      output.flatMap((line) => {
+        try {
+          return [JSON.parse(line) as Record<string, unknown>];
+        } catch {
+          return [];
+        }
+      }),
     uri: (exportName = 'vol0') => `nbd://127.0.0.1:${nbdPort}/${exportName}`,
     unixUri: (exportName = 'vol0') => `nbd+unix:///${exportName}?socket=${nbdSocket}`,
     async stop() {
