@@ -340,6 +340,7 @@ export class Volume implements BlockDevice {
     const log = this.log;
     return {
       name: this.config.name,
+      createdMicros: this.config.createdMicros,
       sizeBytes: this.config.sizeBytes,
       read: (offsetBytes, lengthBytes) => this.read(offsetBytes, lengthBytes),
       allocation: (offsetBytes, lengthBytes, extentCountMax) => this.allocation(offsetBytes, lengthBytes, extentCountMax),

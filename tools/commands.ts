@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { VolumeStore, validateVolumeName } from '../storage/index.js';
 import { inspectLog } from './log-inspect.js';
 import { serve, serveDefaults } from './serve.js';
+import { ApiClient } from './api-client.js';
 import { formatBytes, parseSize } from './sizes.js';
 
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -16,7 +17,17 @@ Usage:
   cdp-nbd volume create NAME --size SIZE [--data DIR]
   cdp-nbd volume list [--data DIR]
   cdp-nbd log inspect --volume NAME [--data DIR] [--from SEQUENCE] [--limit N] [--json]
+  cdp-nbd snapshot create VOLUME NAME [--note TEXT]     (these talk to a running appliance)
+  cdp-nbd snapshot list VOLUME
+  cdp-nbd snapshot delete VOLUME NAME
+  cdp-nbd export create VOLUME (--at INSTANT | --snapshot NAME | --sequence N) [--writable] [--name NAME]
+  cdp-nbd export list
+  cdp-nbd export delete NAME [--force]
   cdp-nbd help | --help | COMMAND --help
+
+Commands that talk to the appliance take --api URL (default http://127.0.0.1:8080) and the API
+token from --token TOKEN or from DIR/api-token (--data DIR, default ./data). INSTANT is RFC 3339
+with microseconds (2026-11-25T14:03:07.123456Z) or Unix microseconds.
 
 Run \`cdp-nbd serve --help\` for the appliance's options.`;
 
@@ -40,7 +51,112 @@ const commands: Record<string, Handler> = {
   serve: runServe,
   volume: runVolume,
   log: runLog,
+  snapshot: runSnapshot,
+  export: runExport,
 };
+
+const apiOptions = {
+  api: { type: 'string', default: 'http://127.0.0.1:8080' },
+  token: { type: 'string' },
+  data: { type: 'string', default: serveDefaults.dataDirectory },
+  json: { type: 'boolean', default: false },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+function apiClientOf(values: { api: string; token?: string | undefined; data: string }): ApiClient {
+  return new ApiClient({ apiBase: values.api, token: values.token, dataDirectory: values.data });
+}
+
+function print(value: unknown, asJson: boolean, asText: () => string): void {
+  process.stdout.write(asJson ? `${JSON.stringify(value, null, 2)}\n` : `${asText()}\n`);
+}
+
+interface SnapshotJson {
+  name: string;
+  sequence: number;
+  time: string;
+  note: string;
+}
+
+async function runSnapshot(argv: string[]): Promise<number> {
+  const [action, ...rest] = argv;
+  const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { ...apiOptions, note: { type: 'string', default: '' } } });
+  const usage = 'Usage:\n  cdp-nbd snapshot create VOLUME NAME [--note TEXT]\n  cdp-nbd snapshot list VOLUME\n  cdp-nbd snapshot delete VOLUME NAME\n';
+  const [volume, name] = positionals;
+  if (values.help || volume === undefined || (action !== 'list' && name === undefined) || !['create', 'list', 'delete'].includes(action ?? '')) {
+    process.stdout.write(usage);
+    return values.help ? 0 : 2;
+  }
+  const client = apiClientOf(values);
+  const base = `/api/v1/volumes/${encodeURIComponent(volume)}/snapshots`;
+  if (action === 'create') {
+    const snapshot = await client.request<SnapshotJson>('POST', base, { name, note: values.note });
+    print(snapshot, values.json, () => `snapshot ${snapshot.name} of ${volume} at ${snapshot.time} (sequence ${snapshot.sequence})`);
+  } else if (action === 'list') {
+    const { snapshots } = await client.request<{ snapshots: SnapshotJson[] }>('GET', base);
+    print(snapshots, values.json, () => ['name\ttime\tsequence\tnote', ...snapshots.map((snapshot) => `${snapshot.name}\t${snapshot.time}\t${snapshot.sequence}\t${snapshot.note}`)].join('\n'));
+  } else {
+    await client.request('DELETE', `${base}/${encodeURIComponent(name!)}`);
+    print({ deleted: name }, values.json, () => `deleted snapshot ${name} of ${volume}`);
+  }
+  return 0;
+}
+
+interface ExportJson {
+  name: string;
+  volume: string;
+  kind: string;
+  time: string | null;
+  sequence: number | null;
+  uri: string;
+  clients: unknown[];
+}
+
+async function runExport(argv: string[]): Promise<number> {
+  const [action, ...rest] = argv;
+  const { values, positionals } = parseArgs({
+    args: rest,
+    allowPositionals: true,
+    options: {
+      ...apiOptions,
+      at: { type: 'string' },
+      snapshot: { type: 'string' },
+      sequence: { type: 'string' },
+      writable: { type: 'boolean', default: false },
+      name: { type: 'string' },
+      force: { type: 'boolean', default: false },
+    },
+  });
+  const usage =
+    'Usage:\n  cdp-nbd export create VOLUME (--at INSTANT | --snapshot NAME | --sequence N) [--writable] [--name NAME]\n  cdp-nbd export list\n  cdp-nbd export delete NAME [--force]\n';
+  const [target] = positionals;
+  if (values.help || !['create', 'list', 'delete'].includes(action ?? '') || (action !== 'list' && target === undefined)) {
+    process.stdout.write(usage);
+    return values.help ? 0 : 2;
+  }
+  const client = apiClientOf(values);
+  if (action === 'create') {
+    const body = {
+      volume: target,
+      ...(values.at === undefined ? {} : { at: values.at }),
+      ...(values.snapshot === undefined ? {} : { snapshot: values.snapshot }),
+      ...(values.sequence === undefined ? {} : { sequence: Number(values.sequence) }),
+      writable: values.writable,
+      ...(values.name === undefined ? {} : { name: values.name }),
+    };
+    const created = await client.request<ExportJson>('POST', '/api/v1/exports', body);
+    print(created, values.json, () => `exported ${created.volume} at ${created.time} (sequence ${created.sequence}) as ${created.name}, ${created.kind}: ${created.uri}`);
+  } else if (action === 'list') {
+    const { exports } = await client.request<{ exports: ExportJson[] }>('GET', '/api/v1/exports');
+    print(exports, values.json, () =>
+      ['name\tkind\tvolume\ttime\tclients\turi', ...exports.map((entry) => `${entry.name}\t${entry.kind}\t${entry.volume}\t${entry.time ?? 'now'}\t${entry.clients.length}\t${entry.uri}`)].join('\n'),
+    );
+  } else {
+    await client.request('DELETE', `/api/v1/exports/${encodeURIComponent(target!)}${values.force ? '?force=true' : ''}`);
+    print({ deleted: target }, values.json, () => `deleted export ${target}`);
+  }
+  return 0;
+}
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;

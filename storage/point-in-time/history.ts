@@ -23,6 +23,7 @@ export type InstantSpecification = { snapshot: string } | { sequence: number } |
 /** What the history needs of its volume. */
 export interface HistoryVolume extends ViewSource {
   readonly name: string;
+  readonly createdMicros: number;
   appendMark(payload: Buffer): Promise<AppendedRecord>;
   /** Make records durable through `sequence` (for cuts) and everything (before a view opens). */
   syncThrough(sequence: number): Promise<void>;
@@ -163,6 +164,9 @@ export class VolumeHistory {
     }
     if (!Number.isSafeInteger(instant.micros) || instant.micros < 0) throw new StorageError('EINVAL', 'an instant is a whole number of microseconds');
     if (instant.micros > Date.now() * 1000 + 60_000_000) throw new StorageError('EINVAL', `${formatMicros(instant.micros)} is in the future`);
+    if (instant.micros < this.volume.createdMicros) {
+      throw new StorageError('EINVAL', `${formatMicros(instant.micros)} is before volume ${this.volume.name} was created (${formatMicros(this.volume.createdMicros)})`);
+    }
     return this.index.sequenceAt(instant.micros);
   }
 
