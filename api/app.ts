@@ -32,7 +32,8 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   const app = Fastify({
     loggerInstance: options.logger ?? pino({ level: 'silent' }),
     bodyLimit: 64 * 1024,
-    ajv: { customOptions: { allowUnionTypes: true } },
+    // Unknown fields are refused, not silently dropped (Fastify's default drops them).
+    ajv: { customOptions: { allowUnionTypes: true, removeAdditional: false } },
   });
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler((request, reply) => sendError(reply, { statusCode: 404, code: 'not-found', message: `no route ${request.method} ${request.url}` }));

@@ -1,0 +1,214 @@
+// The HTTP API through app.inject(), on a real appliance (real volumes, real LevelDB) in a
+// temporary data folder: the happy paths, and every kind of bad input getting its 4xx with a
+// stable error code and a message.
+
+import t from 'tap';
+import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
+import { buildApp } from '../../api/app.js';
+import { Appliance } from '../../appliance/appliance.js';
+import { silentLogger } from '../../server/index.js';
+import { MiB } from '../../storage/index.js';
+import { temporaryDirectory } from '../support/temporary-directory.js';
+
+const token = 'test-token-0123456789';
+
+async function startApi(t: { teardown(callback: () => Promise<void>): void }): Promise<{ app: FastifyInstance; appliance: Appliance }> {
+  const appliance = await Appliance.start({
+    dataDirectory: temporaryDirectory(t as never),
+    defaultVolumeName: 'vol0',
+    defaultVolumeSizeBytes: 16 * MiB,
+    log: silentLogger,
+    nbdUriBase: 'nbd://127.0.0.1:10809',
+  });
+  const app = await buildApp({ context: { appliance, startedAtMs: Date.now(), version: 'test', token } });
+  t.teardown(async () => {
+    await app.close();
+    await appliance.stop();
+  });
+  return { app, appliance };
+}
+
+type Method = 'GET' | 'POST' | 'DELETE';
+
+function call(app: FastifyInstance, method: Method, url: string, body?: unknown, withToken = true): Promise<LightMyRequestResponse> {
+  return app.inject({
+    method,
+    url,
+    headers: withToken ? { authorization: `Bearer ${token}` } : {},
+    ...(body === undefined ? {} : { payload: body as Record<string, unknown> }),
+  });
+}
+
+function errorCode(response: LightMyRequestResponse): string | undefined {
+  return (response.json() as { error?: { code: string } }).error?.code;
+}
+
+t.test('the token: every route but /health needs it', async (t) => {
+  const { app } = await startApi(t);
+  t.equal((await call(app, 'GET', '/health', undefined, false)).statusCode, 200, '/health is open');
+  for (const url of ['/api/v1/volumes', '/api/v1/exports', '/metrics', '/api/docs', '/api/v1/volumes/vol0/timeline']) {
+    const response = await call(app, 'GET', url, undefined, false);
+    t.equal(response.statusCode, 401, `${url} without a token`);
+    t.equal(errorCode(response), 'unauthorized');
+  }
+  const wrong = await app.inject({ method: 'GET', url: '/api/v1/volumes', headers: { authorization: 'Bearer nope' } });
+  t.equal(wrong.statusCode, 401, 'a wrong token');
+});
+
+t.test('volumes: list, create, show, bad input, delete', async (t) => {
+  const { app } = await startApi(t);
+  const listed = await call(app, 'GET', '/api/v1/volumes');
+  t.same(
+    (listed.json() as { volumes: Array<{ name: string }> }).volumes.map((volume) => volume.name),
+    ['vol0'],
+  );
+  const created = await call(app, 'POST', '/api/v1/volumes', { name: 'data1', sizeBytes: 8 * MiB });
+  t.equal(created.statusCode, 201);
+  t.match(created.json(), { name: 'data1', sizeBytes: 8 * MiB });
+  t.equal((await call(app, 'GET', '/api/v1/volumes/data1')).statusCode, 200);
+
+  const cases: Array<[string, unknown, number, string]> = [
+    ['a name clash', { name: 'data1', sizeBytes: 8 * MiB }, 409, 'conflict'],
+    ['a size of the wrong type', { name: 'data2', sizeBytes: 'big' }, 400, 'invalid-request'],
+    ['a path in the name', { name: '../etc', sizeBytes: 8 * MiB }, 400, 'invalid-request'],
+    ['an unaligned size', { name: 'data2', sizeBytes: 8 * MiB + 1 }, 400, 'invalid-request'],
+    ['a missing size', { name: 'data2' }, 400, 'invalid-request'],
+    ['an unknown field', { name: 'data2', sizeBytes: 8 * MiB, colour: 'red' }, 400, 'invalid-request'],
+  ];
+  for (const [what, body, status, code] of cases) {
+    const response = await call(app, 'POST', '/api/v1/volumes', body);
+    t.equal(response.statusCode, status, what);
+    t.equal(errorCode(response), code, `${what}: ${(response.json() as { error: { message: string } }).error.message}`);
+  }
+  t.equal(errorCode(await call(app, 'GET', '/api/v1/volumes/nope')), 'not-found', 'an unknown volume');
+  t.equal((await call(app, 'GET', '/api/v1/volumes/..%2Fetc')).statusCode, 400, 'path traversal in the parameter');
+  t.equal((await call(app, 'DELETE', '/api/v1/volumes/data1')).statusCode, 204);
+  t.equal(errorCode(await call(app, 'GET', '/api/v1/volumes/data1')), 'not-found', 'gone');
+  t.equal(errorCode(await call(app, 'GET', '/api/v1/nothing-here')), 'not-found', 'an unknown route');
+});
+
+t.test('snapshots and the timeline', async (t) => {
+  const { app, appliance } = await startApi(t);
+  const volume = await appliance.store.openVolume('vol0');
+  await volume.write(0, Buffer.alloc(65536, 1), { fua: true });
+  const created = await call(app, 'POST', '/api/v1/volumes/vol0/snapshots', { name: 'first', note: 'after one write' });
+  t.equal(created.statusCode, 201);
+  const snapshot = created.json() as { name: string; sequence: number; time: string; note: string };
+  t.match(snapshot, { name: 'first', sequence: 2, note: 'after one write' });
+  t.match(snapshot.time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/, 'RFC 3339 with microseconds');
+  t.equal(errorCode(await call(app, 'POST', '/api/v1/volumes/vol0/snapshots', { name: 'first' })), 'conflict', 'a snapshot name clash');
+  t.equal(errorCode(await call(app, 'POST', '/api/v1/volumes/vol0/snapshots', { name: 'Bad Name' })), 'invalid-request');
+  t.equal(errorCode(await call(app, 'POST', '/api/v1/volumes/nope/snapshots', { name: 'x' })), 'not-found');
+  await volume.write(65536, Buffer.alloc(65536, 2), { fua: true });
+  const listed = (await call(app, 'GET', '/api/v1/volumes/vol0/snapshots')).json() as { snapshots: Array<{ name: string }> };
+  t.same(
+    listed.snapshots.map((entry) => entry.name),
+    ['first'],
+  );
+
+  const timeline = (await call(app, 'GET', '/api/v1/volumes/vol0/timeline?buckets=4')).json() as {
+    protected: { oldestMicros: number; newestMicros: number };
+    buckets: Array<{ writes: number; bytes: number }>;
+    snapshots: Array<{ name: string }>;
+  };
+  t.equal(timeline.buckets.length, 4);
+  t.equal(
+    timeline.buckets.reduce((sum, bucket) => sum + bucket.writes, 0),
+    2,
+    'both writes are counted',
+  );
+  t.equal(
+    timeline.buckets.reduce((sum, bucket) => sum + bucket.bytes, 0),
+    131072,
+  );
+  t.ok(timeline.protected.oldestMicros > 0 && timeline.protected.newestMicros >= timeline.protected.oldestMicros, 'the protected range');
+  t.same(
+    timeline.snapshots.map((entry) => entry.name),
+    ['first'],
+  );
+  t.equal(errorCode(await call(app, 'GET', '/api/v1/volumes/vol0/timeline?from=yesterday')), 'invalid-request', 'a bad instant');
+  t.equal(errorCode(await call(app, 'GET', '/api/v1/volumes/vol0/timeline?buckets=0')), 'invalid-request');
+
+  t.equal((await call(app, 'DELETE', '/api/v1/volumes/vol0/snapshots/first')).statusCode, 204);
+  t.equal(errorCode(await call(app, 'DELETE', '/api/v1/volumes/vol0/snapshots/first')), 'not-found', 'deleting twice');
+});
+
+t.test('exports: views and clones, bad input, deletion', async (t) => {
+  const { app, appliance } = await startApi(t);
+  const volume = await appliance.store.openVolume('vol0');
+  await volume.write(0, Buffer.alloc(4096, 0xaa), { fua: true });
+  await call(app, 'POST', '/api/v1/volumes/vol0/snapshots', { name: 'before' });
+  await volume.write(0, Buffer.alloc(4096, 0xbb), { fua: true });
+
+  const view = await call(app, 'POST', '/api/v1/exports', { volume: 'vol0', snapshot: 'before' });
+  t.equal(view.statusCode, 201);
+  t.match(view.json(), { name: 'vol0@before', kind: 'view', writable: false, uri: 'nbd://127.0.0.1:10809/vol0@before', snapshot: 'before' });
+  const device = appliance.table.lookup('vol0@before')!.device;
+  t.equal((await device.read(0, 4096))[0], 0xaa, 'the view shows the data as of the snapshot');
+
+  const clone = await call(app, 'POST', '/api/v1/exports', { volume: 'vol0', snapshot: 'before', writable: true, name: 'repair' });
+  t.equal(clone.statusCode, 201);
+  const cloneDevice = appliance.table.lookup('repair')!.device;
+  await cloneDevice.write(0, Buffer.alloc(4096, 0xcc), { fua: true });
+  t.equal((await cloneDevice.read(0, 4096))[0], 0xcc, 'the clone takes writes');
+  t.equal((await volume.read(0, 4096))[0], 0xbb, 'and the volume does not see them');
+
+  const byInstant = await call(app, 'POST', '/api/v1/exports', { volume: 'vol0', at: new Date().toISOString() });
+  t.equal(byInstant.statusCode, 201, 'an export at an RFC 3339 instant');
+  const bySequence = await call(app, 'POST', '/api/v1/exports', { volume: 'vol0', sequence: 1, name: 'first-write' });
+  t.equal(bySequence.statusCode, 201, 'an export at a sequence number');
+
+  const cases: Array<[string, unknown, number, string]> = [
+    ['a name clash', { volume: 'vol0', snapshot: 'before' }, 409, 'conflict'],
+    ['no instant', { volume: 'vol0' }, 400, 'invalid-request'],
+    ['two instants', { volume: 'vol0', snapshot: 'before', sequence: 1 }, 400, 'invalid-request'],
+    ['a bad instant', { volume: 'vol0', at: 'last tuesday' }, 400, 'invalid-request'],
+    ['an instant before the volume', { volume: 'vol0', at: '2001-01-01T00:00:00Z' }, 400, 'invalid-request'],
+    ['a sequence past the log', { volume: 'vol0', sequence: 1_000_000 }, 400, 'invalid-request'],
+    ['an unknown snapshot', { volume: 'vol0', snapshot: 'nope' }, 404, 'not-found'],
+    ['an unknown volume', { volume: 'nope', sequence: 0 }, 404, 'not-found'],
+    ['a bad name', { volume: 'vol0', sequence: 0, name: 'NO SPACES' }, 400, 'invalid-request'],
+    ['writable of the wrong type', { volume: 'vol0', sequence: 0, writable: 'yes' }, 400, 'invalid-request'],
+  ];
+  for (const [what, body, status, code] of cases) {
+    const response = await call(app, 'POST', '/api/v1/exports', body);
+    t.equal(response.statusCode, status, what);
+    t.equal(errorCode(response), code, `${what}: ${(response.json() as { error: { message: string } }).error.message}`);
+  }
+
+  const listed = (await call(app, 'GET', '/api/v1/exports')).json() as { exports: Array<{ name: string; kind: string }> };
+  t.same(
+    listed.exports.map((entry) => [entry.name, entry.kind]),
+    [
+      ['first-write', 'view'],
+      ['repair', 'clone'],
+      ['vol0', 'live'],
+      ['vol0@before', 'view'],
+      [(byInstant.json() as { name: string }).name, 'view'],
+    ].sort((left, right) => left[0]!.localeCompare(right[0]!)),
+  );
+  t.equal(errorCode(await call(app, 'DELETE', '/api/v1/exports/vol0')), 'invalid-request', "a volume's live export is not deleted this way");
+  t.equal((await call(app, 'DELETE', '/api/v1/exports/repair')).statusCode, 204, 'a clone is deleted');
+  t.equal(errorCode(await call(app, 'DELETE', '/api/v1/exports/repair')), 'not-found');
+});
+
+t.test('health, metrics, OpenAPI', async (t) => {
+  const { app } = await startApi(t);
+  const health = (await call(app, 'GET', '/health', undefined, false)).json() as { status: string; volumes: Array<{ name: string }> };
+  t.equal(health.status, 'ok');
+  t.same(
+    health.volumes.map((volume) => volume.name),
+    ['vol0'],
+  );
+  const metrics = await call(app, 'GET', '/metrics');
+  t.equal(metrics.statusCode, 200);
+  t.match(metrics.headers['content-type'], /^text\/plain/);
+  for (const name of ['cdp_nbd_writes_total{volume="vol0"}', 'cdp_nbd_flush_seconds_bucket', 'cdp_nbd_connections', 'cdp_nbd_delta_maps', 'cdp_nbd_log_bytes']) {
+    t.match(metrics.body, name, `metrics include ${name}`);
+  }
+  const openapi = (await call(app, 'GET', '/api/docs')).json() as { openapi: string; paths: Record<string, unknown> };
+  t.match(openapi.openapi, /^3\./);
+  for (const path of ['/api/v1/volumes', '/api/v1/volumes/{volume}/snapshots', '/api/v1/volumes/{volume}/timeline', '/api/v1/exports', '/api/v1/exports/{name}', '/health', '/metrics']) {
+    t.ok(openapi.paths[path], `OpenAPI documents ${path}`);
+  }
+});
