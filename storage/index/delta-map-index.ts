@@ -11,24 +11,27 @@ import fs from 'node:fs';
 import { Level } from 'level';
 import { StorageError, assert } from '../errors.js';
 import type { LogPosition } from '../write-log/batch.js';
-import { gapsOf, mergeNewestWins, flattenNewestWins, type Extent, type ExtentSource } from './extents.js';
+import { gapsOf, flattenNewestWins, type Extent, type ExtentSource } from './extents.js';
 import {
+  builtCountKey,
+  builtCountRange,
   checkpointKey,
   chunkLastWriteKey,
   chunkLastWriteRange,
   decodeChunkLastWrite,
-  decodeExtent,
+  chunkExtentsKey,
+  chunkExtentsRange,
+  decodeChunkExtents,
+  decodeChunkExtentsKey,
+  encodeChunkExtents,
   decodeMapInfo,
   decodeWindowByTimeKey,
   decodeWindowIndex,
   decodeWindowRecords,
-  encodeExtentValue,
   encodeMapInfo,
   encodeSequence,
   encodeWindowIndex,
   encodeWindowRecords,
-  extentKey,
-  extentRange,
   indexFormatVersion,
   mapInfoKey,
   snapshotKey,
@@ -53,8 +56,8 @@ export const indexLimits = {
   windowAgeMicrosMax: 10_000_000,
   /** ... and always right after a snapshot mark. Merged maps have this many children. */
   fanout: 4,
-  /** Extents written per LevelDB batch while merging. */
-  mergeBatchExtents: 8192,
+  /** Chunks written per LevelDB batch while merging. */
+  mergeBatchChunks: 256,
   /** The chunks of the last-write table: 1 MiB, or larger so there are at most 2^20. */
   chunkBytesMin: 1024 * 1024,
   chunkCountMax: 1 << 20,
@@ -106,10 +109,13 @@ export class DeltaMapIndex {
   private readonly directory: string;
   private readonly db: Level<Buffer, Buffer>;
   private checkpoint: IndexCheckpoint;
+  /** Merged maps built per level (index 0 unused: level 0 is checkpoint.windowCount). */
+  private readonly mergedCounts: number[] = [0];
   private tail: Tail;
   private readonly lastWriteByChunk: Float64Array;
   private changedChunks = new Set<number>();
-  private work: Promise<void> = Promise.resolve();
+  /** Cuts and merges run one at a time each, cuts never waiting for a long merge. */
+  private readonly queues = { cuts: Promise.resolve(), merges: Promise.resolve() };
   private failure: unknown = null;
   /** Counters for the metrics and the benchmark. */
   readonly counters = { cuts: 0, merges: 0, mapQueries: 0 };
@@ -130,7 +136,7 @@ export class DeltaMapIndex {
     try {
       const version = await db.get(versionKey);
       if (version === undefined) {
-        const fresh: IndexCheckpoint = { windowCount: 0, mappedThroughSequence: 0, nextPosition: firstPosition, builtCounts: [0] };
+        const fresh: IndexCheckpoint = { windowCount: 0, mappedThroughSequence: 0, nextPosition: firstPosition };
         await db.batch([
           { type: 'put', key: versionKey, value: Buffer.from(String(indexFormatVersion)) },
           { type: 'put', key: checkpointKey, value: Buffer.from(JSON.stringify(fresh)) },
@@ -140,6 +146,8 @@ export class DeltaMapIndex {
       }
       const checkpoint = JSON.parse((await db.get(checkpointKey))!.toString('utf8')) as IndexCheckpoint;
       const index = new DeltaMapIndex(directory, db, checkpoint, volumeSizeBytes);
+      for await (const [key, value] of db.iterator(builtCountRange)) index.mergedCounts[key[1]!] = decodeWindowIndex(value);
+      for (let level = 1; level < index.mergedCounts.length; level++) index.mergedCounts[level] ??= 0;
       for await (const [key, value] of db.iterator(chunkLastWriteRange)) {
         const { chunk, sequence } = decodeChunkLastWrite(key, value);
         if (chunk < index.lastWriteByChunk.length) index.lastWriteByChunk[chunk] = sequence;
@@ -170,7 +178,11 @@ export class DeltaMapIndex {
 
   /** Maps built per level (level 0: windows). */
   get builtCounts(): readonly number[] {
-    return this.checkpoint.builtCounts;
+    return [this.checkpoint.windowCount, ...this.mergedCounts.slice(1)];
+  }
+
+  private builtCount(level: number): number {
+    return level === 0 ? this.checkpoint.windowCount : (this.mergedCounts[level] ?? 0);
   }
 
   // ---- feeding ----
@@ -229,32 +241,39 @@ export class DeltaMapIndex {
     return this.lastWriteByChunk[Math.floor(offsetBytes / this.chunkBytes)] ?? 0;
   }
 
-  /** Should a window be cut now? Returns the last sequence to cut through, or 0. */
+  /**
+   * Should a window be cut now? Returns the last sequence to cut through, or 0. A window takes at
+   * most windowRecordsMax records however far the tail has grown, and ends at a snapshot mark.
+   */
   cutDue(nowMicros: number): number {
     const tail = this.tail;
     if (tail.lastSequence <= this.checkpoint.mappedThroughSequence) return 0;
-    if (tail.cutRequestedThrough > this.checkpoint.mappedThroughSequence) return tail.cutRequestedThrough;
-    if (tail.records.length >= indexLimits.windowRecordsMax) return tail.lastSequence;
-    if (tail.firstMicros > 0 && nowMicros - tail.firstMicros >= indexLimits.windowAgeMicrosMax) return tail.lastSequence;
+    const full = tail.records.length >= indexLimits.windowRecordsMax;
+    const capped = full ? tail.records[indexLimits.windowRecordsMax - 1]!.source.sequence : tail.lastSequence;
+    if (tail.cutRequestedThrough > this.checkpoint.mappedThroughSequence) return Math.min(tail.cutRequestedThrough, capped);
+    if (full) return capped;
+    if (tail.firstMicros > 0 && nowMicros - tail.firstMicros >= indexLimits.windowAgeMicrosMax) return capped;
     return 0;
   }
 
-  /** Cut the tail through record `throughSequence` (durable in the log) into a window, then merge. */
+  /** Cut the tail through record `throughSequence` (durable in the log) into a window; merges follow, on their own queue. */
   cut(throughSequence: number): Promise<void> {
-    return this.enqueue(async () => {
+    const cutting = this.enqueue('cuts', async () => {
       if (throughSequence <= this.checkpoint.mappedThroughSequence) return;
       await this.cutWindow(throughSequence);
-      await this.mergeDue();
     });
+    void cutting.then(() => this.enqueue('merges', () => this.mergeDue())).catch(() => undefined);
+    return cutting;
   }
 
   /** Resolves when every cut and merge asked for so far is done. */
-  settled(): Promise<void> {
-    return this.work;
+  async settled(): Promise<void> {
+    await this.queues.cuts;
+    await this.queues.merges;
   }
 
-  private enqueue(task: () => Promise<void>): Promise<void> {
-    const next = this.work.then(async () => {
+  private enqueue(queue: 'cuts' | 'merges', task: () => Promise<void>): Promise<void> {
+    const next = this.queues[queue].then(async () => {
       if (this.failure !== null) throw this.failure;
       try {
         await task();
@@ -263,7 +282,7 @@ export class DeltaMapIndex {
         throw error;
       }
     });
-    this.work = next.catch(() => undefined);
+    this.queues[queue] = next.catch(() => undefined);
     return next;
   }
 
@@ -288,19 +307,16 @@ export class DeltaMapIndex {
     const endsCut = tail.ends.findIndex((end) => end.sequence === throughSequence);
     assert(endsCut >= 0, `the tail knows where record ${throughSequence} ends`);
     const nextPosition = tail.ends[endsCut]!.nextPosition;
-    const checkpoint: IndexCheckpoint = {
-      windowCount: windowIndex + 1,
-      mappedThroughSequence: throughSequence,
-      nextPosition,
-      builtCounts: [windowIndex + 1, ...this.checkpoint.builtCounts.slice(1)],
-    };
+    const checkpoint: IndexCheckpoint = { windowCount: windowIndex + 1, mappedThroughSequence: throughSequence, nextPosition };
     const batch: Batch = [
       { type: 'put', key: mapInfoKey(window), value: encodeMapInfo(info) },
       { type: 'put', key: windowRecordsKey(windowIndex), value: encodeWindowRecords(records) },
       { type: 'put', key: windowBySequenceKey(throughSequence), value: encodeWindowIndex(windowIndex) },
       { type: 'put', key: windowByTimeKey(lastMicros, windowIndex), value: Buffer.alloc(0) },
     ];
-    for (const extent of extents) batch.push({ type: 'put', key: extentKey(window, extent.endBytes), value: encodeExtentValue(extent) });
+    for (const [chunk, chunkExtents] of splitByChunk(extents, this.chunkBytes)) {
+      batch.push({ type: 'put', key: chunkExtentsKey(window, chunk), value: encodeChunkExtents(chunkExtents) });
+    }
     for (const chunk of this.changedChunks) batch.push({ type: 'put', key: chunkLastWriteKey(chunk), value: encodeSequence(this.lastWriteByChunk[chunk]!) });
     const snapshotsCut: string[] = [];
     for (const [name, snapshot] of tail.snapshots) {
@@ -328,8 +344,8 @@ export class DeltaMapIndex {
   /** Build every merged map whose children all exist, lowest level first. */
   private async mergeDue(): Promise<void> {
     for (let level = 1; ; level++) {
-      const childCount = this.checkpoint.builtCounts[level - 1] ?? 0;
-      const builtCount = this.checkpoint.builtCounts[level] ?? 0;
+      const childCount = this.builtCount(level - 1);
+      const builtCount = this.builtCount(level);
       const due = Math.floor(childCount / indexLimits.fanout);
       if (due === 0) return;
       for (let index = builtCount; index < due; index++) await this.mergeMap({ level, index });
@@ -338,58 +354,69 @@ export class DeltaMapIndex {
 
   private async mergeMap(map: MapReference): Promise<void> {
     const { fanout } = indexLimits;
-    const children: MapReference[] = [];
-    for (let child = fanout * map.index + fanout - 1; child >= fanout * map.index; child--) children.push({ level: map.level - 1, index: child });
-    await this.db.clear(extentRange(map)); // a merge cut short by a crash left stale extents
-    const infos = await Promise.all(children.map((child) => this.mapInfo(child)));
+    const childrenOldestFirst: MapReference[] = [];
+    for (let child = fanout * map.index; child < fanout * map.index + fanout; child++) childrenOldestFirst.push({ level: map.level - 1, index: child });
+    await this.db.clear(chunkExtentsRange(map)); // a merge cut short by a crash left stale chunks
+    const infos = await Promise.all(childrenOldestFirst.map((child) => this.mapInfo(child)));
+    const streams = childrenOldestFirst.map((child) => this.chunkStream(child));
+    const heads = await Promise.all(streams.map((stream) => stream.next()));
     let batch: Batch = [];
     let extentCount = 0;
-    for await (const extent of mergeNewestWins(children.map((child) => this.extentStream(child)))) {
-      batch.push({ type: 'put', key: extentKey(map, extent.endBytes), value: encodeExtentValue(extent) });
-      extentCount++;
-      if (batch.length >= indexLimits.mergeBatchExtents) {
+    for (;;) {
+      let chunk = Number.POSITIVE_INFINITY;
+      for (const head of heads) if (head !== null) chunk = Math.min(chunk, head.chunk);
+      if (chunk === Number.POSITIVE_INFINITY) break;
+      // Oldest child first, so that flattening lets the newest win where they overlap.
+      const together: Extent[] = [];
+      for (let child = 0; child < heads.length; child++) {
+        const head = heads[child];
+        if (head === null || head === undefined || head.chunk !== chunk) continue;
+        together.push(...head.extents);
+        heads[child] = await streams[child]!.next();
+      }
+      const merged = flattenNewestWins(together);
+      extentCount += merged.length;
+      batch.push({ type: 'put', key: chunkExtentsKey(map, chunk), value: encodeChunkExtents(merged) });
+      if (batch.length >= indexLimits.mergeBatchChunks) {
         await this.db.batch(batch);
         batch = [];
       }
     }
-    const oldestFirst = [...infos].reverse();
     const info: MapInfo = {
-      firstSequence: oldestFirst[0]!.firstSequence,
-      lastSequence: oldestFirst[oldestFirst.length - 1]!.lastSequence,
-      firstMicros: oldestFirst[0]!.firstMicros,
-      lastMicros: oldestFirst[oldestFirst.length - 1]!.lastMicros,
+      firstSequence: infos[0]!.firstSequence,
+      lastSequence: infos[infos.length - 1]!.lastSequence,
+      firstMicros: infos[0]!.firstMicros,
+      lastMicros: infos[infos.length - 1]!.lastMicros,
       recordCount: infos.reduce((sum, child) => sum + child.recordCount, 0),
       dataBytes: infos.reduce((sum, child) => sum + child.dataBytes, 0),
       extentCount,
     };
-    const builtCounts = [...this.checkpoint.builtCounts];
-    builtCounts[map.level] = map.index + 1;
-    const checkpoint = { ...this.checkpoint, builtCounts };
     batch.push({ type: 'put', key: mapInfoKey(map), value: encodeMapInfo(info) });
-    batch.push({ type: 'put', key: checkpointKey, value: Buffer.from(JSON.stringify(checkpoint)) });
+    batch.push({ type: 'put', key: builtCountKey(map.level), value: encodeWindowIndex(map.index + 1) });
     await this.db.batch(batch);
-    this.checkpoint = checkpoint;
+    this.mergedCounts[map.level] = map.index + 1;
     this.counters.merges++;
   }
 
-  private extentStream(map: MapReference): AsyncIterator<Extent> {
-    const iterator = this.db.iterator(extentRange(map));
+  /** A map's chunks in order, read in batches. */
+  private chunkStream(map: MapReference): { next(): Promise<{ chunk: number; extents: Extent[] } | null> } {
+    const iterator = this.db.iterator(chunkExtentsRange(map));
     let buffered: Array<[Buffer, Buffer]> = [];
     let position = 0;
     let done = false;
     return {
       next: async () => {
         if (position >= buffered.length && !done) {
-          buffered = (await iterator.nextv(1024)) as Array<[Buffer, Buffer]>;
+          buffered = (await iterator.nextv(256)) as Array<[Buffer, Buffer]>;
           position = 0;
           if (buffered.length === 0) {
             done = true;
             await iterator.close();
           }
         }
-        if (position >= buffered.length) return { done: true, value: undefined };
+        if (position >= buffered.length) return null;
         const [key, value] = buffered[position++]!;
-        return { done: false, value: decodeExtent(key, value) };
+        return { chunk: decodeChunkExtentsKey(key), extents: decodeChunkExtents(value) };
       },
     };
   }
@@ -471,7 +498,7 @@ export class DeltaMapIndex {
       let level = 0;
       let span = 1;
       // Grow while the next level's map is aligned here, fits, and has been built.
-      while (position % (span * fanout) === 0 && position + span * fanout <= to && (this.checkpoint.builtCounts[level + 1] ?? 0) > position / (span * fanout)) {
+      while (position % (span * fanout) === 0 && position + span * fanout <= to && this.builtCount(level + 1) > position / (span * fanout)) {
         level++;
         span *= fanout;
       }
@@ -486,15 +513,25 @@ export class DeltaMapIndex {
    * wrote are left out (they read as zeroes). Counts the maps consulted.
    */
   async resolve(plan: InstantPlan, startBytes: number, endBytes: number): Promise<{ extents: Extent[]; mapsConsulted: number }> {
-    const found: Extent[] = clip(plan.partial, startBytes, endBytes);
+    let found: Extent[] = clip(plan.partial, startBytes, endBytes);
     let gaps = gapsOf(found, startBytes, endBytes);
     let mapsConsulted = 0;
-    for (const map of plan.mapsNewestFirst) {
-      if (gaps.length === 0) break;
-      mapsConsulted++;
-      for (const [gapStart, gapEnd] of gaps) found.push(...(await this.queryMap(map, gapStart, gapEnd)));
-      found.sort((left, right) => left.startBytes - right.startBytes);
-      gaps = gapsOf(found, startBytes, endBytes);
+    const firstChunk = Math.floor(startBytes / this.chunkBytes);
+    const lastChunk = Math.floor((endBytes - 1) / this.chunkBytes);
+    for (let chunk = firstChunk; chunk <= lastChunk && gaps.length > 0; chunk++) {
+      // Every map's extents of the chunk in one call; then newest first, filling the gaps.
+      const values = await this.db.getMany(plan.mapsNewestFirst.map((map) => chunkExtentsKey(map, chunk)));
+      let consulted = 0;
+      for (const value of values) {
+        if (gaps.length === 0) break;
+        consulted++;
+        if (value === undefined) continue;
+        const filling = intersect(decodeChunkExtents(value), gaps);
+        if (filling.length === 0) continue;
+        found = mergeSorted(found, filling);
+        gaps = gapsOf(found, startBytes, endBytes);
+      }
+      mapsConsulted = Math.max(mapsConsulted, consulted);
     }
     this.counters.mapQueries += mapsConsulted;
     return { extents: found, mapsConsulted };
@@ -502,21 +539,14 @@ export class DeltaMapIndex {
 
   /** The extents of one map overlapping [startBytes, endBytes), clipped to it. */
   async queryMap(map: MapReference, startBytes: number, endBytes: number): Promise<Extent[]> {
-    const { lt } = extentRange(map);
-    const iterator = this.db.iterator({ gt: extentKey(map, startBytes), lt });
+    const firstChunk = Math.floor(startBytes / this.chunkBytes);
+    const lastChunk = Math.floor((endBytes - 1) / this.chunkBytes);
     const extents: Extent[] = [];
-    try {
-      for (;;) {
-        const entries = (await iterator.nextv(64)) as Array<[Buffer, Buffer]>;
-        if (entries.length === 0) break;
-        for (const [key, value] of entries) {
-          const extent = decodeExtent(key, value);
-          if (extent.startBytes >= endBytes) return extents;
-          extents.push({ startBytes: Math.max(extent.startBytes, startBytes), endBytes: Math.min(extent.endBytes, endBytes), source: extent.source });
-        }
+    for await (const [, value] of this.db.iterator({ gte: chunkExtentsKey(map, firstChunk), lte: chunkExtentsKey(map, lastChunk) })) {
+      for (const extent of decodeChunkExtents(value)) {
+        if (extent.endBytes <= startBytes || extent.startBytes >= endBytes) continue;
+        extents.push({ startBytes: Math.max(extent.startBytes, startBytes), endBytes: Math.min(extent.endBytes, endBytes), source: extent.source });
       }
-    } finally {
-      await iterator.close();
     }
     return extents;
   }
@@ -615,7 +645,7 @@ export class DeltaMapIndex {
   }
 
   async close(): Promise<void> {
-    await this.work;
+    await this.settled();
     await this.db.close();
   }
 }
@@ -641,17 +671,70 @@ function lastAtOrBefore(records: readonly WindowRecord[], micros: number): Windo
   return found;
 }
 
+/** Extents grouped by chunk, split at chunk boundaries. */
+function splitByChunk(extents: readonly Extent[], chunkBytes: number): Map<number, Extent[]> {
+  const byChunk = new Map<number, Extent[]>();
+  for (const extent of extents) {
+    let start = extent.startBytes;
+    while (start < extent.endBytes) {
+      const chunk = Math.floor(start / chunkBytes);
+      const end = Math.min(extent.endBytes, (chunk + 1) * chunkBytes);
+      let list = byChunk.get(chunk);
+      if (list === undefined) byChunk.set(chunk, (list = []));
+      list.push({ startBytes: start, endBytes: end, source: extent.source });
+      start = end;
+    }
+  }
+  return byChunk;
+}
+
 function flattenRecords(records: readonly WindowRecord[]): Extent[] {
   return flattenNewestWins(records.map((record) => ({ startBytes: record.startBytes, endBytes: record.startBytes + record.lengthBytes, source: record.source })));
 }
 
+/** The sorted extents overlapping [startBytes, endBytes), clipped to it (binary search to the first). */
 function clip(extents: readonly Extent[], startBytes: number, endBytes: number): Extent[] {
+  let low = 0;
+  let high = extents.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (extents[middle]!.endBytes <= startBytes) low = middle + 1;
+    else high = middle;
+  }
   const clipped: Extent[] = [];
-  for (const extent of extents) {
-    if (extent.endBytes <= startBytes || extent.startBytes >= endBytes) continue;
+  for (let index = low; index < extents.length; index++) {
+    const extent = extents[index]!;
+    if (extent.startBytes >= endBytes) break;
     clipped.push({ startBytes: Math.max(extent.startBytes, startBytes), endBytes: Math.min(extent.endBytes, endBytes), source: extent.source });
   }
   return clipped;
+}
+
+/** The parts of the sorted extents that fall in the sorted, disjoint gaps. */
+function intersect(extents: readonly Extent[], gaps: ReadonlyArray<[number, number]>): Extent[] {
+  const result: Extent[] = [];
+  let gapIndex = 0;
+  for (const extent of extents) {
+    while (gapIndex < gaps.length && gaps[gapIndex]![1] <= extent.startBytes) gapIndex++;
+    for (let index = gapIndex; index < gaps.length && gaps[index]![0] < extent.endBytes; index++) {
+      const start = Math.max(extent.startBytes, gaps[index]![0]);
+      const end = Math.min(extent.endBytes, gaps[index]![1]);
+      if (start < end) result.push({ startBytes: start, endBytes: end, source: extent.source });
+    }
+  }
+  return result;
+}
+
+/** Two sorted lists of disjoint extents, merged in order. */
+function mergeSorted(left: readonly Extent[], right: readonly Extent[]): Extent[] {
+  const merged: Extent[] = [];
+  let leftIndex = 0;
+  let rightIndex = 0;
+  while (leftIndex < left.length || rightIndex < right.length) {
+    if (rightIndex >= right.length || (leftIndex < left.length && left[leftIndex]!.startBytes <= right[rightIndex]!.startBytes)) merged.push(left[leftIndex++]!);
+    else merged.push(right[rightIndex++]!);
+  }
+  return merged;
 }
 
 function unionOf(ranges: Array<[number, number]>): Array<[number, number]> {

@@ -16,6 +16,7 @@ const Tag = {
   windowByTime: 0x54,
   chunkLastWrite: 0x57,
   snapshot: 0x53,
+  builtCount: 0x42,
 } as const;
 
 const indexBytes = 6;
@@ -99,45 +100,59 @@ export function decodeMapInfo(value: Buffer): MapInfo {
   };
 }
 
-// ---- extents ----
+// ---- extents, one key per map and chunk ----
 
-const extentValueBytes = 37;
+const extentValueBytes = 45;
 
-export function extentKey(map: MapReference, endBytes: number): Buffer {
+/** The extents of one map within one chunk of the volume. */
+export function chunkExtentsKey(map: MapReference, chunk: number): Buffer {
   const key = mapPrefix(Tag.extent, map, 8);
-  writeUint64(key, 2 + indexBytes, endBytes);
+  writeUint64(key, 2 + indexBytes, chunk);
   return key;
 }
 
-/** Keys of one map's extents: [gte, lt). */
-export function extentRange(map: MapReference): { gte: Buffer; lt: Buffer } {
-  return { gte: extentKey(map, 0), lt: mapPrefix(Tag.extent, { level: map.level, index: map.index + 1 }, 8) };
+/** Keys of one map's chunks: [gte, lt). */
+export function chunkExtentsRange(map: MapReference): { gte: Buffer; lt: Buffer } {
+  return { gte: chunkExtentsKey(map, 0), lt: mapPrefix(Tag.extent, { level: map.level, index: map.index + 1 }, 8) };
 }
 
-export function encodeExtentValue(extent: Extent): Buffer {
-  const value = Buffer.alloc(extentValueBytes);
-  const { source } = extent;
-  writeUint64(value, 0, extent.startBytes);
-  writeUint64(value, 8, source.sequence);
-  value[16] = source.hasData ? 1 : 0;
-  value.writeUInt32BE(source.segmentNumber, 17);
-  writeUint64(value, 21, source.recordOffsetBytes);
-  writeUint64(value, 29, source.volumeOffsetBytes);
+export function decodeChunkExtentsKey(key: Buffer): number {
+  return readUint64(key, 2 + indexBytes);
+}
+
+/** Sorted, disjoint extents (all within one chunk) as one value. */
+export function encodeChunkExtents(extents: readonly Extent[]): Buffer {
+  const value = Buffer.alloc(extents.length * extentValueBytes);
+  extents.forEach((extent, position) => {
+    const at = position * extentValueBytes;
+    const { source } = extent;
+    writeUint64(value, at, extent.startBytes);
+    writeUint64(value, at + 8, extent.endBytes);
+    writeUint64(value, at + 16, source.sequence);
+    value[at + 24] = source.hasData ? 1 : 0;
+    value.writeUInt32BE(source.segmentNumber, at + 25);
+    writeUint64(value, at + 29, source.recordOffsetBytes);
+    writeUint64(value, at + 37, source.volumeOffsetBytes);
+  });
   return value;
 }
 
-export function decodeExtent(key: Buffer, value: Buffer): Extent {
-  return {
-    startBytes: readUint64(value, 0),
-    endBytes: readUint64(key, 2 + indexBytes),
-    source: {
-      sequence: readUint64(value, 8),
-      hasData: (value[16]! & 1) !== 0,
-      segmentNumber: value.readUInt32BE(17),
-      recordOffsetBytes: readUint64(value, 21),
-      volumeOffsetBytes: readUint64(value, 29),
-    },
-  };
+export function decodeChunkExtents(value: Buffer): Extent[] {
+  const extents: Extent[] = [];
+  for (let at = 0; at + extentValueBytes <= value.length; at += extentValueBytes) {
+    extents.push({
+      startBytes: readUint64(value, at),
+      endBytes: readUint64(value, at + 8),
+      source: {
+        sequence: readUint64(value, at + 16),
+        hasData: (value[at + 24]! & 1) !== 0,
+        segmentNumber: value.readUInt32BE(at + 25),
+        recordOffsetBytes: readUint64(value, at + 29),
+        volumeOffsetBytes: readUint64(value, at + 37),
+      },
+    });
+  }
+  return extents;
 }
 
 // ---- a window's records ----
@@ -271,9 +286,14 @@ export interface IndexCheckpoint {
   windowCount: number;
   mappedThroughSequence: number;
   nextPosition: LogPosition;
-  /** Level L has maps [0, builtCounts[L]); builtCounts[0] === windowCount. */
-  builtCounts: number[];
 }
+
+/** How many merged maps a level (1 and up) has: a key of its own, so merges and cuts never write the same key. */
+export function builtCountKey(level: number): Buffer {
+  return Buffer.from([Tag.builtCount, level]);
+}
+
+export const builtCountRange = { gte: Buffer.from([Tag.builtCount]), lt: Buffer.from([Tag.builtCount + 1]) };
 
 export function assertIndexInRange(index: number): void {
   if (!Number.isSafeInteger(index) || index < 0 || index > maxIndex) throw new Error(`map index ${index} out of range`);

@@ -6,7 +6,7 @@
 
 import { StorageError } from '../errors.js';
 import type { FileSystem } from '../io/file-system.js';
-import { DeltaMapIndex, type IndexedRecord, type SnapshotRecord } from '../index/delta-map-index.js';
+import { DeltaMapIndex, indexLimits, type IndexedRecord, type SnapshotRecord } from '../index/delta-map-index.js';
 import type { MapInfo } from '../index/map-keys.js';
 import type { VolumePaths } from '../volume-config.js';
 import type { AppendedRecord, LogPosition } from '../write-log/batch.js';
@@ -86,6 +86,7 @@ export class VolumeHistory {
   noteRecord(record: AppendedRecord, payload: Buffer | null): void {
     this.index.noteRecord(indexedRecord(record.kind, record, record.position, record.encodedBytes, record.kind === RecordKind.mark ? payload : null));
     if (record.kind === RecordKind.mark && payload !== null) this.noteSnapshotMark(record, payload);
+    else if (this.cutting === null && this.index.tailRecordCount >= indexLimits.windowRecordsMax) this.cutIfDue();
   }
 
   private noteSnapshotMark(record: AppendedRecord, payload: Buffer): void {
@@ -102,7 +103,7 @@ export class VolumeHistory {
     }
   }
 
-  /** Cut a window when one is due (after making its records durable), one cut at a time. */
+  /** Cut windows while one is due (after making its records durable), one cut at a time. */
   cutIfDue(): void {
     if (this.cutting !== null || this.closed || this.failure !== null) return;
     const through = this.index.cutDue(Date.now() * 1000);
@@ -116,6 +117,7 @@ export class VolumeHistory {
       } finally {
         this.cutting = null;
       }
+      this.cutIfDue(); // records kept coming: the next window may be full already
     })();
   }
 

@@ -26,9 +26,12 @@ export class LogDataReader {
   async read(source: ExtentSource, startBytes: number, target: Buffer): Promise<void> {
     const positionBytes = source.recordOffsetBytes + recordHeaderBytes + (startBytes - source.volumeOffsetBytes);
     const segment = this.segment(source.segmentNumber);
+    // What the page cache holds is read here; only the rest goes to a worker thread.
+    let readBytes = segment.handle.readCached(target, positionBytes);
+    if (readBytes === target.length) return;
     segment.readsInFlight++;
     try {
-      const readBytes = await segment.handle.read(target, positionBytes);
+      readBytes += await segment.handle.read(target.subarray(readBytes), positionBytes + readBytes);
       if (readBytes < target.length) throw new Error(`segment ${source.segmentNumber} ends before record ${source.sequence}'s data`);
     } finally {
       segment.readsInFlight--;
