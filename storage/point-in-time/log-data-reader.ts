@@ -22,16 +22,23 @@ export class LogDataReader {
     private readonly logDirectory: string,
   ) {}
 
-  /** Read the data of `source` for volume range [startBytes, startBytes + target.length) into target. */
-  async read(source: ExtentSource, startBytes: number, target: Buffer): Promise<void> {
+  /**
+   * Read the data of `source` for volume range [startBytes, startBytes + target.length) into
+   * target. What the page cache holds is read at once (and null returned); only the rest goes to a
+   * worker thread.
+   */
+  read(source: ExtentSource, startBytes: number, target: Buffer): Promise<void> | null {
     const positionBytes = source.recordOffsetBytes + recordHeaderBytes + (startBytes - source.volumeOffsetBytes);
     const segment = this.segment(source.segmentNumber);
-    // What the page cache holds is read here; only the rest goes to a worker thread.
-    let readBytes = segment.handle.readCached(target, positionBytes);
-    if (readBytes === target.length) return;
+    const cachedBytes = segment.handle.readCached(target, positionBytes);
+    if (cachedBytes === target.length) return null;
+    return this.readRest(segment, source, target.subarray(cachedBytes), positionBytes + cachedBytes);
+  }
+
+  private async readRest(segment: OpenSegmentReader, source: ExtentSource, target: Buffer, positionBytes: number): Promise<void> {
     segment.readsInFlight++;
     try {
-      readBytes += await segment.handle.read(target.subarray(readBytes), positionBytes + readBytes);
+      const readBytes = await segment.handle.read(target, positionBytes);
       if (readBytes < target.length) throw new Error(`segment ${source.segmentNumber} ends before record ${source.sequence}'s data`);
     } finally {
       segment.readsInFlight--;

@@ -72,36 +72,59 @@ export class PointInTimeView implements BlockDevice {
     const target = Buffer.alloc(lengthBytes);
     const chunkBytes = this.index.chunkBytes;
     const endBytes = offsetBytes + lengthBytes;
-    const pieces: Array<Promise<void>> = [];
+    let pending: Array<Promise<void>> | null = null;
     for (let chunkStart = offsetBytes - (offsetBytes % chunkBytes); chunkStart < endBytes; chunkStart += chunkBytes) {
       const startBytes = Math.max(chunkStart, offsetBytes);
       const pieceEnd = Math.min(chunkStart + chunkBytes, endBytes);
-      pieces.push(this.readPiece(startBytes, target.subarray(startBytes - offsetBytes, pieceEnd - offsetBytes)));
+      const piece = this.readPiece(startBytes, target.subarray(startBytes - offsetBytes, pieceEnd - offsetBytes));
+      if (piece !== null) (pending ??= []).push(piece);
     }
-    await Promise.all(pieces);
+    if (pending !== null) await Promise.all(pending);
     return target;
   }
 
-  /** Read [startBytes, +target.length), which lies within one chunk. */
-  private async readPiece(startBytes: number, target: Buffer): Promise<void> {
-    if (this.index.lastWriteSequence(startBytes) <= this.sequence) {
-      const live = await this.source.read(startBytes, target.length);
-      if (this.index.lastWriteSequence(startBytes) <= this.sequence) {
-        live.copy(target);
-        this.statistics.readsFromLiveImage++;
-        return;
-      }
+  /**
+   * Read [startBytes, +target.length), which lies within one chunk. Returns null when it was
+   * served at once (extents cached, data in the page cache), which is most reads of a warm view.
+   */
+  private readPiece(startBytes: number, target: Buffer): Promise<void> | null {
+    if (this.index.lastWriteSequence(startBytes) <= this.sequence) return this.readPieceFromLiveImage(startBytes, target);
+    const chunk = Math.floor(startBytes / this.index.chunkBytes);
+    const extents = this.chunkExtents.get(chunk);
+    if (extents !== undefined) {
+      this.chunkExtents.delete(chunk); // most recently used last
+      this.chunkExtents.set(chunk, extents);
+      return this.readExtents(extents, startBytes, target);
     }
+    return this.extentsOfChunk(startBytes).then((resolved) => this.readExtents(resolved, startBytes, target) ?? undefined);
+  }
+
+  private async readPieceFromLiveImage(startBytes: number, target: Buffer): Promise<void> {
+    const live = await this.source.read(startBytes, target.length);
+    if (this.index.lastWriteSequence(startBytes) <= this.sequence) {
+      live.copy(target);
+      this.statistics.readsFromLiveImage++;
+      return;
+    }
+    // A write landed on the chunk while the live image was read: take the chunk from the log.
     const extents = await this.extentsOfChunk(startBytes);
+    await this.readExtents(extents, startBytes, target);
+  }
+
+  /** Copy the data of the extents overlapping the piece from the log; null if all was in the page cache. */
+  private readExtents(extents: readonly Extent[], startBytes: number, target: Buffer): Promise<void> | null {
     const endBytes = startBytes + target.length;
-    const reads: Array<Promise<void>> = [];
-    for (const extent of extents) {
-      if (!extent.source.hasData || extent.endBytes <= startBytes || extent.startBytes >= endBytes) continue;
+    let pending: Array<Promise<void>> | null = null;
+    for (let index = firstExtentEndingAfter(extents, startBytes); index < extents.length; index++) {
+      const extent = extents[index]!;
+      if (extent.startBytes >= endBytes) break;
+      if (!extent.source.hasData) continue;
       const from = Math.max(extent.startBytes, startBytes);
       const to = Math.min(extent.endBytes, endBytes);
-      reads.push(this.log.read(extent.source, from, target.subarray(from - startBytes, to - startBytes)));
+      const read = this.log.read(extent.source, from, target.subarray(from - startBytes, to - startBytes));
+      if (read !== null) (pending ??= []).push(read);
     }
-    await Promise.all(reads);
+    return pending === null ? null : Promise.all(pending).then(() => undefined);
   }
 
   /** The chunk's extents as of the view's instant (sorted), resolved once and cached. */
@@ -183,6 +206,18 @@ export class PointInTimeView implements BlockDevice {
   }
 
   async cache(): Promise<void> {}
+}
+
+/** Index of the first extent (sorted, non-overlapping) that ends after positionBytes. */
+function firstExtentEndingAfter(extents: readonly Extent[], positionBytes: number): number {
+  let low = 0;
+  let high = extents.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (extents[middle]!.endBytes <= positionBytes) low = middle + 1;
+    else high = middle;
+  }
+  return low;
 }
 
 function readOnlyError(): StorageError {

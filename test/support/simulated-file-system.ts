@@ -29,6 +29,7 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { FileHandle, FileSystem, OpenOptions } from '../../storage/io/file-system.js';
+import { cachedPrefixBytes } from './partial-page-cache.js';
 import type { RandomSource } from './seeded-random.js';
 
 export const sectorBytes = 512;
@@ -756,7 +757,8 @@ class SimulatedFileHandle implements FileHandle {
 
   /** Everything is in the simulated page cache. */
   readCached(target: Buffer, positionBytes: number): number {
-    return this.readSync(target, positionBytes);
+    // Two pages in three are "cached", so callers take both the at-once and the worker-thread path.
+    return this.readSync(target.subarray(0, cachedPrefixBytes(positionBytes, target.length)), positionBytes);
   }
 
   async writev(sources: readonly Buffer[], positionBytes: number): Promise<void> {
