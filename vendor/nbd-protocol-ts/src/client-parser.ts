@@ -116,6 +116,18 @@ export class ClientParser {
     this.state = 'replyHeader';
   }
 
+  /**
+   * Call after the ACK to STARTTLS, before pushing bytes from the TLS stream:
+   * discards (and counts) plaintext that followed the ACK, which a client
+   * must not believe. Option replies go on over TLS.
+   */
+  startTls(): number {
+    this.requireOptionPhase('startTls');
+    const discardedBytes = this.queue.lengthBytes;
+    this.queue.clear();
+    return discardedBytes;
+  }
+
   /** Call when sending a READ without structured replies, so its data can be framed. */
   expectSimpleReadReply(cookie: bigint, lengthBytes: number): void {
     assertCookie(cookie);

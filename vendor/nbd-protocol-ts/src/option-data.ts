@@ -1,4 +1,4 @@
-// Payloads of the options a client sends: EXPORT_NAME, INFO/GO and
+// Payloads of the options a client sends: EXPORT_NAME, STARTTLS, INFO/GO and
 // LIST/SET_META_CONTEXT (proto.md "Option types"). Parsers are for the
 // server and validate lengths exactly, because the spec requires
 // NBD_REP_ERR_INVALID for a syntactically invalid option rather than a
@@ -29,6 +29,15 @@ export function parseExportNameData(data: Buffer): ExportNameData | ProtocolErro
   const exportName = decodeName(data, 0, data.length);
   if (exportName instanceof ProtocolError) return exportName;
   return { exportName };
+}
+
+/** STARTTLS carries nothing; the spec's answer to data with it is ERR_INVALID. */
+export type StartTlsData = Record<string, never>;
+
+/** STARTTLS data must be empty (proto.md "NBD_OPT_STARTTLS"). */
+export function parseStartTlsData(data: Buffer): StartTlsData | ProtocolError {
+  if (data.length !== 0) return new ProtocolError('BAD_LENGTH', `STARTTLS takes no data, got ${data.length} bytes`);
+  return {};
 }
 
 /** INFO and GO data: u32 name length, name, u16 count, count × u16 info type. */

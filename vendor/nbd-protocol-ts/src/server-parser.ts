@@ -131,6 +131,20 @@ export class ServerParser {
     this.state = 'requestHeader';
   }
 
+  /**
+   * Call after acknowledging STARTTLS, before pushing bytes from the TLS
+   * stream. Everything after the ACK must travel over TLS (proto.md "TLS
+   * support"), so plaintext the client pipelined after STARTTLS is discarded
+   * here; the count is returned so the server can drop such a client.
+   * Option haggling goes on with the next option header.
+   */
+  startTls(): number {
+    if (this.state !== 'optionHeader') throw new TypeError(`startTls() called in parser state '${this.state}'`);
+    const discardedBytes = this.queue.lengthBytes;
+    this.queue.clear();
+    return discardedBytes;
+  }
+
   next(): ClientMessage | undefined {
     for (;;) {
       switch (this.state) {
