@@ -75,5 +75,7 @@ export const exportSchema = {
       type: 'array',
       items: { type: 'object', properties: { connection: { type: 'integer' }, remote: { type: 'string' } } },
     },
+    allow: { type: 'array', items: { type: 'string' }, description: 'clients allowed over NBD; empty: all' },
+    tlsOnly: { type: 'boolean', description: 'clients must start TLS first' },
   },
 } as const;

@@ -10,7 +10,7 @@ import {
   type Volume,
   type VolumeConfig,
 } from '../storage/index.js';
-import { ExportTable, NbdServer, type ListenAddress, type Logger } from '../server/index.js';
+import { ExportTable, NbdServer, type AccessPolicy, type ListenAddress, type Logger, type ServerTls } from '../server/index.js';
 import { ApplianceError } from './errors.js';
 import { ApplianceEvents, nowMicros } from './events.js';
 import { ExportManager } from './exports.js';
@@ -22,6 +22,10 @@ export interface ApplianceOptions {
   log: Logger;
   /** How clients reach the NBD server, for export URIs (e.g. nbd://127.0.0.1:10809). */
   nbdUriBase: string;
+  /** NBD TLS mode and credentials; off when absent. */
+  tls?: ServerTls;
+  /** Access policies of volumes' live exports, by volume name (serve --allow, --tls-only). */
+  volumePolicies?: ReadonlyMap<string, AccessPolicy>;
 }
 
 export class Appliance {
@@ -40,8 +44,8 @@ export class Appliance {
     this.log = options.log;
     this.defaultVolumeName = options.defaultVolumeName;
     this.table = new ExportTable();
-    this.nbd = new NbdServer({ exports: this.table, log: options.log });
-    this.exports = new ExportManager({ store, table: this.table, nbd: this.nbd, events: this.events, uriBase: options.nbdUriBase });
+    this.nbd = new NbdServer({ exports: this.table, log: options.log, tls: options.tls });
+    this.exports = new ExportManager({ store, table: this.table, nbd: this.nbd, events: this.events, uriBase: options.nbdUriBase, volumePolicies: options.volumePolicies });
     this.nbd.onAttachChange((entry, connection, attached) => {
       this.events.emit({
         type: attached ? 'client-connected' : 'client-disconnected',

@@ -14,7 +14,7 @@ import {
   type Volume,
   type VolumeStore,
 } from '../storage/index.js';
-import type { ExportTable, NbdServer } from '../server/index.js';
+import { openAccessPolicy, parseAccessPolicy, type AccessPolicy, type ExportTable, type NbdServer } from '../server/index.js';
 import { ApplianceError } from './errors.js';
 import { nowMicros, type ApplianceEvents } from './events.js';
 import { parseInstant } from './instant.js';
@@ -28,6 +28,10 @@ export interface ExportRequest {
   sequence?: number;
   writable?: boolean;
   name?: string;
+  /** Allowlist of client addresses, CIDR blocks, cn:NAME and unix (server/access.ts); none = everyone. */
+  allow?: string[];
+  /** Refuse clients that have not started TLS. */
+  tlsOnly?: boolean;
 }
 
 /** A view or clone export as kept in data/exports.json. */
@@ -39,6 +43,9 @@ export interface ExportDefinition {
   snapshot: string | null;
   writable: boolean;
   createdMicros: number;
+  /** Absent in files from before access control: everyone, TLS or not. */
+  allow?: string[];
+  tlsOnly?: boolean;
 }
 
 export interface ExportSummary {
@@ -53,6 +60,8 @@ export interface ExportSummary {
   description: string;
   uri: string;
   clients: Array<{ connection: number; remote: string }>;
+  allow: string[];
+  tlsOnly: boolean;
 }
 
 const exportNamePattern = /^[a-z0-9][a-z0-9._@-]{0,127}$/;
@@ -68,8 +77,10 @@ export class ExportManager {
   private uriBase: string;
   private readonly definitions = new Map<string, ExportDefinition>();
   private readonly clones = new Map<string, Clone>();
+  private readonly volumePolicies: ReadonlyMap<string, AccessPolicy>;
 
-  constructor(parts: { store: VolumeStore; table: ExportTable; nbd: NbdServer; events: ApplianceEvents; uriBase: string }) {
+  constructor(parts: { store: VolumeStore; table: ExportTable; nbd: NbdServer; events: ApplianceEvents; uriBase: string; volumePolicies?: ReadonlyMap<string, AccessPolicy> }) {
+    this.volumePolicies = parts.volumePolicies ?? new Map();
     this.store = parts.store;
     this.table = parts.table;
     this.nbd = parts.nbd;
@@ -85,7 +96,7 @@ export class ExportManager {
 
   /** Export a volume live under its own name. */
   addVolume(volume: Volume): void {
-    this.table.add(volume.config.name, volume);
+    this.table.add(volume.config.name, volume, volume.description, this.volumePolicies.get(volume.config.name) ?? openAccessPolicy);
   }
 
   removeVolume(name: string): void {
@@ -97,8 +108,9 @@ export class ExportManager {
     const failures: Array<{ name: string; error: string }> = [];
     for (const definition of this.readDefinitions()) {
       try {
+        const policy = this.policyOf(definition);
         const device = await this.openDevice(definition);
-        this.table.add(definition.name, device, device.description);
+        this.table.add(definition.name, device, device.description, policy);
         this.definitions.set(definition.name, definition);
       } catch (error) {
         failures.push({ name: definition.name, error: error instanceof Error ? error.message : String(error) });
@@ -124,6 +136,7 @@ export class ExportManager {
     }
     if (this.table.lookup(name) !== undefined || this.definitions.has(name)) throw new ApplianceError('EEXIST', `an export named ${name} already exists`);
     if (this.definitions.size >= exportCountMax) throw new ApplianceError('EINVAL', `at most ${exportCountMax} view and clone exports`);
+    const policy = this.policyOf(request);
     const micros = 'micros' in instant ? instant.micros : await this.instantMicros(volume, sequence);
     const definition: ExportDefinition = {
       name,
@@ -133,6 +146,8 @@ export class ExportManager {
       snapshot: request.snapshot ?? null,
       writable,
       createdMicros: nowMicros(),
+      ...(policy.allow.length > 0 ? { allow: [...policy.allow] } : {}),
+      ...(policy.tlsOnly ? { tlsOnly: true } : {}),
     };
     if (writable) {
       await Clone.create(nodeFileSystem, this.cloneDirectory(definition), {
@@ -145,7 +160,7 @@ export class ExportManager {
       });
     }
     const device = await this.openDevice(definition);
-    this.table.add(name, device, device.description);
+    this.table.add(name, device, device.description, policy);
     this.definitions.set(name, definition);
     await this.persist();
     this.events.emit({ type: 'export-created', name, volume: definition.volume, sequence, writable, micros: nowMicros() });
@@ -202,12 +217,25 @@ export class ExportManager {
       description: entry.description,
       uri: exportUri(this.uriBase, name),
       clients,
+      allow: [...entry.policy.allow],
+      tlsOnly: entry.policy.tlsOnly,
     };
   }
 
   close(): void {
     for (const clone of this.clones.values()) clone.close();
     this.clones.clear();
+  }
+
+  /** The access policy of a new or restored export; EINVAL for a bad rule or TLS-only without TLS. */
+  private policyOf(source: { allow?: string[]; tlsOnly?: boolean }): AccessPolicy {
+    const tlsOnly = source.tlsOnly ?? false;
+    if (tlsOnly && this.nbd.tlsMode === 'off') throw new ApplianceError('EINVAL', 'a TLS-only export needs the NBD server to offer TLS (serve --tls required or selective)');
+    try {
+      return parseAccessPolicy(source.allow ?? [], { tlsOnly });
+    } catch (error) {
+      throw new ApplianceError('EINVAL', error instanceof Error ? error.message : String(error));
+    }
   }
 
   private async openDevice(definition: ExportDefinition): Promise<BlockDevice> {
@@ -254,8 +282,9 @@ function defaultExportName(volume: string, instant: InstantSpecification, sequen
   return `${volume}@${at}${writable ? '-clone' : ''}`;
 }
 
-/** nbd://HOST:PORT/NAME, or nbd+unix:///NAME?socket=PATH for a unix socket. */
+/** nbd://HOST:PORT/NAME, or nbd+unix:///NAME?socket=PATH for a unix socket (nbds for TLS). */
 function exportUri(uriBase: string, name: string): string {
-  if (uriBase.startsWith('nbd+unix://?socket=')) return `nbd+unix:///${name}?socket=${uriBase.slice('nbd+unix://?socket='.length, -1)}`;
+  const unix = /^(nbds?\+unix):\/\/\?socket=(.*)#$/.exec(uriBase);
+  if (unix !== null) return `${unix[1]}:///${name}?socket=${unix[2]}`;
   return `${uriBase}/${name}`; // export names need no escaping (a-z 0-9 . _ @ -)
 }

@@ -7,17 +7,21 @@ import { Connection } from './connection.js';
 import type { ExportEntry, ExportTable } from './exports.js';
 import { assertServerLimits, serverLimits } from './limits.js';
 import { silentLogger, type Logger } from './logger.js';
+import { tlsOff, type ServerTls, type TlsMode } from './tls.js';
 
 export type ListenAddress = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
 
 export interface NbdServerOptions {
   exports: ExportTable;
   log?: Logger;
+  /** TLS mode and credentials (tls.ts loadServerTls); off by default. */
+  tls?: ServerTls;
 }
 
 export class NbdServer {
   readonly exports: ExportTable;
   private readonly log: Logger;
+  private readonly tls: ServerTls;
   private readonly listeners: net.Server[] = [];
   private readonly connections = new Set<Connection>();
   private nextConnectionId = 1;
@@ -28,6 +32,11 @@ export class NbdServer {
     assertServerLimits();
     this.exports = options.exports;
     this.log = options.log ?? silentLogger;
+    this.tls = options.tls ?? tlsOff;
+  }
+
+  get tlsMode(): TlsMode {
+    return this.tls.mode;
   }
 
   /** Start listening; resolves with the address actually bound (port 0 picks a free port). */
@@ -93,7 +102,7 @@ export class NbdServer {
         const entry = name === null ? undefined : this.exports.lookup(name);
         if (entry !== undefined) for (const listener of this.attachListeners) listener(entry, closedConnection, false);
       },
-    });
+    }, this.tls);
     this.connections.add(connection);
     connection.start();
   }

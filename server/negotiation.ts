@@ -1,5 +1,8 @@
 // The handshake phase of one connection (proto.md "Fixed newstyle negotiation", "Option types"):
 // client flags, then options until the client chooses an export, aborts, or is dropped.
+// With TLS (proto.md "TLS support"): STARTTLS is acknowledged once, after which negotiation starts
+// over on the TLS stream; in required mode every other option before it gets ERR_TLS_REQD;
+// TLS-only exports and allowlists (access.ts) are checked when a client chooses an export.
 // This file decides what to answer; connection.ts moves the bytes.
 
 import {
@@ -14,6 +17,7 @@ import {
   parseExportNameData,
   parseInfoOrGoData,
   parseMetaContextData,
+  parseStartTlsData,
   serializeAckReply,
   serializeExportNameReply,
   serializeInfoBlockSizeReply,
@@ -25,8 +29,10 @@ import {
   serializeServerReply,
   unknownClientFlags,
 } from 'nbd-protocol-ts';
+import { accessAllows, type ClientIdentity } from './access.js';
 import type { ExportEntry, ExportTable } from './exports.js';
 import { serverLimits } from './limits.js';
+import type { TlsMode } from './tls.js';
 
 export const offeredHandshakeFlags = HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES;
 
@@ -45,14 +51,32 @@ export interface Negotiated {
   transmissionFlags: number;
 }
 
+/** A client turned away from an export, for the log: by its allowlist, or for want of TLS. */
+export interface Refusal {
+  kind: 'access' | 'tls';
+  export: string;
+  reason: string;
+}
+
 export type OptionOutcome =
-  | { kind: 'reply'; replies: Buffer[] }
+  | { kind: 'reply'; replies: Buffer[]; refusal?: Refusal }
   | { kind: 'transmission'; replies: Buffer[]; negotiated: Negotiated }
+  /** Send the ACK, then run the TLS handshake; negotiation goes on over TLS. */
+  | { kind: 'startTls'; replies: Buffer[] }
   /** Close the connection after sending the replies (ABORT, or an EXPORT_NAME we cannot serve). */
-  | { kind: 'close'; replies: Buffer[]; reason: string };
+  | { kind: 'close'; replies: Buffer[]; reason: string; refusal?: Refusal };
+
+/** Why a client may not use an export now, with the option error that says so. */
+interface Gate {
+  replyType: number;
+  refusal: Refusal;
+}
 
 export class Negotiation {
   private readonly exports: ExportTable;
+  private readonly tlsMode: TlsMode;
+  private readonly client: ClientIdentity;
+  private tlsActive = false;
   private noZeroes = false;
   private structuredReplies = false;
   private contexts: SelectedContext[] = [];
@@ -60,8 +84,21 @@ export class Negotiation {
   private optionCount = 0;
   shuttingDown = false;
 
-  constructor(exports: ExportTable) {
+  constructor(exports: ExportTable, tlsMode: TlsMode = 'off', client: ClientIdentity = { address: null, certificateName: null }) {
     this.exports = exports;
+    this.tlsMode = tlsMode;
+    this.client = { ...client };
+  }
+
+  /** The handshake after STARTTLS succeeded: negotiation starts over, with what TLS told us. */
+  tlsStarted(certificateName: string | null): void {
+    if (this.tlsActive) throw new TypeError('TLS started twice');
+    this.tlsActive = true;
+    this.client.certificateName = certificateName;
+    // Nothing negotiated in plaintext carries over (NBD-REFERENCE: STARTTLS resets the state).
+    this.structuredReplies = false;
+    this.contexts = [];
+    this.contextsExportName = null;
   }
 
   /** Returns a reason to drop the connection, or null if the client flags are acceptable. */
@@ -84,6 +121,9 @@ export class Negotiation {
     if (this.shuttingDown && option !== OptionType.ABORT) {
       return reply(serializeOptionErrorReply(option, OptionReplyType.ERR_SHUTDOWN, 'the server is shutting down'));
     }
+    if (this.tlsMode === 'required' && !this.tlsActive && option !== OptionType.STARTTLS && option !== OptionType.ABORT) {
+      return this.tlsRequired(option);
+    }
     switch (option) {
       case OptionType.EXPORT_NAME:
         return this.exportName(data);
@@ -92,7 +132,7 @@ export class Negotiation {
       case OptionType.LIST:
         return this.list(data);
       case OptionType.STARTTLS:
-        return reply(serializeOptionErrorReply(option, OptionReplyType.ERR_POLICY, 'TLS is not configured on this server'));
+        return this.startTls(data);
       case OptionType.INFO:
       case OptionType.GO:
         return this.infoOrGo(option, data);
@@ -108,19 +148,58 @@ export class Negotiation {
     }
   }
 
+  /** FORCEDTLS before STARTTLS: every option but STARTTLS and ABORT is refused (proto.md). */
+  private tlsRequired(option: number): OptionOutcome {
+    // EXPORT_NAME cannot carry an error: the protocol's only answer is to hang up.
+    if (option === OptionType.EXPORT_NAME) return { kind: 'close', replies: [], reason: 'EXPORT_NAME before STARTTLS on a server that requires TLS' };
+    return reply(serializeOptionErrorReply(option, OptionReplyType.ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first'));
+  }
+
+  private startTls(data: Buffer): OptionOutcome {
+    const option = OptionType.STARTTLS;
+    if (this.tlsMode === 'off') return reply(serializeOptionErrorReply(option, OptionReplyType.ERR_POLICY, 'TLS is not configured on this server'));
+    if (this.tlsActive) return invalid(option, 'TLS is already running on this connection');
+    const parsed = parseStartTlsData(data);
+    if (isProtocolError(parsed)) return invalid(option, parsed.message);
+    return { kind: 'startTls', replies: [serializeAckReply(option)] };
+  }
+
+  /** Null when this client may use the export now; else the error to answer with and why. */
+  private gate(entry: ExportEntry): Gate | null {
+    if (entry.policy.tlsOnly && !this.tlsActive) {
+      // A TLS-less server must never send ERR_TLS_REQD (proto.md "NOTLS mode").
+      if (this.tlsMode === 'off') {
+        return { replyType: OptionReplyType.ERR_POLICY, refusal: { kind: 'tls', export: entry.name, reason: `export "${entry.name}" is TLS-only and this server does not offer TLS` } };
+      }
+      return { replyType: OptionReplyType.ERR_TLS_REQD, refusal: { kind: 'tls', export: entry.name, reason: `export "${entry.name}" requires TLS: send NBD_OPT_STARTTLS first` } };
+    }
+    if (!accessAllows(entry.policy, this.client)) {
+      return { replyType: OptionReplyType.ERR_POLICY, refusal: { kind: 'access', export: entry.name, reason: `export "${entry.name}" does not allow ${describeClient(this.client)}` } };
+    }
+    return null;
+  }
+
+  private refuse(option: number, gate: Gate): OptionOutcome {
+    return { kind: 'reply', replies: [serializeOptionErrorReply(option, gate.replyType, gate.refusal.reason)], refusal: gate.refusal };
+  }
+
   private exportName(data: Buffer): OptionOutcome {
     const parsed = parseExportNameData(data);
     if (isProtocolError(parsed)) return { kind: 'close', replies: [], reason: `bad EXPORT_NAME: ${parsed.message}` };
     const entry = this.exports.lookup(parsed.exportName);
     // EXPORT_NAME cannot carry an error: the protocol's only answer is to hang up.
     if (entry === undefined) return { kind: 'close', replies: [], reason: `no export named "${parsed.exportName}"` };
+    const gate = this.gate(entry);
+    if (gate !== null) return { kind: 'close', replies: [], reason: gate.refusal.reason, refusal: gate.refusal };
     const negotiated = this.settle(entry);
     return { kind: 'transmission', replies: [serializeExportNameReply(entry.device.sizeBytes, negotiated.transmissionFlags, this.noZeroes)], negotiated };
   }
 
   private list(data: Buffer): OptionOutcome {
     if (data.length !== 0) return invalid(OptionType.LIST, 'LIST takes no data');
-    const replies = this.exports.list().map((entry) => serializeServerReply(entry.name, entry.description));
+    // Exports this client may not use now are left out (proto.md allows it for TLS-only ones).
+    const usable = this.exports.list().filter((entry) => this.gate(entry) === null);
+    const replies = usable.map((entry) => serializeServerReply(entry.name, entry.description));
     replies.push(serializeAckReply(OptionType.LIST));
     return { kind: 'reply', replies };
   }
@@ -132,6 +211,8 @@ export class Negotiation {
     if (entry === undefined) {
       return reply(serializeOptionErrorReply(option, OptionReplyType.ERR_UNKNOWN, `no export named "${parsed.exportName}"`));
     }
+    const gate = this.gate(entry);
+    if (gate !== null) return this.refuse(option, gate);
     const flags = this.transmissionFlags(entry);
     const replies = [serializeInfoExportReply(option, entry.device.sizeBytes, flags)];
     const requested = new Set(parsed.infoTypes);
@@ -163,6 +244,8 @@ export class Negotiation {
     if (entry === undefined) {
       return reply(serializeOptionErrorReply(option, OptionReplyType.ERR_UNKNOWN, `no export named "${parsed.exportName}"`));
     }
+    const gate = this.gate(entry);
+    if (gate !== null) return this.refuse(option, gate);
     const matched = matchContexts(availableContexts(entry), parsed.queries, isSet);
     if (matched === null) return invalid(option, 'every query must start with a namespace and a colon');
     const replies: Buffer[] = [];
@@ -207,6 +290,11 @@ export class Negotiation {
 
 function reply(buffer: Buffer): OptionOutcome {
   return { kind: 'reply', replies: [buffer] };
+}
+
+function describeClient(client: ClientIdentity): string {
+  const where = client.address === null ? 'a unix-socket client' : `client ${client.address}`;
+  return client.certificateName === null ? `${where} (no verified client certificate)` : `${where} (certificate ${client.certificateName})`;
 }
 
 function invalid(option: number, message: string): OptionOutcome {

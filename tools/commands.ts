@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { VolumeStore, validateVolumeName } from '../storage/index.js';
 import { inspectLog } from './log-inspect.js';
 import { serve, serveDefaults } from './serve.js';
+import { runTlsCommand } from './tls-certificates.js';
 import { ApiClient } from './api-client.js';
 import { formatBytes, parseSize } from './sizes.js';
 
@@ -23,6 +24,7 @@ Usage:
   cdp-nbd export create VOLUME (--at INSTANT | --snapshot NAME | --sequence N) [--writable] [--name NAME]
   cdp-nbd export list
   cdp-nbd export delete NAME [--force]
+  cdp-nbd tls generate --out DIR [--host NAME]... [--client NAME]...   (a lab CA and certificates)
   cdp-nbd help | --help | COMMAND --help
 
 Commands that talk to the appliance take --api URL (default http://127.0.0.1:8080) and the API
@@ -41,6 +43,13 @@ Options:
   --volume-size SIZE      size of the default volume made on first start (default 1G)
   --default-volume NAME   name of that volume and of the default export (default ${serveDefaults.defaultVolumeName})
   --log-level LEVEL       trace, debug, info, warn, error (default ${serveDefaults.logLevel})
+  --tls MODE              NBD TLS: off, required (STARTTLS before anything), selective (default off)
+  --tls-cert FILE         server certificate (PEM); with --tls-key FILE, its private key
+  --tls-ca FILE           request client certificates and verify them against this CA
+  --tls-verify-clients    refuse clients without a certificate the CA signed
+  --tls-only VOLUME       (repeatable) the volume's export refuses clients that did not start TLS
+  --allow VOLUME=RULES    (repeatable) only these clients may use the volume's export; RULES are
+                          comma-separated IP, CIDR (10.0.0.0/8), cn:CERTIFICATE-NAME or unix
 
 Each volume is exported over NBD under its own name; the empty export name selects the
 default volume. SIGTERM or SIGINT finish in-flight requests, make everything durable, and exit.`;
@@ -53,6 +62,7 @@ const commands: Record<string, Handler> = {
   log: runLog,
   snapshot: runSnapshot,
   export: runExport,
+  tls: runTlsCommand,
 };
 
 const apiOptions = {
@@ -187,6 +197,13 @@ async function runServe(argv: string[]): Promise<number> {
       'volume-size': { type: 'string', default: '1G' },
       'default-volume': { type: 'string', default: serveDefaults.defaultVolumeName },
       'log-level': { type: 'string', default: serveDefaults.logLevel },
+      tls: { type: 'string', default: 'off' },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      'tls-ca': { type: 'string' },
+      'tls-verify-clients': { type: 'boolean', default: false },
+      'tls-only': { type: 'string', multiple: true, default: [] },
+      allow: { type: 'string', multiple: true, default: [] },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -205,6 +222,15 @@ async function runServe(argv: string[]): Promise<number> {
     defaultVolumeSizeBytes: parseSize(values['volume-size']),
     logLevel: values['log-level'],
     version,
+    access: {
+      tlsMode: values.tls,
+      certificateFile: values['tls-cert'],
+      keyFile: values['tls-key'],
+      caFile: values['tls-ca'],
+      verifyClients: values['tls-verify-clients'],
+      tlsOnlyVolumes: values['tls-only'],
+      allow: values.allow,
+    },
   });
   return -1; // keeps running until a signal
 }

@@ -1,4 +1,5 @@
-// /api/v1/exports: NBD exports of points in time, read-only views or writable clones.
+// /api/v1/exports: NBD exports of points in time, read-only views or writable clones, each with
+// an optional access policy (allowlist, TLS-only) the NBD server enforces.
 
 import type { FastifyInstance } from 'fastify';
 import { formatMicros } from '../../storage/index.js';
@@ -11,7 +12,7 @@ function exportJson(summary: ExportSummary) {
 }
 
 export async function exportRoutes(app: FastifyInstance, context: AppContext): Promise<void> {
-  app.post<{ Body: { volume: string; at?: string | number; snapshot?: string; sequence?: number; writable?: boolean; name?: string } }>(
+  app.post<{ Body: { volume: string; at?: string | number; snapshot?: string; sequence?: number; writable?: boolean; name?: string; allow?: string[]; tlsOnly?: boolean } }>(
     '/exports',
     {
       schema: {
@@ -28,6 +29,13 @@ export async function exportRoutes(app: FastifyInstance, context: AppContext): P
             sequence: { type: 'integer', minimum: 0 },
             writable: { type: 'boolean', default: false, description: 'a clone: writes go to an overlay of its own' },
             name: exportNameParameter,
+            allow: {
+              type: 'array',
+              maxItems: 256,
+              items: { type: 'string', minLength: 1, maxLength: 128 },
+              description: 'clients allowed (default: all): IP addresses, CIDR blocks (10.0.0.0/8), cn:NAME (verified client-certificate CN), unix',
+            },
+            tlsOnly: { type: 'boolean', default: false, description: 'refuse clients that have not started TLS (serve --tls selective or required)' },
           },
         },
         response: { 201: exportSchema, 404: errorReference, 409: errorReference, ...commonErrors },
