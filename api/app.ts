@@ -13,6 +13,7 @@ import { errorHandler, errorResponseSchema, sendError } from './errors.js';
 import { eventRoutes } from './routes/events.js';
 import { exportRoutes } from './routes/exports.js';
 import { healthRoutes } from './routes/health.js';
+import { jobRoutes } from './routes/jobs.js';
 import { metricsRoutes } from './routes/metrics.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { timelineRoutes } from './routes/timeline.js';
@@ -67,6 +68,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
       await timelineRoutes(api, context);
       await exportRoutes(api, context);
       await eventRoutes(api, context);
+      await jobRoutes(api, context);
     },
     { prefix: '/api/v1' },
   );

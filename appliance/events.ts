@@ -11,7 +11,21 @@ export type ApplianceEvent =
   | { type: 'export-created'; name: string; volume: string; sequence: number | null; writable: boolean; micros: number }
   | { type: 'export-deleted'; name: string; micros: number }
   | { type: 'client-connected'; export: string; connection: number; remote: string; micros: number }
-  | { type: 'client-disconnected'; export: string; connection: number; remote: string; micros: number };
+  | { type: 'client-disconnected'; export: string; connection: number; remote: string; micros: number }
+  | { type: 'job-started'; id: string; kind: string; volume: string; micros: number }
+  | {
+      type: 'job-progress';
+      id: string;
+      kind: string;
+      volume: string;
+      phase: string;
+      doneBytes: number;
+      totalBytes: number;
+      rateBytesPerSecond: number;
+      etaSeconds: number | null;
+      micros: number;
+    }
+  | { type: 'job-finished'; id: string; kind: string; volume: string; state: string; error: string | null; micros: number };
 
 export class ApplianceEvents {
   private readonly emitter = new EventEmitter();

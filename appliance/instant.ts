@@ -1,6 +1,7 @@
 // Instants as people write them: RFC 3339 with up to nanosecond digits (microseconds are kept),
 // or Unix microseconds. "2026-11-25T14:03:07.123456Z", "2026-11-25T15:03:07+01:00", "1795615387123456".
 
+import type { InstantSpecification } from '../storage/index.js';
 import { ApplianceError } from './errors.js';
 
 const rfc3339 = /^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$/;
@@ -27,4 +28,13 @@ function invalid(text: string): ApplianceError {
     'EINVAL',
     `"${text}" is not an instant: use RFC 3339 with microseconds (2026-11-25T14:03:07.123456Z) or Unix microseconds`,
   );
+}
+
+/** The instant a request names with exactly one of at, snapshot or sequence. */
+export function instantOf(request: { at?: string | number | undefined; snapshot?: string | undefined; sequence?: number | undefined }): InstantSpecification {
+  const chosen = [request.at, request.snapshot, request.sequence].filter((value) => value !== undefined);
+  if (chosen.length !== 1) throw new ApplianceError('EINVAL', 'give exactly one of at, snapshot or sequence');
+  if (request.snapshot !== undefined) return { snapshot: request.snapshot };
+  if (request.sequence !== undefined) return { sequence: request.sequence };
+  return { micros: parseInstant(request.at!) };
 }

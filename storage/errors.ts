@@ -8,6 +8,7 @@ export type StorageErrorCode =
   | 'EINVAL' // a request the device cannot take (range, alignment, arguments)
   | 'ENOTSUP' // an operation the device does not offer (e.g. a fast zero it cannot do)
   | 'ESHUTDOWN' // the device is closing
+  | 'ECANCELED' // a long operation (verification) was cancelled
   | 'ENOENT' // a volume or file that does not exist
   | 'EEXIST' // a volume that already exists
   | 'ECORRUPT'; // an on-disk structure failed its checks

@@ -5,13 +5,14 @@ export type { AllocationStatus, BlockDevice, BlockDeviceCapabilities, ContextExt
 export { StorageError, type StorageErrorCode } from './errors.js';
 export { storageLimits, assertStorageLimits, KiB, MiB, GiB, TiB } from './limits.js';
 export { formatMicros } from './clock.js';
-export { Volume, type CreateVolumeOptions, type OpenVolumeOptions, type VolumeStatistics } from './volume.js';
+export { Volume, isAllZero, type CreateVolumeOptions, type OpenVolumeOptions, type VolumeStatistics } from './volume.js';
 export { VolumeHistory, validateSnapshotName, type InstantSpecification } from './point-in-time/history.js';
 export { PointInTimeView } from './point-in-time/view.js';
 export { Clone } from './point-in-time/clone.js';
 export { dirtyBitmapContext, dirtyBitmapPrefix } from './point-in-time/dirty-bitmap.js';
 export type { SnapshotRecord } from './index/delta-map-index.js';
 export { VolumeStore } from './volume-store.js';
+export { verifyVolume, type VolumeVerifyReport, type BadRecord } from './verify.js';
 export { validateVolumeName, validateVolumeSize, volumePaths, type VolumeConfig } from './volume-config.js';
 export type { RecoveryReport } from './recovery.js';
 export { RecordKind, RecordFlag, kindName, type RecordHeader } from './write-log/record.js';

@@ -90,6 +90,8 @@ export function isAllZero(data: Buffer): boolean {
 export class Volume implements BlockDevice {
   readonly config: VolumeConfig;
   readonly paths: VolumePaths;
+  /** The file system the volume's files live on (verification reads its log through it). */
+  readonly fileSystem: FileSystem;
   readonly readOnly = false;
   readonly capabilities: BlockDeviceCapabilities = {
     flush: true,
@@ -137,6 +139,7 @@ export class Volume implements BlockDevice {
   }) {
     this.config = parts.config;
     this.paths = parts.paths;
+    this.fileSystem = parts.fileSystem;
     this.primary = parts.primary;
     this.drl = parts.drl;
     this.recovery = parts.recovery;

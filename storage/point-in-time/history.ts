@@ -173,7 +173,7 @@ export class VolumeHistory {
   }
 
   /** A read-only view of the volume just after record `sequence`. */
-  async openView(sequence: number, description: string): Promise<PointInTimeView> {
+  async openView(sequence: number, description: string, options: { fromLogOnly?: boolean } = {}): Promise<PointInTimeView> {
     // The view reads records from the log files: everything up to its instant must be written.
     if (sequence > this.volume.durableSequence) await this.volume.flush();
     const plan = await this.index.planAt(sequence);
@@ -183,7 +183,7 @@ export class VolumeHistory {
       allocation: (offsetBytes, lengthBytes, extentCountMax) => this.volume.allocation(offsetBytes, lengthBytes, extentCountMax),
       snapshotInstants: () => this.snapshotInstants(),
     };
-    return new PointInTimeView({ source, index: this.index, plan, log: this.logReader, description });
+    return new PointInTimeView({ source, index: this.index, plan, log: this.logReader, description, fromLogOnly: options.fromLogOnly ?? false });
   }
 
   /** When record `sequence` (or the last data record before it) was written; 0 if none. */

@@ -54,7 +54,11 @@ export class PointInTimeView implements BlockDevice {
   private readonly resolving = new Map<number, Promise<Extent[]>>();
   private cachedExtentCount = 0;
 
-  constructor(parts: { source: ViewSource; index: DeltaMapIndex; plan: InstantPlan; log: LogDataReader; description: string }) {
+  /** Read everything from the log, never from the live image (verification compares the two). */
+  private readonly fromLogOnly: boolean;
+
+  constructor(parts: { source: ViewSource; index: DeltaMapIndex; plan: InstantPlan; log: LogDataReader; description: string; fromLogOnly?: boolean }) {
+    this.fromLogOnly = parts.fromLogOnly ?? false;
     this.source = parts.source;
     this.index = parts.index;
     this.plan = parts.plan;
@@ -88,7 +92,7 @@ export class PointInTimeView implements BlockDevice {
    * served at once (extents cached, data in the page cache), which is most reads of a warm view.
    */
   private readPiece(startBytes: number, target: Buffer): Promise<void> | null {
-    if (this.index.lastWriteSequence(startBytes) <= this.sequence) return this.readPieceFromLiveImage(startBytes, target);
+    if (!this.fromLogOnly && this.index.lastWriteSequence(startBytes) <= this.sequence) return this.readPieceFromLiveImage(startBytes, target);
     const chunk = Math.floor(startBytes / this.index.chunkBytes);
     const extents = this.chunkExtents.get(chunk);
     if (extents !== undefined) {

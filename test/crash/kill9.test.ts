@@ -14,7 +14,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { NbdClient } from '../../tools/nbd-client.js';
+import { NbdClient } from '../../transfer/nbd-client.js';
 import { RecordKind, logStart, nodeFileSystem, scanLog, volumePaths } from '../../storage/index.js';
 import { startAppliance } from '../support/appliance.js';
 import { seededRandom } from '../support/seeded-random.js';

@@ -5,7 +5,7 @@
 
 import t from 'tap';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { NbdClient } from '../../tools/nbd-client.js';
+import { NbdClient } from '../../transfer/nbd-client.js';
 import { startAppliance } from '../support/appliance.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 

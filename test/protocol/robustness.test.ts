@@ -20,7 +20,7 @@ import {
   serializeStructuredReplyOption,
   type ServerMessage,
 } from 'nbd-protocol-ts';
-import { NbdClient } from '../../tools/nbd-client.js';
+import { NbdClient } from '../../transfer/nbd-client.js';
 import { startAppliance, type Appliance } from '../support/appliance.js';
 import { seededRandom } from '../support/seeded-random.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';

@@ -1,0 +1,225 @@
+// The disks a transfer reads or writes besides the volume: an NBD export (nbd://HOST[:PORT]/NAME
+// or nbd+unix:///NAME?socket=PATH), a block device, or a file. A storage BlockDevice (the live
+// volume, a view) is wrapped the same way, so restore, verify and seed see one interface.
+
+import fs from 'node:fs';
+import { zeroRange } from 'cdp-native';
+import { TransmissionFlag } from 'nbd-protocol-ts';
+import type { BlockDevice } from '../storage/index.js';
+import { NbdClient, type NbdAddress } from './nbd-client.js';
+
+export interface Endpoint {
+  readonly sizeBytes: number;
+  /** For people and reports: the URI or path. */
+  readonly description: string;
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  write(offsetBytes: number, data: Buffer): Promise<void>;
+  /** Make the range read as zeroes (cheaply where the endpoint can). */
+  writeZeroes(offsetBytes: number, lengthBytes: number): Promise<void>;
+  /** Resolve once every completed write is durable. */
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The largest request a transfer sends to an endpoint (NBD servers accept 32 MiB at least). */
+export const requestBytesMax = 4 * 1024 * 1024;
+const zeroBuffer = Buffer.alloc(requestBytesMax);
+
+export type EndpointAddress = { kind: 'nbd'; address: NbdAddress; exportName: string } | { kind: 'path'; path: string };
+
+/** Parse what people give as a target or source; null with a reason when it is not one. */
+export function parseEndpoint(text: string): EndpointAddress | { problem: string } {
+  if (text.startsWith('nbd://')) {
+    let url: URL;
+    try {
+      url = new URL(text);
+    } catch {
+      return { problem: `${text} is not a valid nbd:// URI` };
+    }
+    const port = url.port === '' ? 10809 : Number(url.port);
+    const host = url.hostname.replace(/^\[|\]$/g, '');
+    if (host === '') return { problem: `${text} names no host` };
+    return { kind: 'nbd', address: { kind: 'tcp', host, port }, exportName: decodeURIComponent(url.pathname.slice(1)) };
+  }
+  if (text.startsWith('nbd+unix://')) {
+    // nbd+unix:///EXPORT?socket=PATH: no authority, so parse the path and query by hand.
+    const rest = text.slice('nbd+unix://'.length);
+    const queryAt = rest.indexOf('?');
+    const pathPart = queryAt < 0 ? rest : rest.slice(0, queryAt);
+    const socket = new URLSearchParams(queryAt < 0 ? '' : rest.slice(queryAt + 1)).get('socket');
+    if (socket === null || socket === '') return { problem: `${text} needs ?socket=PATH` };
+    if (pathPart !== '' && !pathPart.startsWith('/')) return { problem: `${text}: the export name goes after nbd+unix:///` };
+    return { kind: 'nbd', address: { kind: 'unix', path: socket }, exportName: decodeURIComponent(pathPart.slice(1)) };
+  }
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) return { problem: `${text}: only nbd://, nbd+unix:// URIs, block devices and files are supported` };
+  if (text === '') return { problem: 'an empty path' };
+  return { kind: 'path', path: text };
+}
+
+export interface OpenEndpointOptions {
+  writable: boolean;
+  /** For a file target that does not exist: create it with this size. */
+  createSizeBytes?: number;
+}
+
+export async function openEndpoint(text: string, options: OpenEndpointOptions): Promise<Endpoint> {
+  const parsed = parseEndpoint(text);
+  if ('problem' in parsed) throw new EndpointError(parsed.problem);
+  if (parsed.kind === 'nbd') return NbdEndpoint.open(text, parsed.address, parsed.exportName, options.writable);
+  return FileEndpoint.open(parsed.path, options);
+}
+
+export class EndpointError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'EndpointError';
+  }
+}
+
+class NbdEndpoint implements Endpoint {
+  private constructor(
+    private readonly client: NbdClient,
+    readonly description: string,
+  ) {}
+
+  static async open(description: string, address: NbdAddress, exportName: string, writable: boolean): Promise<NbdEndpoint> {
+    let client: NbdClient;
+    try {
+      client = await NbdClient.connect(address, { exportName, structuredReplies: false });
+    } catch (error) {
+      throw new EndpointError(`cannot attach ${description}: ${(error as Error).message}`);
+    }
+    if (writable && (client.transmissionFlags & TransmissionFlag.READ_ONLY) !== 0) {
+      client.destroy();
+      throw new EndpointError(`${description} is read-only`);
+    }
+    return new NbdEndpoint(client, description);
+  }
+
+  get sizeBytes(): number {
+    return this.client.sizeBytes;
+  }
+
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    return this.client.read(offsetBytes, lengthBytes);
+  }
+
+  write(offsetBytes: number, data: Buffer): Promise<void> {
+    return this.client.write(offsetBytes, data);
+  }
+
+  async writeZeroes(offsetBytes: number, lengthBytes: number): Promise<void> {
+    if ((this.client.transmissionFlags & TransmissionFlag.SEND_WRITE_ZEROES) !== 0) return this.client.writeZeroes(offsetBytes, lengthBytes);
+    for (let at = offsetBytes; at < offsetBytes + lengthBytes; at += requestBytesMax) {
+      await this.client.write(at, zeroBuffer.subarray(0, Math.min(requestBytesMax, offsetBytes + lengthBytes - at)));
+    }
+  }
+
+  flush(): Promise<void> {
+    return (this.client.transmissionFlags & TransmissionFlag.SEND_FLUSH) !== 0 ? this.client.flush() : Promise.resolve();
+  }
+
+  async close(): Promise<void> {
+    await this.client.disconnect().catch(() => this.client.destroy());
+  }
+}
+
+/** A regular file or a block device, by path. */
+class FileEndpoint implements Endpoint {
+  private zeroRangeWorks = true;
+
+  private constructor(
+    private readonly handle: fs.promises.FileHandle,
+    readonly sizeBytes: number,
+    readonly description: string,
+  ) {}
+
+  static async open(path: string, options: OpenEndpointOptions): Promise<FileEndpoint> {
+    let handle: fs.promises.FileHandle;
+    try {
+      handle = await fs.promises.open(path, options.writable ? 'r+' : 'r');
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' && options.writable && options.createSizeBytes !== undefined) {
+        handle = await fs.promises.open(path, 'w+');
+        await handle.truncate(options.createSizeBytes);
+      } else {
+        throw new EndpointError(`cannot open ${path}: ${code ?? (error as Error).message}`);
+      }
+    }
+    try {
+      const stat = await handle.stat();
+      let sizeBytes: number;
+      if (stat.isBlockDevice()) sizeBytes = blockDeviceSizeBytes(stat.rdev);
+      else if (stat.isFile()) sizeBytes = stat.size;
+      else throw new EndpointError(`${path} is neither a file nor a block device`);
+      return new FileEndpoint(handle, sizeBytes, path);
+    } catch (error) {
+      await handle.close();
+      throw error;
+    }
+  }
+
+  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const target = Buffer.allocUnsafe(lengthBytes);
+    let doneBytes = 0;
+    while (doneBytes < lengthBytes) {
+      const { bytesRead } = await this.handle.read(target, doneBytes, lengthBytes - doneBytes, offsetBytes + doneBytes);
+      if (bytesRead === 0) break;
+      doneBytes += bytesRead;
+    }
+    target.fill(0, doneBytes); // past the end of a file reads as zeroes
+    return target;
+  }
+
+  async write(offsetBytes: number, data: Buffer): Promise<void> {
+    let doneBytes = 0;
+    while (doneBytes < data.length) {
+      const { bytesWritten } = await this.handle.write(data, doneBytes, data.length - doneBytes, offsetBytes + doneBytes);
+      doneBytes += bytesWritten;
+    }
+  }
+
+  async writeZeroes(offsetBytes: number, lengthBytes: number): Promise<void> {
+    if (this.zeroRangeWorks) {
+      try {
+        zeroRange(this.handle.fd, offsetBytes, lengthBytes);
+        return;
+      } catch {
+        this.zeroRangeWorks = false; // not on this file system or device: write zeroes instead
+      }
+    }
+    for (let at = offsetBytes; at < offsetBytes + lengthBytes; at += requestBytesMax) {
+      await this.write(at, zeroBuffer.subarray(0, Math.min(requestBytesMax, offsetBytes + lengthBytes - at)));
+    }
+  }
+
+  async flush(): Promise<void> {
+    await this.handle.datasync();
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close();
+  }
+}
+
+/** A block device's size from sysfs (stat reports 0 for devices). */
+function blockDeviceSizeBytes(rdev: number): number {
+  const major = Math.floor(rdev / 256) & 0xfff;
+  const minor = (rdev & 0xff) | ((Math.floor(rdev / 2 ** 20) & 0xfff) << 8);
+  const sectors = Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim());
+  return sectors * 512;
+}
+
+/** A storage device (the live volume as a target, a view as a source) as an endpoint. */
+export function blockDeviceEndpoint(device: BlockDevice, description: string): Endpoint {
+  return {
+    sizeBytes: device.sizeBytes,
+    description,
+    read: (offsetBytes, lengthBytes) => device.read(offsetBytes, lengthBytes),
+    write: (offsetBytes, data) => device.write(offsetBytes, data, { fua: false }),
+    writeZeroes: (offsetBytes, lengthBytes) => device.writeZeroes(offsetBytes, lengthBytes, { fua: false, noHole: false, fastZero: false }),
+    flush: () => device.flush(),
+    close: async () => undefined,
+  };
+}

@@ -1,0 +1,31 @@
+// What a transfer covers. A fast restore covers only the ranges written between the instant and
+// now (from the delta maps), joined across small gaps into large sequential pieces; every other
+// transfer covers the whole volume in equal pieces.
+
+import type { VolumeHistory } from '../storage/index.js';
+import { coalesce, split, type ByteRange } from './ranges.js';
+import { requestBytesMax } from './endpoints.js';
+
+/** Pieces of digest comparison: small enough that one differing byte re-sends little. */
+export const comparePieceBytes = 1024 * 1024;
+/** Gaps up to this are sent along with the changes around them (one write instead of two). */
+export const coalesceGapBytesMax = 64 * 1024;
+/** The changed ranges are gathered this much of the volume at a time (bounds the index query). */
+const changedSliceBytes = 1024 ** 3;
+
+/** The ranges written in (fromSequence, toSequence], coalesced into pieces of at most 4 MiB. */
+export async function changedPlan(history: VolumeHistory, fromSequence: number, toSequence: number, sizeBytes: number): Promise<ByteRange[]> {
+  const plan: ByteRange[] = [];
+  for (let sliceStart = 0; sliceStart < sizeBytes; sliceStart += changedSliceBytes) {
+    const sliceEnd = Math.min(sizeBytes, sliceStart + changedSliceBytes);
+    const changed = await history.index.changedBetween(fromSequence, toSequence, sliceStart, sliceEnd);
+    const ranges = changed.map(([startBytes, endBytes]) => ({ startBytes, endBytes }));
+    plan.push(...coalesce(ranges, coalesceGapBytesMax, requestBytesMax));
+  }
+  return plan;
+}
+
+/** The whole of [0, sizeBytes) in pieces of `pieceBytes`. */
+export function wholePlan(sizeBytes: number, pieceBytes: number): ByteRange[] {
+  return split({ startBytes: 0, endBytes: sizeBytes }, pieceBytes);
+}
