@@ -14,6 +14,7 @@ import { ExportTable, NbdServer, type AccessPolicy, type ListenAddress, type Log
 import { ApplianceError } from './errors.js';
 import { ApplianceEvents, nowMicros } from './events.js';
 import { ExportManager } from './exports.js';
+import { JobManager } from './jobs.js';
 
 export interface ApplianceOptions {
   dataDirectory: string;
@@ -33,6 +34,8 @@ export class Appliance {
   readonly table: ExportTable;
   readonly nbd: NbdServer;
   readonly exports: ExportManager;
+  /** Restores, verifications and seeds. */
+  readonly jobs: JobManager;
   readonly events = new ApplianceEvents();
   private readonly log: Logger;
   private readonly defaultVolumeName: string;
@@ -46,6 +49,7 @@ export class Appliance {
     this.table = new ExportTable();
     this.nbd = new NbdServer({ exports: this.table, log: options.log, tls: options.tls });
     this.exports = new ExportManager({ store, table: this.table, nbd: this.nbd, events: this.events, uriBase: options.nbdUriBase, volumePolicies: options.volumePolicies });
+    this.jobs = new JobManager({ store, nbd: this.nbd, events: this.events, createSnapshot: (volume, name, note) => this.createSnapshot(volume, name, note) });
     this.nbd.onAttachChange((entry, connection, attached) => {
       this.events.emit({
         type: attached ? 'client-connected' : 'client-disconnected',
@@ -175,6 +179,7 @@ export class Appliance {
   /** Stop accepting, finish in-flight requests, make everything durable, close. */
   async stop(): Promise<void> {
     if (this.rateTimer !== null) clearInterval(this.rateTimer);
+    await this.jobs.close();
     await this.nbd.close();
     this.exports.close();
     await this.store.close();

@@ -17,7 +17,7 @@ import {
 import { openAccessPolicy, parseAccessPolicy, type AccessPolicy, type ExportTable, type NbdServer } from '../server/index.js';
 import { ApplianceError } from './errors.js';
 import { nowMicros, type ApplianceEvents } from './events.js';
-import { parseInstant } from './instant.js';
+import { instantOf } from './instant.js';
 import fs from 'node:fs';
 
 export interface ExportRequest {
@@ -124,10 +124,7 @@ export class ExportManager {
     const volume = await this.store.openVolume(request.volume);
     const history = volume.history;
     if (history === null) throw new ApplianceError('EINVAL', `volume ${request.volume} keeps no history`);
-    const chosen = [request.at, request.snapshot, request.sequence].filter((value) => value !== undefined);
-    if (chosen.length !== 1) throw new ApplianceError('EINVAL', 'give exactly one of at, snapshot or sequence');
-    const instant: InstantSpecification =
-      request.snapshot !== undefined ? { snapshot: request.snapshot } : request.sequence !== undefined ? { sequence: request.sequence } : { micros: parseInstant(request.at!) };
+    const instant = instantOf(request);
     const sequence = await history.sequenceOf(instant);
     const writable = request.writable ?? false;
     const name = request.name ?? defaultExportName(request.volume, instant, sequence, writable);

@@ -8,6 +8,7 @@ import { serve, serveDefaults } from './serve.js';
 import { runTlsCommand } from './tls-certificates.js';
 import { ApiClient } from './api-client.js';
 import { formatBytes, parseSize } from './sizes.js';
+import { jobUsage, runJob, runRestore, runSeed, runVerify } from './job-commands.js';
 
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -25,6 +26,7 @@ Usage:
   cdp-nbd export list
   cdp-nbd export delete NAME [--force]
   cdp-nbd tls generate --out DIR [--host NAME]... [--client NAME]...   (a lab CA and certificates)
+${jobUsage}
   cdp-nbd help | --help | COMMAND --help
 
 Commands that talk to the appliance take --api URL (default http://127.0.0.1:8080) and the API
@@ -63,6 +65,10 @@ const commands: Record<string, Handler> = {
   snapshot: runSnapshot,
   export: runExport,
   tls: runTlsCommand,
+  restore: runRestore,
+  verify: runVerify,
+  seed: runSeed,
+  job: runJob,
 };
 
 const apiOptions = {
