@@ -16,6 +16,7 @@ const packageOf: Record<string, string> = {
   'qemu-nbd': 'qemu-utils',
   fio: 'fio',
   nbdkit: 'nbdkit',
+  openssl: 'openssl',
 };
 
 export function hasTool(name: string): boolean {
