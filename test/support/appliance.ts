@@ -15,6 +15,8 @@ interface Teardown {
 export interface ApplianceOptions {
   dataDirectory: string;
   volumeSize?: string;
+  /** Listen on this NBD port (to restart on the port clients reconnect to); default: any free one. */
+  nbdPort?: number;
   extraArguments?: string[];
 }
 
@@ -48,7 +50,7 @@ export async function startAppliance(t: Teardown, options: ApplianceOptions): Pr
       '--data',
       options.dataDirectory,
       '--nbd-listen',
-      '127.0.0.1:0',
+      `127.0.0.1:${options.nbdPort ?? 0}`,
       '--nbd-socket',
       nbdSocket,
       '--http-listen',
