@@ -86,7 +86,9 @@ export function startTlsSession(
     settled = true;
     const problem = secureSocket.authorizationError;
     secureSocket.destroy();
-    handlers.failed(problem === undefined || problem === null ? error.message : `client certificate refused: ${String(problem)}`);
+    // OpenSSL's errors carry a short reason ("wrong version number") beside a long message.
+    const reason = (error as Error & { reason?: string }).reason ?? error.message;
+    handlers.failed(problem === undefined || problem === null ? reason : `client certificate refused: ${String(problem)}`);
   });
   engine.emit('connection', socket);
 }
