@@ -384,3 +384,41 @@ t.test('selective mode: TLS-only exports, allowlists by certificate name, addres
   const listed = (await (await fetch(`${restarted.httpBase}/api/v1/exports`, { headers })).json()) as { exports: Array<{ name: string; allow: string[] }> };
   t.same(listed.exports.find((entry) => entry.name === 'vol1-before')?.allow, ['cn:bob', '192.0.2.0/24']);
 });
+
+t.test('serve refuses bad TLS and access options before opening anything; TLS-only views need TLS on', async (t) => {
+  if (!requireTools(t, ['openssl'])) return;
+  const directory = temporaryDirectory(t);
+  const certificates = path.join(directory, 'tls');
+  t.equal((await makeCertificates(certificates)).code, 0);
+  const serve = (extra: string[]): ReturnType<typeof run> =>
+    run(process.execPath, [cliPath, 'serve', '--data', path.join(directory, 'refused'), '--nbd-listen', '127.0.0.1:0', '--http-listen', 'none', ...extra], { timeoutMs: 20_000 });
+  const cases: Array<[string[], RegExp]> = [
+    [['--tls', 'sometimes'], /--tls is one of off, required, selective/],
+    [['--tls', 'required'], /--tls required needs --tls-cert FILE and --tls-key FILE/],
+    [['--tls', 'required', '--tls-cert', path.join(certificates, 'server-cert.pem')], /--tls-cert FILE and --tls-key FILE go together/],
+    [['--tls-cert', path.join(certificates, 'server-cert.pem'), '--tls-key', path.join(certificates, 'server-key.pem')], /need --tls required or --tls selective/],
+    [['--tls', 'selective', ...tlsArguments(certificates).slice(0, 4), '--tls-verify-clients'], /--tls-verify-clients needs --tls-ca/],
+    [['--tls', 'required', '--tls-cert', path.join(certificates, 'server-cert.pem'), '--tls-key', path.join(certificates, 'ca-key.pem')], /TLS credentials are unusable/],
+    [['--tls', 'required', '--tls-cert', path.join(directory, 'missing.pem'), '--tls-key', path.join(certificates, 'server-key.pem')], /cannot read the TLS certificate .*missing\.pem: ENOENT/],
+    [['--tls-only', 'vol0'], /--tls-only vol0 needs --tls selective or required/],
+    [['--allow', 'vol0'], /--allow vol0: it is VOLUME=RULE/],
+    [['--allow', 'vol0=10.0.0.0/40'], /prefix length must be 0 to 32/],
+    [['--allow', 'vol0=somewhere'], /is not an IP address, a CIDR block/],
+  ];
+  for (const [extra, message] of cases) {
+    const refused = await serve(extra);
+    t.equal(refused.code, 1, extra.join(' '));
+    t.match(refused.stderr, message, `says why: ${refused.stderr.trim()}`);
+  }
+  t.notOk(fs.existsSync(path.join(directory, 'refused', 'volumes')), 'no volume was made');
+
+  const appliance = await startAppliance(t, { dataDirectory: path.join(directory, 'data') });
+  const token = fs.readFileSync(path.join(appliance.dataDirectory, 'api-token'), 'utf8').trim();
+  const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+  await fetch(`${appliance.httpBase}/api/v1/volumes/vol0/snapshots`, { method: 'POST', headers, body: JSON.stringify({ name: 'one' }) });
+  const tlsOnly = await fetch(`${appliance.httpBase}/api/v1/exports`, { method: 'POST', headers, body: JSON.stringify({ volume: 'vol0', snapshot: 'one', tlsOnly: true }) });
+  t.equal(tlsOnly.status, 400, 'a TLS-only export on a server without TLS is refused');
+  t.match(await tlsOnly.json(), { error: { code: 'invalid-request', message: /needs the NBD server to offer TLS/ } });
+  const listed = (await (await fetch(`${appliance.httpBase}/api/v1/exports`, { headers })).json()) as { exports: Array<{ name: string; allow: string[]; tlsOnly: boolean }> };
+  t.match(listed.exports, [{ name: 'vol0', allow: [], tlsOnly: false }], 'exports show their (open) policy');
+});
