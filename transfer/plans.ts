@@ -9,7 +9,7 @@ import { requestBytesMax } from './endpoints.js';
 /** Pieces of digest comparison: small enough that one differing byte re-sends little. */
 export const comparePieceBytes = 1024 * 1024;
 /** Gaps up to this are sent along with the changes around them (one write instead of two). */
-export const coalesceGapBytesMax = 64 * 1024;
+export const coalesceGapBytesMax = 16 * 1024;
 /** The changed ranges are gathered this much of the volume at a time (bounds the index query). */
 const changedSliceBytes = 1024 ** 3;
 

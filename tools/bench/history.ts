@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { limitAllocatorRetention } from 'cdp-native';
 import { ExportTable, NbdServer } from '../../server/index.js';
 import { GiB, Volume, formatMicros, type PointInTimeView } from '../../storage/index.js';
+import { writeMarkedSection } from './report.js';
 
 const repositoryRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const workDirectory = path.join(repositoryRoot, '.bench', 'history');
@@ -223,12 +224,7 @@ function render(parameters: { records: number; runtimeSeconds: number; rounds: n
 }
 
 function writeReport(section: string): void {
-  const existing = fs.existsSync(reportPath) ? fs.readFileSync(reportPath, 'utf8') : '# Benchmarks\n';
-  const block = `${beginMarker}\n${section}\n${endMarker}`;
-  const start = existing.indexOf(beginMarker);
-  const end = existing.indexOf(endMarker);
-  const updated = start >= 0 && end > start ? `${existing.slice(0, start)}${block}${existing.slice(end + endMarker.length)}` : `${existing.trimEnd()}\n\n${block}\n`;
-  fs.writeFileSync(reportPath, updated);
+  writeMarkedSection(reportPath, beginMarker, endMarker, section);
 }
 
 async function main(): Promise<void> {

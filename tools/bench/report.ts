@@ -345,3 +345,13 @@ export function writeReportSection(reportPath: string, section: string): void {
   }
   writeFileSync(reportPath, updated);
 }
+
+/** Replaces the text between two marker lines of `reportPath` (appending the block if absent). */
+export function writeMarkedSection(reportPath: string, begin: string, end: string, section: string): void {
+  const existing = existsSync(reportPath) ? readFileSync(reportPath, 'utf8') : '# Benchmarks\n';
+  const block = `${begin}\n${section}\n${end}`;
+  const start = existing.indexOf(begin);
+  const stop = existing.indexOf(end);
+  const updated = start >= 0 && stop > start ? `${existing.slice(0, start)}${block}${existing.slice(stop + end.length)}` : `${existing.trimEnd()}\n\n${block}\n`;
+  writeFileSync(reportPath, updated);
+}
