@@ -77,7 +77,7 @@ if mdadm "$array" --re-add "$device"; then
 elif [ "$full_resync_ok" = yes ]; then
   log "md refused the re-add; adding $device back with a full resync"
   mdadm --zero-superblock "$device" || true
-  mdadm "$array" --add --write-mostly "$device" || fail "cannot add $device back to $array"
+  mdadm "$array" --add "$device" || fail "cannot add $device back to $array"
 else
   fail "md refused to re-add $device (no bitmap, or events too far apart); run again with --full-resync-ok for a full resync"
 fi
