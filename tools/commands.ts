@@ -6,6 +6,7 @@ import { VolumeStore, validateVolumeName } from '../storage/index.js';
 import { inspectLog } from './log-inspect.js';
 import { serve, serveDefaults } from './serve.js';
 import { runTlsCommand } from './tls-certificates.js';
+import { runTlsCommand } from './tls-certificates.js';
 import { ApiClient } from './api-client.js';
 import { formatBytes, parseSize } from './sizes.js';
 import { jobUsage, runJob, runRestore, runSeed, runVerify } from './job-commands.js';
@@ -23,8 +24,10 @@ Usage:
   cdp-nbd snapshot list VOLUME
   cdp-nbd snapshot delete VOLUME NAME
   cdp-nbd export create VOLUME (--at INSTANT | --snapshot NAME | --sequence N) [--writable] [--name NAME]
+                     [--allow RULE]... [--tls-only]
   cdp-nbd export list
   cdp-nbd export delete NAME [--force]
+  cdp-nbd tls generate --out DIR [--host NAME]... [--client NAME]...   (a lab CA and certificates)
   cdp-nbd tls generate --out DIR [--host NAME]... [--client NAME]...   (a lab CA and certificates)
 ${jobUsage}
   cdp-nbd help | --help | COMMAND --help
@@ -52,6 +55,13 @@ Options:
   --tls-only VOLUME       (repeatable) the volume's export refuses clients that did not start TLS
   --allow VOLUME=RULES    (repeatable) only these clients may use the volume's export; RULES are
                           comma-separated IP, CIDR (10.0.0.0/8), cn:CERTIFICATE-NAME or unix
+  --tls MODE              NBD TLS: off, required (STARTTLS before anything), selective (default off)
+  --tls-cert FILE         server certificate (PEM); with --tls-key FILE, its private key
+  --tls-ca FILE           request client certificates and verify them against this CA
+  --tls-verify-clients    refuse clients without a certificate the CA signed
+  --tls-only VOLUME       (repeatable) the volume's export refuses clients that did not start TLS
+  --allow VOLUME=RULES    (repeatable) only these clients may use the volume's export; RULES are
+                          comma-separated IP, CIDR (10.0.0.0/8), cn:CERTIFICATE-NAME or unix
 
 Each volume is exported over NBD under its own name; the empty export name selects the
 default volume. SIGTERM or SIGINT finish in-flight requests, make everything durable, and exit.`;
@@ -64,6 +74,7 @@ const commands: Record<string, Handler> = {
   log: runLog,
   snapshot: runSnapshot,
   export: runExport,
+  tls: runTlsCommand,
   tls: runTlsCommand,
   restore: runRestore,
   verify: runVerify,
@@ -139,12 +150,14 @@ async function runExport(argv: string[]): Promise<number> {
       snapshot: { type: 'string' },
       sequence: { type: 'string' },
       writable: { type: 'boolean', default: false },
+      allow: { type: 'string', multiple: true },
+      'tls-only': { type: 'boolean', default: false },
       name: { type: 'string' },
       force: { type: 'boolean', default: false },
     },
   });
   const usage =
-    'Usage:\n  cdp-nbd export create VOLUME (--at INSTANT | --snapshot NAME | --sequence N) [--writable] [--name NAME]\n  cdp-nbd export list\n  cdp-nbd export delete NAME [--force]\n';
+    'Usage:\n  cdp-nbd export create VOLUME (--at INSTANT | --snapshot NAME | --sequence N) [--writable] [--name NAME] [--allow RULE]... [--tls-only]\n  cdp-nbd export list\n  cdp-nbd export delete NAME [--force]\n';
   const [target] = positionals;
   if (values.help || !['create', 'list', 'delete'].includes(action ?? '') || (action !== 'list' && target === undefined)) {
     process.stdout.write(usage);
@@ -159,6 +172,8 @@ async function runExport(argv: string[]): Promise<number> {
       ...(values.sequence === undefined ? {} : { sequence: Number(values.sequence) }),
       writable: values.writable,
       ...(values.name === undefined ? {} : { name: values.name }),
+      ...(values.allow === undefined ? {} : { allow: values.allow }),
+      ...(values['tls-only'] ? { tlsOnly: true } : {}),
     };
     const created = await client.request<ExportJson>('POST', '/api/v1/exports', body);
     print(created, values.json, () => `exported ${created.volume} at ${created.time} (sequence ${created.sequence}) as ${created.name}, ${created.kind}: ${created.uri}`);

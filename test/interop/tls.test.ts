@@ -370,6 +370,9 @@ t.test('selective mode: TLS-only exports, allowlists by certificate name, addres
   t.match(await view.json(), { name: 'vol1-before', allow: ['cn:bob', '192.0.2.0/24'], tlsOnly: false });
   const kept = JSON.parse(fs.readFileSync(path.join(dataDirectory, 'exports.json'), 'utf8')) as { exports: Array<{ name: string; allow?: string[] }> };
   t.same(kept.exports.find((entry) => entry.name === 'vol1-before')?.allow, ['cn:bob', '192.0.2.0/24'], 'the allowlist is kept in exports.json');
+  const fromCli = await run(process.execPath, [cliPath, 'export', 'create', 'vol1', '--snapshot', 'before', '--name', 'vol1-cli', '--allow', 'cn:alice', '--allow', 'unix', '--tls-only', '--api', appliance.httpBase, '--data', dataDirectory, '--json']);
+  t.equal(fromCli.code, 0, fromCli.stderr);
+  t.match(JSON.parse(fromCli.stdout), { name: 'vol1-cli', allow: ['cn:alice', 'unix'], tlsOnly: true }, 'cdp-nbd export create --allow --tls-only');
   const viewAsBob = await run('nbdinfo', ['--size', nbds(appliance, 'vol1-before', bob)]);
   t.equal(viewAsBob.stdout.trim(), String(16 * 1024 * 1024), `bob may read the view ${viewAsBob.stderr}`);
   const viewAsAlice = await nbdinfoRefused(nbds(appliance, 'vol1-before', alice));
