@@ -212,3 +212,60 @@ t.test('health, metrics, OpenAPI', async (t) => {
     t.ok(openapi.paths[path], `OpenAPI documents ${path}`);
   }
 });
+
+t.test('jobs: restore to a file and verify it, with progress events; bad input', async (t) => {
+  const { app, appliance } = await startApi(t);
+  const volume = await appliance.store.openVolume('vol0');
+  await volume.write(0, Buffer.alloc(2 * MiB, 0x5a), { fua: true });
+  t.equal((await call(app, 'POST', '/api/v1/volumes/vol0/snapshots', { name: 'base' })).statusCode, 201);
+  await volume.write(MiB, Buffer.alloc(MiB, 0x6b), { fua: true });
+
+  const events: string[] = [];
+  const unsubscribe = appliance.events.subscribe((event) => {
+    if (event.type.startsWith('job-')) events.push(event.type);
+  });
+  const targetPath = `${temporaryDirectory(t as never)}/restored.img`;
+  const restored = await call(app, 'POST', '/api/v1/restores?wait=true', { volume: 'vol0', snapshot: 'base', target: targetPath });
+  unsubscribe();
+  t.equal(restored.statusCode, 200, restored.body);
+  const job = restored.json() as { id: string; state: string; result: { writtenBytes: number } };
+  t.equal(job.state, 'done');
+  t.equal(job.result.writtenBytes, 2 * MiB, 'a new file: the 2 MiB of data written, the rest left as holes');
+  t.equal(events[0], 'job-started');
+  t.equal(events[events.length - 1], 'job-finished');
+  t.ok(events.includes('job-progress'), 'progress in between');
+  t.same((await call(app, 'GET', `/api/v1/jobs/${job.id}`)).json().state, 'done');
+  t.ok((await call(app, 'GET', '/api/v1/jobs')).json().jobs.some((listed: { id: string }) => listed.id === job.id));
+
+  const started = await call(app, 'POST', '/api/v1/verify', { volume: 'vol0', snapshot: 'base', against: targetPath });
+  t.equal(started.statusCode, 202, 'without wait: accepted, running');
+  const verified = await appliance.jobs.settled((started.json() as { id: string }).id);
+  t.equal(verified.result?.['identical'], true, 'the restored file is identical to the snapshot');
+  const internal = await call(app, 'POST', '/api/v1/verify?wait=true', { volume: 'vol0' });
+  t.equal((internal.json() as { result: { ok: boolean } }).result.ok, true);
+
+  const bad: Array<[string, unknown, number, string]> = [
+    ['/api/v1/restores', { volume: 'vol0', snapshot: 'base' }, 400, 'neither target nor inPlace'],
+    ['/api/v1/restores', { volume: 'vol0', snapshot: 'base', target: targetPath, inPlace: true }, 400, 'both target and inPlace'],
+    ['/api/v1/restores', { volume: 'vol0', snapshot: 'base', target: 'relative.img' }, 400, 'a relative path'],
+    ['/api/v1/restores', { volume: 'vol0', snapshot: 'base', target: 'http://example/disk' }, 400, 'another scheme'],
+    ['/api/v1/restores', { volume: 'vol0', snapshot: 'base', target: targetPath, mode: 'quick' }, 400, 'an unknown mode'],
+    ['/api/v1/restores', { volume: 'vol0', snapshot: 'base', inPlace: true, mode: 'digest' }, 400, 'in place is fast only'],
+    ['/api/v1/restores', { volume: 'nope', snapshot: 'base', target: targetPath }, 404, 'an unknown volume'],
+    ['/api/v1/restores', { volume: 'vol0', at: 'yesterday', target: targetPath }, 400, 'a bad instant'],
+    ['/api/v1/restores', { volume: 'vol0', sequence: 'one', target: targetPath }, 400, 'a sequence of the wrong type'],
+    ['/api/v1/restores', { volume: 'vol0', snapshot: 'base', target: targetPath, extra: 1 }, 400, 'an unknown field'],
+    ['/api/v1/verify', { volume: 'vol0', snapshot: 'base' }, 400, 'an internal verification takes no instant'],
+    ['/api/v1/verify', { volume: 'vol0', against: '/nonexistent/disk' }, 400, 'a missing file to compare with'],
+    ['/api/v1/seeds', { volume: 'vol0' }, 400, 'a seed without source'],
+    ['/api/v1/restores', { volume: 'vol0', snapshot: 'base', target: 'nbd://127.0.0.1:1/x' }, 400, 'an NBD server that is not there'],
+  ];
+  for (const [url, body, status, what] of bad) {
+    const response = await call(app, 'POST', url, body);
+    t.equal(response.statusCode, status, `${what}: ${response.body}`);
+    t.type((response.json() as { error?: { message?: string } }).error?.message, 'string');
+  }
+  t.equal((await call(app, 'GET', '/api/v1/jobs/restore-20260101-000000-abcdef')).statusCode, 404, 'an unknown job');
+  t.equal((await call(app, 'GET', '/api/v1/jobs/..%2F..%2Fetc')).statusCode, 400, 'a job id that is not one');
+  t.equal(errorCode(await call(app, 'DELETE', `/api/v1/jobs/${job.id}`)), 'invalid-request', 'a finished job cannot be cancelled');
+});
