@@ -6,7 +6,6 @@ import { VolumeStore, validateVolumeName } from '../storage/index.js';
 import { inspectLog } from './log-inspect.js';
 import { serve, serveDefaults } from './serve.js';
 import { runTlsCommand } from './tls-certificates.js';
-import { runTlsCommand } from './tls-certificates.js';
 import { ApiClient } from './api-client.js';
 import { formatBytes, parseSize } from './sizes.js';
 import { jobUsage, runJob, runRestore, runSeed, runVerify } from './job-commands.js';
@@ -27,7 +26,6 @@ Usage:
                      [--allow RULE]... [--tls-only]
   cdp-nbd export list
   cdp-nbd export delete NAME [--force]
-  cdp-nbd tls generate --out DIR [--host NAME]... [--client NAME]...   (a lab CA and certificates)
   cdp-nbd tls generate --out DIR [--host NAME]... [--client NAME]...   (a lab CA and certificates)
 ${jobUsage}
   cdp-nbd help | --help | COMMAND --help
@@ -55,13 +53,6 @@ Options:
   --tls-only VOLUME       (repeatable) the volume's export refuses clients that did not start TLS
   --allow VOLUME=RULES    (repeatable) only these clients may use the volume's export; RULES are
                           comma-separated IP, CIDR (10.0.0.0/8), cn:CERTIFICATE-NAME or unix
-  --tls MODE              NBD TLS: off, required (STARTTLS before anything), selective (default off)
-  --tls-cert FILE         server certificate (PEM); with --tls-key FILE, its private key
-  --tls-ca FILE           request client certificates and verify them against this CA
-  --tls-verify-clients    refuse clients without a certificate the CA signed
-  --tls-only VOLUME       (repeatable) the volume's export refuses clients that did not start TLS
-  --allow VOLUME=RULES    (repeatable) only these clients may use the volume's export; RULES are
-                          comma-separated IP, CIDR (10.0.0.0/8), cn:CERTIFICATE-NAME or unix
 
 Each volume is exported over NBD under its own name; the empty export name selects the
 default volume. SIGTERM or SIGINT finish in-flight requests, make everything durable, and exit.`;
@@ -74,7 +65,6 @@ const commands: Record<string, Handler> = {
   log: runLog,
   snapshot: runSnapshot,
   export: runExport,
-  tls: runTlsCommand,
   tls: runTlsCommand,
   restore: runRestore,
   verify: runVerify,
