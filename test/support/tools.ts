@@ -17,6 +17,9 @@ const packageOf: Record<string, string> = {
   fio: 'fio',
   nbdkit: 'nbdkit',
   openssl: 'openssl',
+  'qemu-system-x86_64': 'qemu-system-x86',
+  cpio: 'cpio',
+  debugfs: 'e2fsprogs',
 };
 
 export function hasTool(name: string): boolean {

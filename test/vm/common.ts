@@ -11,6 +11,16 @@ import { run } from '../support/tools.js';
 
 export const MiB = 1024 * 1024;
 
+/**
+ * Shell functions for guest scripts: print_files DIR KEY prints "@@ KEY NAME SHA256" per file;
+ * io_errors prints "@@ io-errors N", the kernel's count of block I/O errors so far (a request the
+ * appliance refused shows up there, even when the program that caused it carried on).
+ */
+export const guestFunctions = `
+print_files() { for f in "$1"/*; do [ -f "$f" ] && echo "@@ $2 \${f##*/} $(sha256sum "$f" | cut -d' ' -f1)"; done; return 0; }
+io_errors() { echo "@@ io-errors $(dmesg | grep -c 'I/O error' || true)"; }
+`;
+
 export async function api(appliance: Appliance, method: string, route: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
   const token = fs.readFileSync(`${appliance.dataDirectory}/api-token`, 'utf8').trim();
   const response = await fetch(`${appliance.httpBase}${route}`, {

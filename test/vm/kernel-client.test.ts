@@ -14,7 +14,7 @@ import { startAppliance } from '../support/appliance.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 import { requireTools } from '../support/tools.js';
 import { bootVm, buildTestVm, type VmRun } from '../support/vm.js';
-import { api, checksums, copyExport, fileMarkers, imageChecksums, imageRootNames, MiB, seededFiles, sha256 } from './common.js';
+import { api, checksums, guestFunctions, copyExport, fileMarkers, imageChecksums, imageRootNames, MiB, seededFiles, sha256 } from './common.js';
 
 const seed = Number(process.env.VM_TEST_SEED ?? Date.now() % 1_000_000);
 t.comment(`seed ${seed}`);
@@ -26,9 +26,8 @@ async function expectCleanExit(t: Test, vm: VmRun): Promise<void> {
     tail: result.scriptStatus === 0 ? undefined : result.tail,
   });
   t.comment(`VM (${vm.accelerator}): boot ${result.bootMs} ms, whole run ${result.durationMs} ms`);
+  t.equal(vm.markers('io-errors')[0]?.values[0], '0', 'the kernel saw no I/O error from the appliance');
 }
-
-const printFiles = `print_files() { for f in "$1"/*; do [ -f "$f" ] && echo "@@ $2 \${f##*/} $(sha256sum "$f" | cut -d' ' -f1)"; done; return 0; }`;
 
 t.test('attach, mkfs.ext4, write files, sync, detach: the appliance holds the files', async (t) => {
   if (!requireTools(t, ['qemu-system-x86_64', 'cpio', 'nbdcopy', 'debugfs'])) return;
@@ -41,7 +40,7 @@ t.test('attach, mkfs.ext4, write files, sync, detach: the appliance holds the fi
   const vm = bootVm(t, image, {
     files: Object.fromEntries(Object.entries(files).map(([name, content]) => [`data/${name}`, content])),
     script: `
-${printFiles}
+${guestFunctions}
 nbd-client 10.0.2.2 ${appliance.nbdPort} /dev/nbd0 -N vol0 -timeout 20
 echo "@@ size $(blockdev --getsize64 /dev/nbd0)"
 mkfs.ext4 -q -F /dev/nbd0
@@ -52,6 +51,7 @@ print_files /mnt file
 umount /mnt
 nbd-client -d /dev/nbd0
 echo "@@ detached"
+io_errors
 `,
   });
   await expectCleanExit(t, vm);
@@ -77,6 +77,7 @@ t.test('nbd-client -connections 4: four connections, parallel writes, read back'
   const vm = bootVm(t, image, {
     files: { pattern },
     script: `
+${guestFunctions}
 nbd-client 10.0.2.2 ${appliance.nbdPort} /dev/nbd0 -N vol0 -timeout 20 -connections 4
 echo "@@ attached"
 read -r reply </dev/ttyS0
@@ -90,6 +91,7 @@ for region in 0 1 2 3; do
   echo "@@ region $region $(dd if=/dev/nbd0 bs=128k skip=$((region * 64 + region)) count=64 2>/dev/null | sha256sum | cut -d' ' -f1)"
 done
 nbd-client -d /dev/nbd0
+io_errors
 `,
   });
   await vm.waitForMarker('attached', 120_000);
@@ -129,7 +131,7 @@ t.test('points in time: snapshot between two rounds, the snapshot mounted read-o
       ...Object.fromEntries(Object.entries(roundTwo).map(([name, content]) => [`two/${name}`, content])),
     },
     script: `
-${printFiles}
+${guestFunctions}
 nbd-client 10.0.2.2 ${appliance.nbdPort} /dev/nbd0 -N vol0 -timeout 20
 mkfs.ext4 -q -F /dev/nbd0
 mount -t ext4 /dev/nbd0 /mnt
@@ -151,6 +153,7 @@ if touch /snapshot/new 2>/dev/null; then echo "@@ writable"; fi
 /host/detach.sh --device /dev/nbd1 --mountpoint /snapshot
 umount /mnt
 nbd-client -d /dev/nbd0
+io_errors
 `,
   });
   await vm.waitForMarker('frozen', 120_000);

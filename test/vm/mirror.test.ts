@@ -17,7 +17,7 @@ import { startAppliance } from '../support/appliance.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 import { requireTools } from '../support/tools.js';
 import { bootVm, buildTestVm } from '../support/vm.js';
-import { checksums, copyExport, fileMarkers, imageChecksums, MiB, seededFiles } from './common.js';
+import { checksums, copyExport, guestFunctions, fileMarkers, imageChecksums, MiB, seededFiles } from './common.js';
 
 const seed = Number(process.env.VM_TEST_SEED ?? Date.now() % 1_000_000);
 t.comment(`seed ${seed}`);
@@ -39,7 +39,7 @@ t.test('mirror leg: full initial sync, check, kill -9 of the appliance, re-add r
     files: Object.fromEntries(Object.entries(files).map(([name, content]) => [`data/${name}`, content])),
     timeoutMs: 300_000,
     script: `
-print_files() { for f in "$1"/*; do [ -f "$f" ] && echo "@@ $2 \${f##*/} $(sha256sum "$f" | cut -d' ' -f1)"; done; return 0; }
+${guestFunctions}
 written() { awk '{ print $7 * 512 }' /sys/block/nbd0/stat; }
 check_array() {
   echo check >/sys/block/md0/md/sync_action
@@ -67,6 +67,7 @@ rm /mnt/burst
 sync
 check_array first
 print_files /mnt file
+io_errors
 
 # 3. Faults: write and sync files while the test kills and restarts the appliance.
 echo "@@ writing"
@@ -105,6 +106,7 @@ dmesg | grep -E ' (md|nbd|raid1)' | tail -n 30
   t.ok(Number(backlog.values[1]) > 0, `write-behind used (max_backlog_used ${backlog.values[1]})`);
   const first = await vm.waitForMarker('mismatch');
   t.same(first.values, ['first', '0'], 'md check after the initial sync and the writes: no mismatch');
+  t.equal((await vm.waitForMarker('io-errors')).values[0], '0', 'no I/O error on the leg before the fault');
 
   // 2. Kill the appliance while the guest writes, restart it on the same port.
   await vm.waitForMarker('writing');
