@@ -4,22 +4,13 @@
 // writes the volume never sees; all of it survives a restart.
 
 import t from 'tap';
-import fs from 'node:fs';
 import { spawn } from 'node:child_process';
-import { startAppliance, type Appliance } from '../support/appliance.js';
+import { startAppliance } from '../support/appliance.js';
+import { apiRequest } from '../support/api.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 import { requireTools, run } from '../support/tools.js';
 
-async function api(appliance: Appliance, method: string, route: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
-  const token = fs.readFileSync(`${appliance.dataDirectory}/api-token`, 'utf8').trim();
-  const response = await fetch(`${appliance.httpBase}${route}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-  });
-  const text = await response.text();
-  return { status: response.status, json: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>) };
-}
+const api = apiRequest;
 
 interface MapEntry {
   offset: number;
