@@ -282,3 +282,30 @@ t.test('seed a volume from a disk image, then re-seed only what differs', async 
   const wrongSize = await apiRequest(appliance, 'POST', '/api/v1/seeds', { volume: 'vol0', source: image });
   t.equal(wrongSize.status, 400, 'a source of another size is refused');
 });
+
+t.test('restore onto a block device (a loop device), and verify the device against the snapshot', async (t) => {
+  if (!requireTools(t, ['losetup', 'qemu-io', 'qemu-img'])) return;
+  const directory = temporaryDirectory(t);
+  const appliance = await startAppliance(t, { dataDirectory: `${directory}/data`, volumeSize: '32M' });
+  await qemuIo(appliance.uri(), ['write -P 0x81 0 3M', 'write -P 0x82 20M 64k']);
+  t.equal((await apiRequest(appliance, 'POST', '/api/v1/volumes/vol0/snapshots', { name: 'good' })).status, 201);
+  await qemuIo(appliance.uri(), ['write -P 0x83 1M 1M']);
+
+  const backing = `${directory}/device.img`;
+  fs.writeFileSync(backing, crypto.randomBytes(32 * MiB)); // the device holds something else entirely
+  const attached = await run('losetup', ['--find', '--show', backing]);
+  t.equal(attached.code, 0, `losetup (needs root): ${attached.stderr}`);
+  if (attached.code !== 0) return;
+  const device = attached.stdout.trim();
+  t.teardown(async () => void (await run('losetup', ['-d', device])));
+
+  const restored = await cli(appliance, ['restore', 'vol0', '--snapshot', 'good', '--to', device]);
+  t.equal(restored.code, 0, restored.stderr);
+  t.equal(restored.job?.result.equalBytes, 0, 'nothing on the device matched');
+  const verified = await cli(appliance, ['verify', 'vol0', '--snapshot', 'good', '--against', device]);
+  t.equal(verified.code, 0, verified.stderr);
+  t.equal(verified.job?.result['identical'], true, 'the device is identical to the snapshot');
+  const view = await apiRequest(appliance, 'POST', '/api/v1/exports', { volume: 'vol0', snapshot: 'good' });
+  const equal = await compare(device, view.json.uri as string);
+  t.equal(equal.code, 0, `qemu-img compare of the device with the snapshot's export: ${equal.text}`);
+});
