@@ -3,6 +3,7 @@
 // after the ACK to NBD_OPT_STARTTLS. The handshake runs in Node's tls module; negotiation.ts
 // decides what to answer, connection.ts moves the bytes.
 
+import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import type net from 'node:net';
 import tls from 'node:tls';
@@ -24,9 +25,11 @@ export interface ServerTls {
   readonly mode: TlsMode;
   /** Options of the handshake engine (a tls.Server that never listens); null when off. */
   readonly engineOptions: tls.TlsOptions | null;
+  /** When the server certificate expires (for the start-up log); null when off. */
+  readonly certificateValidTo: Date | null;
 }
 
-export const tlsOff: ServerTls = { mode: 'off', engineOptions: null };
+export const tlsOff: ServerTls = { mode: 'off', engineOptions: null, certificateValidTo: null };
 
 /** What the handshake told us of the client. */
 export interface TlsPeer {
@@ -60,7 +63,11 @@ export function loadServerTls(mode: TlsMode, files: TlsFiles | null, handshakeTi
   } catch (error) {
     throw new Error(`TLS credentials are unusable: ${error instanceof Error ? error.message : String(error)}`);
   }
-  return { mode, engineOptions };
+  // Every client would refuse an expired certificate: say so now rather than at each handshake.
+  const certificate = new X509Certificate(engineOptions.cert as Buffer);
+  const certificateValidTo = new Date(certificate.validTo);
+  if (certificateValidTo.getTime() <= Date.now()) throw new Error(`the TLS certificate ${files.certificateFile} expired on ${certificateValidTo.toISOString()}`);
+  return { mode, engineOptions, certificateValidTo };
 }
 
 /**

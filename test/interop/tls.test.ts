@@ -289,6 +289,10 @@ t.test('required mode: nbdinfo and qemu over TLS, plaintext clients refused, bad
   uncertified.send(serializeGoOption('vol0'));
   t.equal(await uncertified.replyType(), 'closed', 'no client certificate with --tls-verify-clients: dropped');
 
+  const token = fs.readFileSync(path.join(appliance.dataDirectory, 'api-token'), 'utf8').trim();
+  const exported = (await (await fetch(`${appliance.httpBase}/api/v1/exports`, { headers: { authorization: `Bearer ${token}` } })).json()) as { exports: Array<{ uri: string }> };
+  t.equal(exported.exports[0]?.uri, `nbds://127.0.0.1:${appliance.nbdPort}/vol0`, 'export URIs say nbds:// when TLS is required');
+  t.ok(await logEntry(appliance, (entry) => entry.msg === 'cdp-nbd is serving' && entry.tls === 'required' && typeof entry.tlsCertificateValidTo === 'string'), 'the start-up log names the mode and when the certificate expires');
   const still = await run('nbdinfo', ['--size', nbds(appliance, 'vol0', alice)]);
   t.equal(still.stdout.trim(), String(64 * 1024 * 1024), 'the server still serves TLS clients');
   await new Promise((resolve) => setTimeout(resolve, 200));
