@@ -20,7 +20,11 @@ export interface ConnectionHooks {
   attached(entry: ExportEntry, connection: Connection): void;
   /** The connection is gone. */
   closed(connection: Connection): void;
+  /** For the security counters: a TLS handshake ended, or an allowlist turned the client away. */
+  security(event: SecurityEvent): void;
 }
+
+export type SecurityEvent = 'tlsStarted' | 'tlsFailed' | 'accessRefused';
 
 export class Connection implements ReplySink {
   readonly id: number;
@@ -226,8 +230,12 @@ export class Connection implements ReplySink {
 
   private logRefusal(refusal: Refusal): void {
     const fields = { connection: this.id, remote: this.remote, export: refusal.export, certificate: this.certificateName, reason: refusal.reason };
-    if (refusal.kind === 'access') this.log.warn(fields, 'access refused');
-    else this.log.info(fields, 'export needs TLS');
+    if (refusal.kind === 'access') {
+      this.log.warn(fields, 'access refused');
+      this.hooks.security('accessRefused');
+    } else {
+      this.log.info(fields, 'export needs TLS');
+    }
   }
 
   /**
@@ -250,6 +258,7 @@ export class Connection implements ReplySink {
         secure: (secureSocket, peer) => this.tlsStarted(secureSocket, peer),
         failed: (reason) => {
           this.log.warn({ connection: this.id, remote: this.remote, reason }, 'TLS handshake failed');
+          this.hooks.security('tlsFailed');
           this.disconnecting = true;
           this.hangUp();
         },
@@ -268,6 +277,7 @@ export class Connection implements ReplySink {
     this.attach(secureSocket);
     this.certificateName = peer.certificateName;
     this.negotiation.tlsStarted(peer.certificateName);
+    this.hooks.security('tlsStarted');
     this.log.info({ connection: this.id, remote: this.remote, protocol: peer.protocol, cipher: peer.cipher, certificate: peer.certificateName, certificateProblem: peer.certificateProblem ?? undefined }, 'TLS started');
     this.upgrading = false;
     this.processMessages();

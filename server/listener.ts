@@ -3,7 +3,7 @@
 
 import fs from 'node:fs';
 import net from 'node:net';
-import { Connection } from './connection.js';
+import { Connection, type SecurityEvent } from './connection.js';
 import type { ExportEntry, ExportTable } from './exports.js';
 import { assertServerLimits, serverLimits } from './limits.js';
 import { silentLogger, type Logger } from './logger.js';
@@ -25,6 +25,8 @@ export class NbdServer {
   private readonly listeners: net.Server[] = [];
   private readonly connections = new Set<Connection>();
   private nextConnectionId = 1;
+  /** Since start: TLS handshakes that succeeded and failed, clients an allowlist refused. */
+  readonly securityCounts: Record<SecurityEvent, number> = { tlsStarted: 0, tlsFailed: 0, accessRefused: 0 };
   private stopping = false;
   private readonly attachListeners: Array<(entry: ExportEntry, connection: Connection, attached: boolean) => void> = [];
 
@@ -101,6 +103,9 @@ export class NbdServer {
         const name = closedConnection.exportName;
         const entry = name === null ? undefined : this.exports.lookup(name);
         if (entry !== undefined) for (const listener of this.attachListeners) listener(entry, closedConnection, false);
+      },
+      security: (event) => {
+        this.securityCounts[event]++;
       },
     }, this.tls);
     this.connections.add(connection);

@@ -22,6 +22,22 @@ function render(metrics: readonly Metric[]): string {
   return `${lines.join('\n')}\n`;
 }
 
+/** TLS handshakes and allowlist refusals since start (server/connection.ts counts them). */
+function securityMetrics(counts: { tlsStarted: number; tlsFailed: number; accessRefused: number }): Metric[] {
+  return [
+    {
+      name: 'cdp_nbd_tls_handshakes_total',
+      help: 'NBD STARTTLS handshakes, by result.',
+      type: 'counter',
+      samples: [
+        { labels: { result: 'ok' }, value: counts.tlsStarted },
+        { labels: { result: 'failed' }, value: counts.tlsFailed },
+      ],
+    },
+    { name: 'cdp_nbd_access_refusals_total', help: 'NBD clients an export allowlist turned away.', type: 'counter', samples: [{ labels: {}, value: counts.accessRefused }] },
+  ];
+}
+
 export async function metricsRoutes(app: FastifyInstance, context: AppContext): Promise<void> {
   app.get('/metrics', { schema: { summary: 'Prometheus metrics', tags: ['health'], produces: ['text/plain'] } }, async (_request, reply) => {
     const volumes = context.appliance.store.openVolumes();
@@ -63,6 +79,7 @@ export async function metricsRoutes(app: FastifyInstance, context: AppContext): 
       maps,
       { name: 'cdp_nbd_connections', help: 'NBD connections open.', type: 'gauge', samples: [{ labels: {}, value: context.appliance.nbd.connectionCount }] },
       { name: 'cdp_nbd_exports', help: 'NBD exports (live volumes, views and clones).', type: 'gauge', samples: [{ labels: {}, value: context.appliance.exports.list().length }] },
+      ...securityMetrics(context.appliance.nbd.securityCounts),
     ];
     return reply.type('text/plain; version=0.0.4').send(render(metrics));
   });

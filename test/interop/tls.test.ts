@@ -383,6 +383,11 @@ t.test('selective mode: TLS-only exports, allowlists by certificate name, addres
   t.not(viewAsAlice.code, 0, 'alice may not');
   t.match(viewAsAlice.stderr, /does not allow client 127\.0\.0\.1 \(certificate alice\)/);
   t.ok(await logEntry(appliance, (entry) => entry.msg === 'access refused' && entry.export === 'vol1-before' && entry.certificate === 'alice'), 'logged');
+  const metrics = await (await fetch(`${appliance.httpBase}/metrics`, { headers })).text();
+  const counter = (pattern: RegExp): number => Number(pattern.exec(metrics)?.[1] ?? -1);
+  t.ok(counter(/^cdp_nbd_access_refusals_total (\d+)$/m) >= 4, 'refusals are counted in /metrics');
+  t.ok(counter(/^cdp_nbd_tls_handshakes_total\{result="ok"\} (\d+)$/m) >= 5, 'and TLS handshakes');
+  t.equal(counter(/^cdp_nbd_tls_handshakes_total\{result="failed"\} (\d+)$/m), 0, 'none failed here');
   t.equal(await appliance.stop(), 0);
 
   const restarted = await startAppliance(t, { dataDirectory, extraArguments: ['--tls', 'selective', ...tlsArguments(certificates)] });
