@@ -16,9 +16,12 @@ import { certificateNameProblem } from '../server/access.js';
 
 export interface CertificateRequest {
   outDirectory: string;
-  /** Names and addresses the server certificate is valid for (subjectAltName). */
-  hosts: string[];
-  /** Client certificate names (CN); the first also goes to the top folder as client-*.pem. */
+  /**
+   * Names and addresses the server certificate is valid for (subjectAltName). Absent: keep the
+   * server certificate DIR has, or make one for the defaults when it has none.
+   */
+  hosts?: string[];
+  /** Client certificate names (CN); with a new CA the first also goes to the top folder. */
   clients: string[];
   caValidDays?: number;
   certificateValidDays?: number;
@@ -40,11 +43,11 @@ const usage = `Usage: cdp-nbd tls generate --out DIR [--host NAME]... [--client 
 
 Makes a lab CA and certificates for NBD over TLS with openssl, in DIR:
   ca-cert.pem ca-key.pem            the CA (reused when DIR already has one)
-  server-cert.pem server-key.pem    the server's, for --host names and addresses
-                                    (default ${certificateDefaults.hosts.join(', ')})
+  server-cert.pem server-key.pem    the server's, for --host names and addresses (default
+                                    ${certificateDefaults.hosts.join(', ')}); kept on later runs without --host
   clients/NAME/                     ca-cert.pem client-cert.pem client-key.pem for each --client
                                     (default "${certificateDefaults.clients[0]}" when the CA is new)
-  client-cert.pem client-key.pem    the first client's, so DIR itself is a client credential folder
+  client-cert.pem client-key.pem    the first client's (new CA only), so DIR itself is a client folder
 
 Serve:   cdp-nbd serve --tls required --tls-cert DIR/server-cert.pem --tls-key DIR/server-key.pem --tls-ca DIR/ca-cert.pem
 Clients: nbdinfo 'nbds://HOST:10809/vol0?tls-certificates=DIR/clients/NAME'
@@ -73,7 +76,7 @@ export async function runTlsCommand(argv: string[]): Promise<number> {
   if (!Number.isInteger(days) || days < 1 || days > 36500) throw new Error('--days is a whole number of days, 1 to 36500');
   const generated = generateCertificates({
     outDirectory: values.out,
-    hosts: values.host ?? [...certificateDefaults.hosts],
+    hosts: values.host,
     clients: values.client ?? [],
     certificateValidDays: days,
   });
@@ -83,12 +86,13 @@ export async function runTlsCommand(argv: string[]): Promise<number> {
 }
 
 /**
- * Write the CA (unless DIR has one), the server certificate, and the client certificates. With a
- * new CA and no client named, one client "client" is made so DIR works as a client folder at once.
+ * Write the CA (unless DIR has one), the server certificate (unless DIR has one and no hosts are
+ * given), and the client certificates. With a new CA and no client named, one client "client" is
+ * made so DIR works as a client folder at once.
  */
 export function generateCertificates(request: CertificateRequest): GeneratedCertificates {
-  const hostProblems = request.hosts.map(hostProblem).filter((problem) => problem !== null);
-  if (request.hosts.length === 0) throw new Error('the server certificate needs at least one --host');
+  const hostProblems = (request.hosts ?? []).map(hostProblem).filter((problem) => problem !== null);
+  if (request.hosts !== undefined && request.hosts.length === 0) throw new Error('the server certificate needs at least one --host');
   if (hostProblems.length > 0) throw new Error(hostProblems.join('; '));
   for (const client of request.clients) {
     const problem = certificateNameProblem(client);
@@ -111,8 +115,11 @@ export function generateCertificates(request: CertificateRequest): GeneratedCert
     }
     const signer = { caCertificate, caKey, workDirectory, validDays: request.certificateValidDays ?? certificateDefaults.certificateValidDays };
 
-    const subjectAltName = request.hosts.map((host) => (net.isIP(host) === 0 ? `DNS:${host}` : `IP:${host}`)).join(', ');
-    files.push(...issue(signer, directory, 'server', request.hosts[0]!, ['extendedKeyUsage = serverAuth', `subjectAltName = ${subjectAltName}`]));
+    if (caCreated || request.hosts !== undefined || !fs.existsSync(path.join(directory, 'server-cert.pem'))) {
+      const hosts = request.hosts ?? [...certificateDefaults.hosts];
+      const subjectAltName = hosts.map((host) => (net.isIP(host) === 0 ? `DNS:${host}` : `IP:${host}`)).join(', ');
+      files.push(...issue(signer, directory, 'server', hosts[0]!, ['extendedKeyUsage = serverAuth', `subjectAltName = ${subjectAltName}`]));
+    }
 
     const clients = request.clients.length === 0 && caCreated ? [...certificateDefaults.clients] : request.clients;
     for (const [index, client] of clients.entries()) {
@@ -121,7 +128,7 @@ export function generateCertificates(request: CertificateRequest): GeneratedCert
       fs.copyFileSync(caCertificate, path.join(clientDirectory, 'ca-cert.pem'));
       const written = issue(signer, clientDirectory, 'client', client, ['extendedKeyUsage = clientAuth']);
       files.push(path.join(clientDirectory, 'ca-cert.pem'), ...written);
-      if (index === 0) {
+      if (index === 0 && caCreated) {
         for (const file of written) {
           const top = path.join(directory, path.basename(file));
           fs.copyFileSync(file, top);

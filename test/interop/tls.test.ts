@@ -203,9 +203,12 @@ t.test('tls generate writes a CA, a server certificate for 127.0.0.1 and localho
   const subject = await run('openssl', ['x509', '-in', path.join(certificates, 'client-cert.pem'), '-noout', '-subject']);
   t.match(subject.stdout, /CN ?= ?alice/, 'the top folder holds the first client');
 
+  const serverBefore = fs.readFileSync(path.join(certificates, 'server-cert.pem'));
   const again = await run(process.execPath, [cliPath, 'tls', 'generate', '--out', certificates, '--client', 'carol']);
   t.equal(again.code, 0, again.stderr);
   t.match(again.stdout, /reused the CA/);
+  t.same(fs.readFileSync(path.join(certificates, 'server-cert.pem')), serverBefore, 'without --host the server certificate is kept');
+  t.match((await run('openssl', ['x509', '-in', path.join(certificates, 'client-cert.pem'), '-noout', '-subject'])).stdout, /CN ?= ?alice/, 'and the top folder still holds the first client');
   const carol = await run('openssl', ['verify', '-CAfile', path.join(certificates, 'ca-cert.pem'), path.join(certificates, 'clients/carol/client-cert.pem')]);
   t.equal(carol.code, 0, 'a later client is signed by the same CA');
   const badName = await run(process.execPath, [cliPath, 'tls', 'generate', '--out', certificates, '--client', '../x']);
