@@ -123,7 +123,7 @@ export function bootVm(t: Teardown, image: TestVmImage, options: VmOptions): VmR
     '-no-reboot',
     '-kernel', image.kernelPath,
     '-initrd', initramfsPath,
-    '-append', 'console=ttyS0 panic=-1 loglevel=4 nbd.nbds_max=8',
+    '-append', 'console=ttyS0 panic=-1 loglevel=4',
     '-netdev', 'user,id=net0',
     '-device', 'virtio-net-pci,netdev=net0',
   ];

@@ -4,7 +4,10 @@
 //      initial full sync copies every block of the array to the appliance; write-behind is active.
 //   2. mkfs.ext4 and files on the mirror; md `check` finds mismatch_cnt 0; the appliance's copy
 //      of the leg's data area (read on this machine) holds the files.
-//   3. Faults: the test kills the appliance with kill -9 while the guest writes and syncs files,
+//   3. A snapshot taken over the API while the guest holds the file system frozen, mounted
+//      read-only with attach-point-in-time.sh while the mirror runs (a read-only loop device over
+//      the leg's data area) and, at the end, with the mirror stopped (a read-only degraded array).
+//   4. Faults: the test kills the appliance with kill -9 while the guest writes and syncs files,
 //      and restarts it on the same port; md fails the leg and carries on; reattach-leg.sh re-adds
 //      it and md resyncs only the bitmap-dirty chunks (bytes written to the leg, counted by the
 //      kernel, well under the array's size); a later `check` finds mismatch_cnt 0; every file the
@@ -17,7 +20,7 @@ import { startAppliance } from '../support/appliance.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 import { requireTools } from '../support/tools.js';
 import { bootVm, buildTestVm } from '../support/vm.js';
-import { checksums, copyExport, guestFunctions, fileMarkers, imageChecksums, MiB, seededFiles } from './common.js';
+import { api, checksums, copyExport, guestFunctions, fileMarkers, imageChecksums, MiB, seededFiles } from './common.js';
 
 const seed = Number(process.env.VM_TEST_SEED ?? Date.now() % 1_000_000);
 t.comment(`seed ${seed}`);
@@ -69,6 +72,17 @@ check_array first
 print_files /mnt file
 io_errors
 
+# A point in time of the mirror, inspected while the mirror runs (its data area through a loop
+# device: mdadm will not assemble a second copy of an active array).
+fsfreeze --freeze /mnt
+until awk '{ exit !($1 == 0 && $2 == 0) }' /sys/block/nbd0/inflight; do sleep 0.1; done
+echo "@@ frozen"
+read -r snapshot_export </dev/ttyS0
+fsfreeze --unfreeze /mnt
+/host/attach-point-in-time.sh --host 10.0.2.2 --port ${nbdPort} --export "$snapshot_export" --mountpoint /snapshot --device /dev/nbd1
+print_files /snapshot snapshot-live
+/host/detach.sh --device /dev/nbd1 --mountpoint /snapshot
+
 # 3. Faults: write and sync files while the test kills and restarts the appliance.
 echo "@@ writing"
 index=0
@@ -89,6 +103,12 @@ print_files /mnt final
 umount /mnt
 /host/detach.sh --device /dev/nbd0 --array /dev/md0
 mdadm --stop /dev/md0
+
+# The same point in time with the mirror stopped: assembled read-only and degraded from the leg.
+/host/attach-point-in-time.sh --host 10.0.2.2 --port ${nbdPort} --export "$snapshot_export" --mountpoint /snapshot --device /dev/nbd1
+echo "@@ snapshot-array $(grep -c '^md.*read-only.*nbd1' /proc/mdstat || true)"
+print_files /snapshot snapshot-stopped
+/host/detach.sh --device /dev/nbd1 --mountpoint /snapshot
 dmesg | grep -E ' (md|nbd|raid1)' | tail -n 30
 `,
   });
@@ -108,7 +128,14 @@ dmesg | grep -E ' (md|nbd|raid1)' | tail -n 30
   t.same(first.values, ['first', '0'], 'md check after the initial sync and the writes: no mismatch');
   t.equal((await vm.waitForMarker('io-errors')).values[0], '0', 'no I/O error on the leg before the fault');
 
-  // 2. Kill the appliance while the guest writes, restart it on the same port.
+  // 2. A snapshot of the mirror, taken while the guest holds the file system frozen.
+  await vm.waitForMarker('frozen');
+  t.equal((await api(appliance, 'POST', '/api/v1/volumes/vol0/snapshots', { name: 'mirrored' })).status, 201, 'snapshot taken');
+  const created = await api(appliance, 'POST', '/api/v1/exports', { volume: 'vol0', snapshot: 'mirrored' });
+  t.equal(created.status, 201, 'snapshot exported', { response: created.json });
+  vm.send(String(created.json.name));
+
+  // 3. Kill the appliance while the guest writes, restart it on the same port.
   await vm.waitForMarker('writing');
   await vm.waitForMarker('synced-file');
   await sleep(1500);
@@ -131,7 +158,11 @@ dmesg | grep -E ' (md|nbd|raid1)' | tail -n 30
   t.match(vm.markers('leg-back')[0]?.values.join(' '), /in_sync.*write_mostly.*degraded=0|write_mostly.*in_sync.*degraded=0/, 'the leg is back, in sync, write-mostly');
   t.same(vm.markers('mismatch')[1]?.values, ['second', '0'], 'md check after the re-add: no mismatch');
 
-  // 3. The appliance's copy of the leg's data area holds every file the guest synced.
+  t.same(fileMarkers(vm.markers('snapshot-live')), expected, 'the snapshot, mounted while the mirror runs, holds the first files');
+  t.same(fileMarkers(vm.markers('snapshot-stopped')), expected, 'and so it does assembled as a read-only, degraded array');
+  t.equal(vm.markers('snapshot-array')[0]?.values[0], '1', 'mdadm assembled it read-only');
+
+  // 4. The appliance's copy of the leg's data area holds every file the guest synced.
   const synchronizedFiles = fileMarkers(vm.markers('synced-file'));
   t.ok(Object.keys(synchronizedFiles).length >= 10, 'files were written through the fault');
   t.same(fileMarkers(vm.markers('file')), expected, 'the guest read back the first files');

@@ -2,7 +2,8 @@
 # Attach a point-in-time export of cdp-nbd read-only and mount it (as root on the host): the
 # export is a view the appliance made (`cdp-nbd export create VOLUME --snapshot NAME`, or
 # POST /api/v1/exports). When it carries an md superblock (it was a mirror leg), the one-legged
-# mirror is assembled read-only and degraded first. The file system is mounted without replaying
+# mirror is assembled read-only and degraded first (or, when that mirror runs on this very host,
+# its data area is read through a read-only loop device). The file system is mounted without replaying
 # its journal (ext3/ext4 `noload`, xfs `norecovery`), since nothing may be written.
 set -eu
 script_name=attach-point-in-time
@@ -17,15 +18,18 @@ Usage: attach-point-in-time.sh --host HOST --export NAME --mountpoint DIR [optio
   --export NAME       the point-in-time export, e.g. vol0@before-deploy
   --mountpoint DIR    where to mount it (made if missing)
   --device /dev/nbdN  the NBD device to use (default: the first free one)
-  --array /dev/mdN    the md device to assemble an md leg as (default /dev/md100)
+  --array /dev/mdN    the md device to assemble an md leg as (default: the first free from
+                      /dev/md100). When the leg's own mirror runs on this host, mdadm will not
+                      assemble a second copy: the data area is read through a read-only loop
+                      device instead
   --timeout SECONDS   request timeout (default 20)
   --help              this text
 
-Detach with: detach.sh --device /dev/nbdN --mountpoint DIR [--array /dev/mdN --stop-array]
+Detach with: detach.sh --device /dev/nbdN --mountpoint DIR (it stops the array or loop device)
 USAGE
 }
 
-host="" port=10809 export_name="" mountpoint="" device="" array=/dev/md100 timeout_seconds=20
+host="" port=10809 export_name="" mountpoint="" device="" array="" timeout_seconds=20
 while [ $# -gt 0 ]; do
   case "$1" in
     --host) need_value "$@"; host=$2; shift 2 ;;
@@ -48,9 +52,22 @@ nbd_attach "$host" "$port" "$device" "$export_name" "$timeout_seconds" 1 -readon
 
 target=$device
 if mdadm --examine "$device" >/dev/null 2>&1; then
+  [ -n "$array" ] || array=$(free_md_device)
+  # md still writes its bitmap superblock when it starts and stops the array; the read-only NBD
+  # device refuses that (an I/O error in the kernel log) and md carries on read-only.
   log "$device carries an md superblock: assembling it read-only and degraded as $array"
-  mdadm --assemble --readonly --run "$array" "$device" || { nbd_detach "$device"; fail "cannot assemble $device"; }
-  target=$array
+  if mdadm --assemble --readonly --run "$array" "$device"; then
+    target=$array
+  else
+    # mdadm will not assemble a second copy of an array that runs on this host (the mirror this
+    # leg belongs to: same array UUID). Read the leg's data area through a read-only loop device.
+    offset_sectors=$(mdadm --examine "$device" | sed -n 's/^ *Data Offset : \([0-9]*\) sectors.*/\1/p')
+    [ -n "$offset_sectors" ] || { nbd_detach "$device"; fail "cannot read the md data offset of $device"; }
+    loop=$(losetup -f) || { nbd_detach "$device"; fail "no free loop device"; }
+    losetup -r -o $((offset_sectors * 512)) "$loop" "$device" || { nbd_detach "$device"; fail "cannot set up $loop"; }
+    log "the same array is active here: reading the leg's data area (from sector $offset_sectors) through $loop, read-only"
+    target=$loop
+  fi
 fi
 
 type=""

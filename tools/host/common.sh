@@ -44,6 +44,15 @@ free_nbd_device() {
   fail "no free /dev/nbdN (load nbd with a larger nbds_max)"
 }
 
+# The first /dev/mdN, from md100 up, that is not in use.
+free_md_device() {
+  number=100
+  while [ -e "/sys/block/md$number/md/array_state" ] && [ "$(cat "/sys/block/md$number/md/array_state")" != clear ]; do
+    number=$((number + 1))
+  done
+  printf '/dev/md%s\n' "$number"
+}
+
 nbd_connected() { # $1: /dev/nbdN
   [ -e "/sys/block/${1##*/}/pid" ]
 }

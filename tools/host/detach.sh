@@ -14,7 +14,8 @@ Usage: detach.sh --device /dev/nbdN [--array /dev/mdN] [--mountpoint DIR] [--sto
   --device /dev/nbdN  the NBD device to disconnect
   --array /dev/mdN    the mirror it is a leg of: flush, then fail and remove the leg (the mirror
                       carries on with its local disks; its bitmap records what the leg misses)
-  --mountpoint DIR    unmount this first (a point in time mounted by attach-point-in-time.sh)
+  --mountpoint DIR    unmount this first (a point in time mounted by attach-point-in-time.sh;
+                      the read-only array or loop device under it is released too)
   --stop-array        stop --array instead (the read-only array attach-point-in-time.sh assembled)
   --forget            also erase the leg's md superblock: attaching it again is a full sync
   --help              this text
@@ -37,8 +38,22 @@ done
 require_root
 
 if [ -n "$mountpoint" ] && grep -q " $mountpoint " /proc/mounts; then
+  source_device=$(awk -v mountpoint="$mountpoint" '$2 == mountpoint { print $1 }' /proc/mounts | tail -n 1)
   umount "$mountpoint" || fail "cannot unmount $mountpoint (in use?)"
   log "unmounted $mountpoint"
+  # What attach-point-in-time.sh stacked on the device: a read-only array of it, or a loop device.
+  case "$source_device" in
+    /dev/md*)
+      if [ -e "/sys/block/${source_device##*/}/md/dev-${device##*/}" ]; then
+        mdadm --stop "$source_device" >/dev/null && log "stopped $source_device"
+      fi
+      ;;
+    /dev/loop*)
+      if [ "$(cat "/sys/block/${source_device##*/}/loop/backing_file" 2>/dev/null)" = "$device" ]; then
+        losetup -d "$source_device" && log "released $source_device"
+      fi
+      ;;
+  esac
 fi
 if [ -n "$array" ] && [ -b "$array" ]; then
   if [ "$stop_array" = yes ]; then

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Build the tiny test VM of the kernel-client tests (test/vm/), from Debian packages only: the
-# Debian 12 cloud kernel with its nbd, md-mod, raid1 and ext4 modules, and an initramfs holding
+# Debian 12 cloud kernel with its nbd, md-mod, raid1 and loop modules, and an initramfs holding
 # busybox-static, nbd-client, mdadm, e2fsprogs and the shared libraries they need. Its /init loads
 # the modules, brings up eth0 as 10.0.2.15/24 with no default route (so the host, 10.0.2.2 under
 # qemu user networking, is all it can reach), runs /test/run.sh (appended by the test as a second
@@ -79,7 +79,7 @@ module_root="$extract/lib/modules/$kernel_version"
 #    into this kernel has no file and needs no loading.
 root="$work/root"
 mkdir -p "$root/lib/modules/$kernel_version" "$root/etc"
-wanted_modules="virtio_pci virtio_blk virtio_net nbd md-mod raid1 ext4 crc32c_generic"
+wanted_modules="virtio_pci virtio_blk virtio_net nbd md-mod raid1 loop ext4 crc32c_generic"
 load_order="$work/load-order"
 : >"$load_order"
 module_path() { # a module name (- and _ alike) -> its path relative to module_root, or nothing
