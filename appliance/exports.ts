@@ -108,7 +108,8 @@ export class ExportManager {
     const failures: Array<{ name: string; error: string }> = [];
     for (const definition of this.readDefinitions()) {
       try {
-        const policy = this.policyOf(definition);
+        // Kept even while TLS is off: the server then refuses a TLS-only export to everyone.
+        const policy = this.policyOf(definition, { requireTlsOffered: false });
         const device = await this.openDevice(definition);
         this.table.add(definition.name, device, device.description, policy);
         this.definitions.set(definition.name, definition);
@@ -133,7 +134,7 @@ export class ExportManager {
     }
     if (this.table.lookup(name) !== undefined || this.definitions.has(name)) throw new ApplianceError('EEXIST', `an export named ${name} already exists`);
     if (this.definitions.size >= exportCountMax) throw new ApplianceError('EINVAL', `at most ${exportCountMax} view and clone exports`);
-    const policy = this.policyOf(request);
+    const policy = this.policyOf(request, { requireTlsOffered: true });
     const micros = 'micros' in instant ? instant.micros : await this.instantMicros(volume, sequence);
     const definition: ExportDefinition = {
       name,
@@ -225,9 +226,9 @@ export class ExportManager {
   }
 
   /** The access policy of a new or restored export; EINVAL for a bad rule or TLS-only without TLS. */
-  private policyOf(source: { allow?: string[]; tlsOnly?: boolean }): AccessPolicy {
+  private policyOf(source: { allow?: string[]; tlsOnly?: boolean }, options: { requireTlsOffered: boolean }): AccessPolicy {
     const tlsOnly = source.tlsOnly ?? false;
-    if (tlsOnly && this.nbd.tlsMode === 'off') throw new ApplianceError('EINVAL', 'a TLS-only export needs the NBD server to offer TLS (serve --tls required or selective)');
+    if (tlsOnly && options.requireTlsOffered && this.nbd.tlsMode === 'off') throw new ApplianceError('EINVAL', 'a TLS-only export needs the NBD server to offer TLS (serve --tls required or selective)');
     try {
       return parseAccessPolicy(source.allow ?? [], { tlsOnly });
     } catch (error) {

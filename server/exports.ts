@@ -11,7 +11,7 @@ export interface ExportEntry {
   /** One line for NBD_OPT_LIST and NBD_INFO_DESCRIPTION. */
   readonly description: string;
   /** Who may attach: TLS-only or not, and the allowlist. */
-  policy: AccessPolicy;
+  readonly policy: AccessPolicy;
   /** Connections in transmission with this export now. */
   connectionCount: number;
 }

@@ -398,6 +398,15 @@ t.test('selective mode: TLS-only exports, allowlists by certificate name, addres
   t.not(afterRestart.code, 0, 'the view keeps its allowlist across a restart');
   const listed = (await (await fetch(`${restarted.httpBase}/api/v1/exports`, { headers })).json()) as { exports: Array<{ name: string; allow: string[] }> };
   t.same(listed.exports.find((entry) => entry.name === 'vol1-before')?.allow, ['cn:bob', '192.0.2.0/24']);
+  t.equal(await restarted.stop(), 0);
+
+  // Restarted without TLS: the TLS-only view is kept, and refused to everyone, fail-closed.
+  const plainServer = await startAppliance(t, { dataDirectory });
+  const survivors = (await (await fetch(`${plainServer.httpBase}/api/v1/exports`, { headers })).json()) as { exports: Array<{ name: string; tlsOnly: boolean }> };
+  t.match(survivors.exports.find((entry) => entry.name === 'vol1-cli'), { tlsOnly: true }, 'the TLS-only view survives a restart without TLS');
+  const viaUnixSocket = await nbdinfoRefused(plainServer.unixUri('vol1-cli'));
+  t.not(viaUnixSocket.code, 0, 'and nobody may attach to it, not even an allowed unix-socket client');
+  t.match(viaUnixSocket.stderr, /is TLS-only and this server does not offer TLS/);
 });
 
 t.test('serve refuses bad TLS and access options before opening anything; TLS-only views need TLS on', async (t) => {
