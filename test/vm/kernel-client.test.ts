@@ -1,7 +1,7 @@
 // The Linux kernel's NBD client against the real appliance, in the tiny test VM (test/support/vm.ts):
 //   1. attach a volume, mkfs.ext4, write files, sync, detach: the appliance's copy, read on this
 //      machine with nbdcopy and debugfs, holds exactly those files;
-//   2. `nbd-client -connections 4`: four connections are attached, parallel writes land, each read
+//   2. `nbd-client -C 4`: four connections are attached, parallel writes land, each read
 //      back through the kernel and through the appliance;
 //   3. points in time: the test snapshots the volume over the API between two rounds of writes,
 //      exports the snapshot, and the guest mounts it read-only (tools/host/attach-point-in-time.sh):
@@ -65,7 +65,7 @@ io_errors
   t.same(await imageChecksums(imagePath, Object.keys(expected)), expected, 'and each holds the bytes written');
 });
 
-t.test('nbd-client -connections 4: four connections, parallel writes, read back', async (t) => {
+t.test('nbd-client -C 4: four connections, parallel writes, read back', async (t) => {
   if (!requireTools(t, ['qemu-system-x86_64', 'cpio', 'nbdcopy'])) return;
   const image = buildTestVm();
   const directory = temporaryDirectory(t);
@@ -78,7 +78,7 @@ t.test('nbd-client -connections 4: four connections, parallel writes, read back'
     files: { pattern },
     script: `
 ${guestFunctions}
-nbd-client 10.0.2.2 ${appliance.nbdPort} /dev/nbd0 -N vol0 -timeout 20 -connections 4
+nbd-client 10.0.2.2 ${appliance.nbdPort} /dev/nbd0 -N vol0 -timeout 20 -C 4
 echo "@@ attached"
 read -r reply </dev/ttyS0
 echo "@@ go $reply"

@@ -21,7 +21,7 @@ script_path="$repository_root/tools/vm/build-test-vm.sh"
 log() { printf '%s\n' "build-test-vm: $*" >&2; }
 fail() { log "$*"; exit 1; }
 
-for tool in apt-get apt-cache dpkg-deb cpio sha256sum ldd; do
+for tool in apt-get apt-cache dpkg-deb cpio sha256sum ldd flock; do
   command -v "$tool" >/dev/null 2>&1 || fail "needs $tool (Debian: apt-get install cpio dpkg apt)"
 done
 
@@ -44,8 +44,15 @@ if [ -f "$target/initramfs.cpio" ] && [ -f "$target/vmlinuz" ]; then
   exit 0
 fi
 
-log "building $target from$versions"
+# One build at a time (test files run in parallel): wait for another's, then use its result.
 mkdir -p "$cache_root"
+exec 9>"$cache_root/.lock"
+flock 9
+if [ -f "$target/initramfs.cpio" ] && [ -f "$target/vmlinuz" ]; then
+  printf '%s\n' "$target"
+  exit 0
+fi
+log "building $target from$versions"
 work=$(mktemp -d "$cache_root/.build-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/debs" "$work/extract" "$work/root"
