@@ -339,6 +339,17 @@ t.test('selective mode: TLS-only exports, allowlists by certificate name, addres
   t.match(asBob.stderr, /does not allow client 127\.0\.0\.1 \(certificate bob\)/);
   t.ok(await logEntry(appliance, (entry) => entry.msg === 'access refused' && entry.certificate === 'bob'), 'logged with the certificate name');
 
+  // A certificate that says CN=alice but comes from another CA gives no name (no --tls-verify-clients here).
+  const stranger = path.join(directory, 'stranger');
+  t.equal((await makeCertificates(stranger)).code, 0);
+  const impostor = path.join(directory, 'impostor');
+  fs.mkdirSync(impostor);
+  fs.copyFileSync(path.join(certificates, 'ca-cert.pem'), path.join(impostor, 'ca-cert.pem'));
+  for (const file of ['client-cert.pem', 'client-key.pem']) fs.copyFileSync(path.join(stranger, 'clients/alice', file), path.join(impostor, file));
+  const asImpostor = await nbdinfoRefused(nbds(appliance, 'vol0', impostor));
+  t.not(asImpostor.code, 0, 'a foreign certificate named alice is not alice');
+  t.match(asImpostor.stderr, /does not allow client 127\.0\.0\.1 \(no verified client certificate\)/);
+  t.ok(await logEntry(appliance, (entry) => entry.msg === 'TLS started' && entry.certificate === null && typeof entry.certificateProblem === 'string'), 'the unverified certificate is logged as a problem');
   const plainVol1 = await nbdinfoRefused(appliance.uri('vol1'));
   t.not(plainVol1.code, 0, 'a TLS-only export refuses a plaintext client');
   t.match(plainVol1.stderr, /server error message: export "vol1" requires TLS/, 'the server says TLS is needed');
