@@ -19,6 +19,7 @@ import { ExportTable } from '../../server/exports.js';
 import { Negotiation, type OptionOutcome } from '../../server/negotiation.js';
 import type { TlsMode } from '../../server/tls.js';
 import type { BlockDevice } from '../../storage/index.js';
+import { chance, pick, randomInteger, seededRandom } from '../support/seeded-random.js';
 
 const plainClient: ClientIdentity = { address: '127.0.0.1', certificateName: null };
 
@@ -157,4 +158,32 @@ t.test('off mode: STARTTLS is refused by policy, and ERR_TLS_REQD is never sent'
   t.same(replyTypes(negotiating.handleOption(OptionType.STARTTLS, Buffer.alloc(0))), [OptionReplyType.ERR_POLICY]);
   t.same(replyTypes(negotiating.handleOption(OptionType.GO, go('tls-only'))), [OptionReplyType.ERR_POLICY], 'a TLS-only export on a TLS-less server');
   t.equal(negotiating.handleOption(OptionType.GO, go('open')).kind, 'transmission');
+});
+
+t.test('required mode, random options before TLS: nothing but STARTTLS and ABORT gets anything but ERR_TLS_REQD', async (t) => {
+  const seed = Number(process.env.TLS_FUZZ_SEED ?? Date.now() % 1_000_000);
+  t.comment(`seed ${seed}`);
+  const random = seededRandom(seed);
+  const options = [...Object.values(OptionType), 0, 12, 0x7fffffff, 0xffffffff];
+  let violations = 0;
+  for (let round = 0; round < 2000; round++) {
+    const option = pick(random, options);
+    const data = chance(random, 0.5) ? Buffer.alloc(0) : Buffer.from(Array.from({ length: randomInteger(random, 1, 40) }, () => randomInteger(random, 0, 255)));
+    const outcome = negotiation('required').handleOption(option, data);
+    const types = replyTypes(outcome);
+    const allowed =
+      option === OptionType.STARTTLS
+        ? (data.length === 0 && outcome.kind === 'startTls') || (data.length > 0 && types[0] === OptionReplyType.ERR_INVALID)
+        : option === OptionType.ABORT
+          ? outcome.kind === 'close'
+          : option === OptionType.EXPORT_NAME
+            ? outcome.kind === 'close' && outcome.replies.length === 0
+            : outcome.kind === 'reply' && types.length === 1 && types[0] === OptionReplyType.ERR_TLS_REQD;
+    if (!allowed) {
+      violations++;
+      t.fail(`option ${option} with ${data.length} bytes: ${outcome.kind} ${types.map((type) => type.toString(16)).join(',')}`);
+      if (violations > 5) break;
+    }
+  }
+  t.equal(violations, 0, `seed ${seed}: 2000 random options answered as FORCEDTLS requires`);
 });
