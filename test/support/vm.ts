@@ -111,7 +111,7 @@ export function bootVm(t: Teardown, image: TestVmImage, options: VmOptions): VmR
   fs.copyFileSync(image.initramfsPath, initramfsPath);
   fs.appendFileSync(initramfsPath, overlay);
 
-  const arguments_ = [
+  const qemuArguments = [
     '-accel', accelerator(image),
     '-cpu', 'max',
     '-smp', '1',
@@ -130,11 +130,11 @@ export function bootVm(t: Teardown, image: TestVmImage, options: VmOptions): VmR
   for (const disk of options.disks ?? []) {
     if (!fs.existsSync(disk.path)) fs.writeFileSync(disk.path, '');
     if (fs.statSync(disk.path).size < disk.sizeBytes) fs.truncateSync(disk.path, disk.sizeBytes);
-    arguments_.push('-drive', `file=${disk.path},format=raw,if=virtio,cache=writeback`);
+    qemuArguments.push('-drive', `file=${disk.path},format=raw,if=virtio,cache=writeback`);
   }
 
   const startedMs = Date.now();
-  const child = spawn('qemu-system-x86_64', arguments_, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn('qemu-system-x86_64', qemuArguments, { stdio: ['pipe', 'pipe', 'pipe'] });
   const lines: string[] = [];
   const markers: Marker[] = [];
   const consumed = new Set<Marker>();
@@ -192,7 +192,7 @@ export function bootVm(t: Teardown, image: TestVmImage, options: VmOptions): VmR
   });
 
   return {
-    accelerator: arguments_[1]!,
+    accelerator: qemuArguments[1]!,
     lines,
     markers: (key) => (key === undefined ? [...markers] : markers.filter((marker) => marker.key === key)),
     waitForMarker(key, waitTimeoutMs = timeoutMs) {

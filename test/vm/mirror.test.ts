@@ -11,7 +11,9 @@
 //      and restarts it on the same port; md fails the leg and carries on; reattach-leg.sh re-adds
 //      it and md resyncs only the bitmap-dirty chunks (bytes written to the leg, counted by the
 //      kernel, well under the array's size); a later `check` finds mismatch_cnt 0; every file the
-//      guest synced is intact in the appliance's copy.
+//      guest synced is intact in the appliance's copy. Then the appliance hangs (SIGSTOP): after
+//      the leg's 10 s timeout md fails it and the host's writes go on; resumed and re-added, the
+//      same checks hold.
 
 import t from 'tap';
 import fs from 'node:fs';
@@ -25,7 +27,7 @@ import { api, checksums, copyExport, guestFunctions, fileMarkers, imageChecksums
 const seed = Number(process.env.VM_TEST_SEED ?? Date.now() % 1_000_000);
 t.comment(`seed ${seed}`);
 
-t.test('mirror leg: full initial sync, check, kill -9 of the appliance, re-add resyncs only dirty chunks', async (t) => {
+t.test('mirror leg: full initial sync, check, snapshot, kill -9 and a hang of the appliance, re-add resyncs only dirty chunks', async (t) => {
   if (!requireTools(t, ['qemu-system-x86_64', 'cpio', 'qemu-img', 'debugfs'])) return;
   const image = buildTestVm();
   const directory = temporaryDirectory(t);
@@ -99,6 +101,24 @@ echo "@@ appliance $reply"
 /host/reattach-leg.sh ${leg}
 echo "@@ leg-back $(cat /sys/block/md0/md/dev-nbd0/state) degraded=$(cat /sys/block/md0/md/degraded)"
 check_array second
+
+# 4b. A hung appliance (SIGSTOP): requests time out after --timeout (10 s), md fails the leg, and
+#     the host's writes go on with the local disk.
+echo "@@ stall-ready"
+read -r reply </dev/ttyS0
+started=$(cut -d' ' -f1 /proc/uptime)
+index=0
+while [ "$index" -lt 3 ]; do
+  dd if=/dev/urandom of=/mnt/stall-$index.bin bs=64k count=4 2>/dev/null
+  sync
+  echo "@@ synced-file stall-$index.bin $(sha256sum /mnt/stall-$index.bin | cut -d' ' -f1)"
+  index=$((index + 1))
+done
+echo "@@ stall-writes $(awk -v started="$started" '{ printf "%d", ($1 - started) * 1000 }' /proc/uptime)"
+echo "@@ stall-leg-state $(cat /sys/block/md0/md/dev-nbd0/state) degraded=$(cat /sys/block/md0/md/degraded)"
+read -r reply </dev/ttyS0
+/host/reattach-leg.sh ${leg}
+check_array third
 print_files /mnt final
 umount /mnt
 /host/detach.sh --device /dev/nbd0 --array /dev/md0
@@ -147,16 +167,31 @@ dmesg | grep -E ' (md|nbd|raid1)' | tail -n 30
   t.match(legState.values.join(' '), /(faulty|removed).*degraded=1/, 'md failed the leg and carried on degraded');
   vm.send('restarted');
 
+  // 4. Hang the appliance (SIGSTOP) while the guest writes; resume it once md has failed the leg.
+  await vm.waitForMarker('stall-ready', 180_000);
+  appliance.child.kill('SIGSTOP');
+  vm.send('stopped');
+  const stallWrites = await vm.waitForMarker('stall-writes', 120_000);
+  const stallLegState = await vm.waitForMarker('stall-leg-state');
+  appliance.child.kill('SIGCONT');
+  vm.send('resumed');
+  const stallMs = Number(stallWrites.values[0]);
+  t.ok(stallMs >= 8_000 && stallMs < 40_000, `the host's writes waited for the 10 s timeout, then went on (${stallMs} ms)`);
+  t.match(stallLegState.values.join(' '), /faulty.*degraded=1/, 'md failed the hung leg');
+
   const result = await vm.finished;
   t.equal(result.scriptStatus, 0, `guest script (${vm.accelerator}, boot ${result.bootMs} ms, run ${result.durationMs} ms)`, {
     tail: result.scriptStatus === 0 ? undefined : result.tail,
   });
   t.comment(`VM (${vm.accelerator}): boot ${result.bootMs} ms, whole run ${result.durationMs} ms`);
-  const resyncLine = vm.lines.find((line) => line.includes('reattach-leg: resync done'));
-  const resynced = Number(/wrote (\d+) bytes/.exec(resyncLine ?? '')?.[1] ?? NaN);
-  t.ok(resynced > 0 && resynced < arrayBytes / 4, `re-add resynced ${resynced} bytes of ${arrayBytes}: only bitmap-dirty chunks`);
+  const resyncedBytes = vm.lines
+    .filter((line) => line.includes('reattach-leg: resync done'))
+    .map((line) => Number(/wrote (\d+) bytes/.exec(line)?.[1] ?? NaN));
+  t.equal(resyncedBytes.length, 2, 'two re-adds: after the kill and after the hang');
+  for (const bytes of resyncedBytes) t.ok(bytes > 0 && bytes < arrayBytes / 4, `re-add resynced ${bytes} bytes of ${arrayBytes}: only bitmap-dirty chunks`);
   t.match(vm.markers('leg-back')[0]?.values.join(' '), /in_sync.*write_mostly.*degraded=0|write_mostly.*in_sync.*degraded=0/, 'the leg is back, in sync, write-mostly');
   t.same(vm.markers('mismatch')[1]?.values, ['second', '0'], 'md check after the re-add: no mismatch');
+  t.same(vm.markers('mismatch')[2]?.values, ['third', '0'], 'md check after the re-add that followed the hang: no mismatch');
 
   t.same(fileMarkers(vm.markers('snapshot-live')), expected, 'the snapshot, mounted while the mirror runs, holds the first files');
   t.same(fileMarkers(vm.markers('snapshot-stopped')), expected, 'and so it does assembled as a read-only, degraded array');
@@ -164,7 +199,7 @@ dmesg | grep -E ' (md|nbd|raid1)' | tail -n 30
 
   // 4. The appliance's copy of the leg's data area holds every file the guest synced.
   const synchronizedFiles = fileMarkers(vm.markers('synced-file'));
-  t.ok(Object.keys(synchronizedFiles).length >= 10, 'files were written through the fault');
+  t.ok(Object.keys(synchronizedFiles).length >= 15, 'files were written through both faults');
   t.same(fileMarkers(vm.markers('file')), expected, 'the guest read back the first files');
   const final = fileMarkers(vm.markers('final'));
   t.same(final, { ...expected, ...synchronizedFiles }, 'the guest reads every synced file intact after the re-add');
