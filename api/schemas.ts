@@ -73,7 +73,10 @@ export const exportSchema = {
     uri: { type: 'string' },
     clients: {
       type: 'array',
-      items: { type: 'object', properties: { connection: { type: 'integer' }, remote: { type: 'string' } } },
+      items: {
+        type: 'object',
+        properties: { connection: { type: 'integer' }, remote: { type: 'string' }, tls: { type: 'boolean' }, certificate: { type: ['string', 'null'] } },
+      },
     },
     allow: { type: 'array', items: { type: 'string' }, description: 'clients allowed over NBD; empty: all' },
     tlsOnly: { type: 'boolean', description: 'clients must start TLS first' },

@@ -59,7 +59,7 @@ export interface ExportSummary {
   writable: boolean;
   description: string;
   uri: string;
-  clients: Array<{ connection: number; remote: string }>;
+  clients: Array<{ connection: number; remote: string; tls: boolean; certificate: string | null }>;
   allow: string[];
   tlsOnly: boolean;
 }
@@ -203,7 +203,7 @@ export class ExportManager {
     const entry = this.table.lookup(name);
     if (entry === undefined || name === '') return undefined;
     const definition = this.definitions.get(name);
-    const clients = this.nbd.connectionsOf(name).map((connection) => ({ connection: connection.id, remote: connection.remote }));
+    const clients = this.nbd.connectionsOf(name).map((connection) => ({ connection: connection.id, remote: connection.remote, ...connection.security }));
     return {
       name,
       volume: definition?.volume ?? name,

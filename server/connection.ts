@@ -76,6 +76,11 @@ export class Connection implements ReplySink {
     return this.entry?.name ?? null;
   }
 
+  /** Whether the client runs TLS, and the name of its verified certificate. */
+  get security(): { tls: boolean; certificate: string | null } {
+    return { tls: this.socket !== this.rawSocket, certificate: this.certificateName };
+  }
+
   start(): void {
     const socket = this.socket;
     if (typeof socket.setNoDelay === 'function') socket.setNoDelay(true);

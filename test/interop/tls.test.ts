@@ -270,6 +270,10 @@ t.test('required mode: nbdinfo and qemu over TLS, plaintext clients refused, bad
   before.send(serializeGoOption('vol0'));
   const infoReply = await before.next();
   t.ok(infoReply?.kind === 'optionReply' && infoReply.replyType === OptionReplyType.INFO, 'GO over TLS succeeds');
+  for (let reply = await before.next(); reply?.kind === 'optionReply' && reply.replyType !== OptionReplyType.ACK; reply = await before.next());
+  const token = fs.readFileSync(path.join(appliance.dataDirectory, 'api-token'), 'utf8').trim();
+  const attached = (await (await fetch(`${appliance.httpBase}/api/v1/exports`, { headers: { authorization: `Bearer ${token}` } })).json()) as { exports: Array<{ uri: string; clients: unknown[] }> };
+  t.match(attached.exports[0]?.clients, [{ tls: true, certificate: 'alice' }], 'the API shows the attached client runs TLS, with its certificate name');
   before.close();
 
   const exportName = await RawClient.open(appliance.nbdPort);
@@ -292,7 +296,6 @@ t.test('required mode: nbdinfo and qemu over TLS, plaintext clients refused, bad
   uncertified.send(serializeGoOption('vol0'));
   t.equal(await uncertified.replyType(), 'closed', 'no client certificate with --tls-verify-clients: dropped');
 
-  const token = fs.readFileSync(path.join(appliance.dataDirectory, 'api-token'), 'utf8').trim();
   const exported = (await (await fetch(`${appliance.httpBase}/api/v1/exports`, { headers: { authorization: `Bearer ${token}` } })).json()) as { exports: Array<{ uri: string }> };
   t.equal(exported.exports[0]?.uri, `nbds://127.0.0.1:${appliance.nbdPort}/vol0`, 'export URIs say nbds:// when TLS is required');
   t.ok(await logEntry(appliance, (entry) => entry.msg === 'cdp-nbd is serving' && entry.tls === 'required' && typeof entry.tlsCertificateValidTo === 'string'), 'the start-up log names the mode and when the certificate expires');
