@@ -10,7 +10,7 @@
 
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
-import { startAppliance } from '../support/appliance.js';
+import { startAppliance, type Appliance } from '../support/appliance.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 import { requireTools } from '../support/tools.js';
 import { bootVm, buildTestVm, type VmRun } from '../support/vm.js';
@@ -19,14 +19,19 @@ import { api, checksums, guestFunctions, copyExport, fileMarkers, imageChecksums
 const seed = Number(process.env.VM_TEST_SEED ?? Date.now() % 1_000_000);
 t.comment(`seed ${seed}`);
 
-/** Fails the test with the console's tail unless the guest script exited 0. */
-async function expectCleanExit(t: Test, vm: VmRun): Promise<void> {
+/**
+ * Fails the test with the console's tail unless the guest script exited 0, the kernel logged no
+ * I/O error, and the appliance logged no warning (a dropped connection, a protocol violation).
+ */
+async function expectCleanExit(t: Test, vm: VmRun, appliance: Appliance): Promise<void> {
   const result = await vm.finished;
   t.equal(result.scriptStatus, 0, `guest script exit status (${vm.accelerator}, boot ${result.bootMs} ms, run ${result.durationMs} ms)`, {
     tail: result.scriptStatus === 0 ? undefined : result.tail,
   });
   t.comment(`VM (${vm.accelerator}): boot ${result.bootMs} ms, whole run ${result.durationMs} ms`);
   t.equal(vm.markers('io-errors')[0]?.values[0], '0', 'the kernel saw no I/O error from the appliance');
+  const warnings = appliance.logEntries().filter((entry) => typeof entry.level === 'number' && entry.level >= 40);
+  t.same(warnings, [], 'the appliance logged no warning or error');
 }
 
 t.test('attach, mkfs.ext4, write files, sync, detach: the appliance holds the files', async (t) => {
@@ -54,7 +59,7 @@ echo "@@ detached"
 io_errors
 `,
   });
-  await expectCleanExit(t, vm);
+  await expectCleanExit(t, vm, appliance);
   t.equal(Number(vm.markers('size')[0]?.values[0]), 64 * MiB, 'the kernel sees the volume size');
   t.same(fileMarkers(vm.markers('file')), expected, 'the guest read back what it wrote');
   t.equal(vm.markers('detached').length, 1, 'nbd-client -d detached');
@@ -99,7 +104,7 @@ io_errors
   const live = (listed.json.exports as Array<{ name: string; clients: unknown[] }>).find((entry) => entry.name === 'vol0');
   t.equal(live?.clients.length, 4, 'the appliance counts four connections of the kernel client');
   vm.send('counted');
-  await expectCleanExit(t, vm);
+  await expectCleanExit(t, vm, appliance);
 
   const expected = sha256(pattern);
   const regions = vm.markers('region');
@@ -162,7 +167,7 @@ io_errors
   const created = await api(appliance, 'POST', '/api/v1/exports', { volume: 'vol0', snapshot: 'round-one' });
   t.equal(created.status, 201, 'its export created over the API', { response: created.json });
   vm.send(String(created.json.name));
-  await expectCleanExit(t, vm);
+  await expectCleanExit(t, vm, appliance);
 
   t.same(fileMarkers(vm.markers('live')), expectedTwo, 'the live volume holds round two');
   t.same(fileMarkers(vm.markers('snapshot')), expectedOne, 'the snapshot holds exactly round one');
