@@ -10,9 +10,9 @@
 
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
-import { startAppliance, type Appliance } from '../support/appliance.js';
+import { cliPath, startAppliance, type Appliance } from '../support/appliance.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
-import { requireTools } from '../support/tools.js';
+import { requireTools, run } from '../support/tools.js';
 import { bootVm, buildTestVm, type VmRun } from '../support/vm.js';
 import { api, checksums, guestFunctions, copyExport, fileMarkers, imageChecksums, imageRootNames, MiB, seededFiles, sha256 } from './common.js';
 
@@ -63,6 +63,19 @@ io_errors
   t.equal(Number(vm.markers('size')[0]?.values[0]), 64 * MiB, 'the kernel sees the volume size');
   t.same(fileMarkers(vm.markers('file')), expected, 'the guest read back what it wrote');
   t.equal(vm.markers('detached').length, 1, 'nbd-client -d detached');
+
+  // What the kernel sent, from the volume's write log: mkfs's TRIM of the whole device, and the
+  // request sizes (for the record: the kernel splits writes at max_sectors_kb).
+  const inspect = await run(process.execPath, [cliPath, 'log', 'inspect', '--volume', 'vol0', '--data', appliance.dataDirectory, '--json']);
+  t.equal(inspect.code, 0, 'log inspect reads the log', { stderr: inspect.stderr });
+  const records = inspect.stdout
+    .split('\n')
+    .filter((line) => line.startsWith('{'))
+    .map((line) => JSON.parse(line) as { kind: string; offsetBytes: number; lengthBytes: number });
+  t.ok(records.some((record) => record.kind === 'trim' && record.offsetBytes === 0 && record.lengthBytes === 64 * MiB), 'mkfs trimmed the whole device in one request');
+  const writeSizes = new Map<number, number>();
+  for (const record of records) if (record.kind === 'data') writeSizes.set(record.lengthBytes, (writeSizes.get(record.lengthBytes) ?? 0) + 1);
+  t.comment(`kernel writes by size (bytes: count): ${[...writeSizes].sort((a, b) => b[1] - a[1]).slice(0, 6).map(([size, count]) => `${size}: ${count}`).join(', ')}`);
 
   const imagePath = `${directory}/copy.img`;
   await copyExport(appliance, 'vol0', imagePath);
