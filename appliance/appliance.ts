@@ -59,6 +59,7 @@ export class Appliance {
         micros: nowMicros(),
       });
     });
+    this.nbd.onAccessRefused((notice) => this.events.emit({ type: 'access-refused', ...notice, micros: nowMicros() }));
   }
 
   /** Open the data folder (making the default volume on first start), every volume, every export. */

@@ -12,6 +12,8 @@ export type ApplianceEvent =
   | { type: 'export-deleted'; name: string; micros: number }
   | { type: 'client-connected'; export: string; connection: number; remote: string; micros: number }
   | { type: 'client-disconnected'; export: string; connection: number; remote: string; micros: number }
+  /** An export's allowlist turned a client away (server/access.ts). */
+  | { type: 'access-refused'; export: string; connection: number; remote: string; certificate: string | null; reason: string; micros: number }
   | { type: 'job-started'; id: string; kind: string; volume: string; micros: number }
   | {
       type: 'job-progress';

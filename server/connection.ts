@@ -22,9 +22,19 @@ export interface ConnectionHooks {
   closed(connection: Connection): void;
   /** For the security counters: a TLS handshake ended, or an allowlist turned the client away. */
   security(event: SecurityEvent): void;
+  /** An allowlist turned this client away from an export (already logged). */
+  refused(notice: AccessRefusedNotice): void;
 }
 
 export type SecurityEvent = 'tlsStarted' | 'tlsFailed' | 'accessRefused';
+
+export interface AccessRefusedNotice {
+  export: string;
+  connection: number;
+  remote: string;
+  certificate: string | null;
+  reason: string;
+}
 
 export class Connection implements ReplySink {
   readonly id: number;
@@ -238,6 +248,7 @@ export class Connection implements ReplySink {
     if (refusal.kind === 'access') {
       this.log.warn(fields, 'access refused');
       this.hooks.security('accessRefused');
+      this.hooks.refused({ export: refusal.export, connection: this.id, remote: this.remote, certificate: this.certificateName, reason: refusal.reason });
     } else {
       this.log.info(fields, 'export needs TLS');
     }

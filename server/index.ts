@@ -6,4 +6,4 @@ export { serverLimits } from './limits.js';
 export { accessAllows, accessLimits, openAccessPolicy, parseAccessPolicy, type AccessPolicy, type ClientIdentity } from './access.js';
 export { loadServerTls, tlsModes, tlsOff, type ServerTls, type TlsFiles, type TlsMode } from './tls.js';
 export { silentLogger, type Logger } from './logger.js';
-export type { Connection } from './connection.js';
+export type { AccessRefusedNotice, Connection } from './connection.js';

@@ -3,7 +3,7 @@
 
 import fs from 'node:fs';
 import net from 'node:net';
-import { Connection, type SecurityEvent } from './connection.js';
+import { Connection, type AccessRefusedNotice, type SecurityEvent } from './connection.js';
 import type { ExportEntry, ExportTable } from './exports.js';
 import { assertServerLimits, serverLimits } from './limits.js';
 import { silentLogger, type Logger } from './logger.js';
@@ -29,6 +29,7 @@ export class NbdServer {
   readonly securityCounts: Record<SecurityEvent, number> = { tlsStarted: 0, tlsFailed: 0, accessRefused: 0 };
   private stopping = false;
   private readonly attachListeners: Array<(entry: ExportEntry, connection: Connection, attached: boolean) => void> = [];
+  private readonly refusalListeners: Array<(notice: AccessRefusedNotice) => void> = [];
 
   constructor(options: NbdServerOptions) {
     assertServerLimits();
@@ -65,6 +66,11 @@ export class NbdServer {
   /** Be told when clients attach to or leave an export. */
   onAttachChange(listener: (entry: ExportEntry, connection: Connection, attached: boolean) => void): void {
     this.attachListeners.push(listener);
+  }
+
+  /** Be told when an export's allowlist turns a client away. */
+  onAccessRefused(listener: (notice: AccessRefusedNotice) => void): void {
+    this.refusalListeners.push(listener);
   }
 
   connectionsOf(exportName: string): Connection[] {
@@ -106,6 +112,9 @@ export class NbdServer {
       },
       security: (event) => {
         this.securityCounts[event]++;
+      },
+      refused: (notice) => {
+        for (const listener of this.refusalListeners) listener(notice);
       },
     }, this.tls);
     this.connections.add(connection);

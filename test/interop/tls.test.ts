@@ -12,6 +12,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
+import WebSocket from 'ws';
 import {
   ClientFlag,
   ClientParser,
@@ -326,6 +327,12 @@ t.test('selective mode: TLS-only exports, allowlists by certificate name, addres
   const alice = path.join(certificates, 'clients/alice');
   const bob = path.join(certificates, 'clients/bob');
   t.ok(await logEntry(appliance, (entry) => entry.msg === 'an access policy names a volume that does not exist (yet)' && entry.volume === 'vol2'), 'a policy for a missing volume is reported');
+  const token = fs.readFileSync(path.join(dataDirectory, 'api-token'), 'utf8').trim();
+  const events: Array<Record<string, unknown>> = [];
+  const eventSocket = new WebSocket(`${appliance.httpBase.replace(/^http/, 'ws')}/api/v1/events?token=${encodeURIComponent(token)}`);
+  eventSocket.on('message', (data) => events.push(JSON.parse(String(data)) as Record<string, unknown>));
+  await new Promise((resolve, reject) => eventSocket.once('open', resolve).once('error', reject));
+  t.teardown(() => eventSocket.close());
 
   const refused = await nbdinfoRefused(appliance.uri('vol0'));
   t.not(refused.code, 0, 'a plaintext TCP client is not on vol0\'s allowlist');
@@ -333,6 +340,8 @@ t.test('selective mode: TLS-only exports, allowlists by certificate name, addres
   const refusal = await logEntry(appliance, (entry) => entry.msg === 'access refused' && entry.export === 'vol0');
   t.ok(refusal, 'the refusal is logged');
   t.match(String(refusal?.reason), /127\.0\.0\.1/, 'with the client address');
+  for (let attempt = 0; attempt < 50 && !events.some((event) => event.type === 'access-refused'); attempt++) await new Promise((resolve) => setTimeout(resolve, 40));
+  t.match(events.find((event) => event.type === 'access-refused'), { export: 'vol0', remote: /^127\.0\.0\.1:/, certificate: null, reason: /does not allow/ }, 'and sent to the events websocket');
   const viaUnix = await run('nbdinfo', ['--size', appliance.unixUri('vol0')]);
   t.equal(viaUnix.stdout.trim(), String(64 * 1024 * 1024), 'the unix rule lets local socket clients in');
   const asAlice = await run('nbdinfo', ['--size', nbds(appliance, 'vol0', alice)]);
@@ -376,7 +385,6 @@ t.test('selective mode: TLS-only exports, allowlists by certificate name, addres
   t.equal(await raw.replyType(), 'closed', 'EXPORT_NAME on a refused export: the server hangs up');
 
   // A view export with an allowlist of its own, through the API, kept in exports.json.
-  const token = fs.readFileSync(path.join(dataDirectory, 'api-token'), 'utf8').trim();
   const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
   const snapshot = await fetch(`${appliance.httpBase}/api/v1/volumes/vol1/snapshots`, { method: 'POST', headers, body: JSON.stringify({ name: 'before' }) });
   t.equal(snapshot.status, 201, await snapshot.text());
