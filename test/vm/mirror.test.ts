@@ -4,7 +4,7 @@
 //      initial full sync copies every block of the array to the appliance; write-behind is active.
 //   2. mkfs.ext4 and files on the mirror; md `check` finds mismatch_cnt 0; the appliance's copy
 //      of the leg's data area (read on this machine) holds the files.
-//   3. A snapshot taken over the API while the guest holds the file system frozen, mounted
+//   3. A snapshot taken from the guest with snapshot.sh (file system frozen, leg idle), mounted
 //      read-only with attach-point-in-time.sh while the mirror runs (a read-only loop device over
 //      the leg's data area) and, at the end, with the mirror stopped (a read-only degraded array).
 //   4. Faults: the test kills the appliance with kill -9 while the guest writes and syncs files,
@@ -34,6 +34,8 @@ t.test('mirror leg: full initial sync, check, snapshot, kill -9 and a hang of th
   const dataDirectory = `${directory}/data`;
   let appliance = await startAppliance(t, { dataDirectory, volumeSize: '64M' });
   const nbdPort = appliance.nbdPort;
+  const httpPort = new URL(appliance.httpBase).port;
+  const apiToken = fs.readFileSync(`${dataDirectory}/api-token`, 'utf8').trim();
   const arrayBytesMax = 64 * MiB;
   const files = seededFiles(seed, { 'first.bin': 2 * MiB + 7, 'second.bin': 1 * MiB, 'note.txt': 1000 });
   const expected = checksums(files);
@@ -41,7 +43,7 @@ t.test('mirror leg: full initial sync, check, snapshot, kill -9 and a hang of th
 
   const vm = bootVm(t, image, {
     disks: [{ path: `${directory}/local.img`, sizeBytes: arrayBytesMax }],
-    files: Object.fromEntries(Object.entries(files).map(([name, content]) => [`data/${name}`, content])),
+    files: { ...Object.fromEntries(Object.entries(files).map(([name, content]) => [`data/${name}`, content])), 'api-token': apiToken },
     timeoutMs: 300_000,
     script: `
 ${guestFunctions}
@@ -74,13 +76,12 @@ check_array first
 print_files /mnt file
 io_errors
 
-# A point in time of the mirror, inspected while the mirror runs (its data area through a loop
-# device: mdadm will not assemble a second copy of an active array).
-fsfreeze --freeze /mnt
-until awk '{ exit !($1 == 0 && $2 == 0) }' /sys/block/nbd0/inflight; do sleep 0.1; done
-echo "@@ frozen"
+# A snapshot from the host (snapshot.sh: freeze, wait for the leg to be idle, the API, thaw),
+# inspected while the mirror runs (its data area through a loop device: mdadm will not assemble
+# a second copy of an active array).
+/host/snapshot.sh --api http://10.0.2.2:${httpPort} --token-file /test/api-token --volume vol0 --name mirrored --freeze /mnt
+echo "@@ snapshotted"
 read -r snapshot_export </dev/ttyS0
-fsfreeze --unfreeze /mnt
 /host/attach-point-in-time.sh --host 10.0.2.2 --port ${nbdPort} --export "$snapshot_export" --mountpoint /snapshot --device /dev/nbd1
 print_files /snapshot snapshot-live
 /host/detach.sh --device /dev/nbd1 --mountpoint /snapshot
@@ -148,9 +149,11 @@ dmesg | grep -E ' (md|nbd|raid1)' | tail -n 30
   t.same(first.values, ['first', '0'], 'md check after the initial sync and the writes: no mismatch');
   t.equal((await vm.waitForMarker('io-errors')).values[0], '0', 'no I/O error on the leg before the fault');
 
-  // 2. A snapshot of the mirror, taken while the guest holds the file system frozen.
-  await vm.waitForMarker('frozen');
-  t.equal((await api(appliance, 'POST', '/api/v1/volumes/vol0/snapshots', { name: 'mirrored' })).status, 201, 'snapshot taken');
+  // 2. A snapshot of the mirror, taken by the guest with snapshot.sh; the test exports it.
+  await vm.waitForMarker('snapshotted');
+  const snapshots = await api(appliance, 'GET', '/api/v1/volumes/vol0/snapshots');
+  t.match(JSON.stringify(snapshots.json), /"name":"mirrored"/, 'snapshot.sh took the snapshot through the API');
+  t.ok(vm.lines.some((line) => line.includes('snapshot: thawed /mnt')), 'and thawed the file system');
   const created = await api(appliance, 'POST', '/api/v1/exports', { volume: 'vol0', snapshot: 'mirrored' });
   t.equal(created.status, 201, 'snapshot exported', { response: created.json });
   vm.send(String(created.json.name));
