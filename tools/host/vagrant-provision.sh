@@ -11,10 +11,14 @@ case "${1:-}" in --help|-h) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 host=${CDP_NBD_HOST:?set CDP_NBD_HOST}
 port=${CDP_NBD_PORT:-10809}
 volume=${CDP_NBD_VOLUME:-vol0}
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends nbd-client mdadm curl e2fsprogs
-echo nbd >/etc/modules-load.d/nbd.conf
+missing=""
+for tool in nbd-client mdadm curl mkfs.ext4; do command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"; done
+if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends nbd-client mdadm curl e2fsprogs
+fi
+[ -d /etc/modules-load.d ] && echo nbd >/etc/modules-load.d/nbd.conf
 
 if [ -b /dev/md0 ] && [ -e /sys/block/md0/md/level ]; then
   log "/dev/md0 exists already: use reattach-leg.sh to put the leg back"

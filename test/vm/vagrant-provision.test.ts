@@ -1,0 +1,51 @@
+// The Vagrantfile's provisioning script (tools/host/vagrant-provision.sh) in the tiny test VM, with
+// the settings the Vagrantfile passes: it finds the empty spare disk (the second one; the first
+// stands for the system disk), makes /dev/md0 a mirror of it and the appliance's volume with the
+// leg write-mostly in the first slot, and mounts an ext4 file system on /srv/protected. A second
+// run leaves the mirror alone.
+
+import t from 'tap';
+import { startAppliance } from '../support/appliance.js';
+import { temporaryDirectory } from '../support/temporary-directory.js';
+import { requireTools } from '../support/tools.js';
+import { bootVm, buildTestVm } from '../support/vm.js';
+import { MiB } from './common.js';
+
+t.test('vagrant-provision.sh makes the mirror of the spare disk and the volume, and mounts it', async (t) => {
+  if (!requireTools(t, ['qemu-system-x86_64', 'cpio'])) return;
+  const image = buildTestVm();
+  const directory = temporaryDirectory(t);
+  const appliance = await startAppliance(t, { dataDirectory: `${directory}/data`, volumeSize: '64M' });
+  const vm = bootVm(t, image, {
+    disks: [
+      { path: `${directory}/system.img`, sizeBytes: 16 * MiB },
+      { path: `${directory}/spare.img`, sizeBytes: 64 * MiB },
+    ],
+    script: `
+mkfs.ext4 -q -F /dev/vda
+export CDP_NBD_HOST=10.0.2.2 CDP_NBD_PORT=${appliance.nbdPort} CDP_NBD_VOLUME=vol0
+sh /host/vagrant-provision.sh
+echo "@@ mounted $(awk '$2 == "/srv/protected" { print $1, $3 }' /proc/mounts)"
+echo "@@ members $(ls /sys/block/md0/md | grep '^dev-' | sort | tr '\\n' ' ')"
+echo "@@ leg $(cat /sys/block/md0/md/dev-nbd0/slot) $(cat /sys/block/md0/md/dev-nbd0/state)"
+echo hello >/srv/protected/hello
+sync
+sh /host/vagrant-provision.sh
+echo "@@ second-run $?"
+cat /srv/protected/hello
+umount /srv/protected
+/host/detach.sh --device /dev/nbd0 --array /dev/md0
+mdadm --stop /dev/md0
+`,
+  });
+  const result = await vm.finished;
+  t.equal(result.scriptStatus, 0, `guest script (${vm.accelerator}, boot ${result.bootMs} ms, run ${result.durationMs} ms)`, {
+    tail: result.scriptStatus === 0 ? undefined : result.tail,
+  });
+  t.same(vm.markers('mounted')[0]?.values, ['/dev/md0', 'ext4'], '/srv/protected is ext4 on /dev/md0');
+  t.same(vm.markers('members')[0]?.values, ['dev-nbd0', 'dev-vdb'], 'the mirror is the spare disk and the leg, not the system disk');
+  t.same(vm.markers('leg')[0]?.values, ['0', 'in_sync,write_mostly'], 'the leg is in the first slot, in sync, write-mostly');
+  t.ok(vm.lines.some((line) => line.includes('attach-leg: write-behind: active=yes')), 'write-behind is active');
+  t.ok(vm.lines.some((line) => line.includes('/dev/md0 exists already')), 'a second run leaves the mirror alone');
+  t.equal(vm.markers('second-run')[0]?.values[0], '0', 'and succeeds');
+});
