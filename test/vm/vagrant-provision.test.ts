@@ -31,6 +31,7 @@ sh /host/vagrant-provision.sh
 echo "@@ mounted $(awk '$2 == "/srv/protected" { print $1, $3 }' /proc/mounts)"
 echo "@@ members $(ls /sys/block/md0/md | grep '^dev-' | sort | tr '\\n' ' ')"
 echo "@@ leg $(cat /sys/block/md0/md/dev-nbd0/slot) $(cat /sys/block/md0/md/dev-nbd0/state)"
+echo "@@ boot-config $(grep -c '^ARRAY /dev/md0' /etc/mdadm/mdadm.conf) $(grep -c ' /srv/protected ext4 defaults,nofail' /etc/fstab)"
 echo hello >/srv/protected/hello
 sync
 sh /host/vagrant-provision.sh
@@ -62,6 +63,7 @@ mdadm --stop /dev/md0
   t.same(vm.markers('members')[0]?.values, ['dev-nbd0', 'dev-vdb'], 'the mirror is the spare disk and the leg, not the system disk');
   t.same(vm.markers('leg')[0]?.values, ['0', 'in_sync,write_mostly'], 'the leg is in the first slot, in sync, write-mostly');
   t.ok(vm.lines.some((line) => line.includes('attach-leg: write-behind: active=yes')), 'write-behind is active');
+  t.same(vm.markers('boot-config')[0]?.values, ['1', '1'], 'mdadm.conf names the array and fstab mounts it with nofail');
   t.ok(vm.lines.some((line) => line.includes('/dev/md0 exists already')), 'a second run leaves the mirror alone');
   t.equal(vm.markers('second-run')[0]?.values[0], '0', 'and succeeds');
   t.same(vm.markers('degraded')[0]?.values, ['1'], 'after the "reboot" md runs on the local disk alone');

@@ -35,7 +35,13 @@ for candidate in /dev/sdb /dev/vdb; do
 done
 [ -n "$spare" ] || fail "no empty spare disk (/dev/sdb or /dev/vdb)"
 "$(dirname "$0")/attach-leg.sh" --host "$host" --port "$port" --volume "$volume" --create /dev/md0 --local-disk "$spare" --device /dev/nbd0
+# Assembled under the same name at boot (from the local disk alone until reattach-leg.sh).
+if [ -d /etc/mdadm ] && ! grep -q "$(mdadm --detail --brief /dev/md0 | awk '{ print $NF }')" /etc/mdadm/mdadm.conf 2>/dev/null; then
+  mdadm --detail --brief /dev/md0 >>/etc/mdadm/mdadm.conf
+  if command -v update-initramfs >/dev/null 2>&1; then update-initramfs -u >/dev/null 2>&1 || log "update-initramfs failed"; fi
+fi
 mkfs.ext4 -q /dev/md0
 mkdir -p /srv/protected
 mount /dev/md0 /srv/protected
+grep -q ' /srv/protected ' /etc/fstab 2>/dev/null || echo '/dev/md0 /srv/protected ext4 defaults,nofail 0 2' >>/etc/fstab
 log "/srv/protected is an ext4 file system on /dev/md0: $spare mirrored to $volume at $host:$port"
