@@ -161,6 +161,7 @@ export function bootVm(t: Teardown, image: TestVmImage, options: VmOptions): VmR
       }
     }
   };
+  child.stdin.on('error', () => {}); // a line sent after power-off: nobody reads it, no harm
   child.stdout.on('data', onText);
   child.stderr.on('data', (chunk: Buffer) => lines.push(`qemu: ${chunk.toString('utf8').trimEnd()}`));
 
@@ -171,7 +172,8 @@ export function bootVm(t: Teardown, image: TestVmImage, options: VmOptions): VmR
     child.kill('SIGKILL');
   }, timeoutMs);
   const finished = new Promise<VmResult>((resolve) => {
-    child.once('exit', (code) => {
+    child.once('error', (error) => lines.push(`qemu did not start: ${error.message}`));
+    child.once('close', (code) => {
       clearTimeout(timer);
       const exit = markers.find((marker) => marker.key === 'exit');
       resolve({
