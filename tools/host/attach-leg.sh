@@ -111,9 +111,12 @@ log "adding $device to $array, write-mostly"
 # device faulty at once. Added plain, it is marked write-mostly through sysfs before md writes to it.
 mdadm "$array" --add "$device" || { nbd_detach "$device"; fail "mdadm could not add $device to $array"; }
 echo writemostly >"/sys/block/$(md_name "$array")/md/dev-${device##*/}/state" || fail "cannot mark $device write-mostly"
-# md moves a new spare into a free slot from its own thread, a moment after the add.
+# md moves a new spare into a free slot (a degraded mirror has one) from its own thread, a moment
+# after the add.
 attempt=0
-while [ "$(member_slot "$array" "$device")" = none ] && [ "$attempt" -lt 10 ]; do sleep 1; attempt=$((attempt + 1)); done
+if [ "$(cat "/sys/block/$(md_name "$array")/md/degraded")" -gt 0 ]; then
+  while [ "$(member_slot "$array" "$device")" = none ] && [ "$attempt" -lt 10 ]; do sleep 1; attempt=$((attempt + 1)); done
+fi
 if [ "$(member_slot "$array" "$device")" = none ]; then
   # No free slot: the leg is a spare. Grow the mirror by one device so that it becomes active.
   devices=$(cat "/sys/block/$(md_name "$array")/md/raid_disks")
