@@ -429,6 +429,19 @@ export class DeltaMapIndex {
 
   // ---- queries ----
 
+  /**
+   * Run a query that reads both the tail and the maps again if a cut moved records from the
+   * tail into a new window while it was waiting on LevelDB: it would have seen those records in
+   * neither place (or in both). Cuts come at most every 4096 records, so a retry settles it.
+   */
+  private async consistent<T>(query: () => Promise<T>): Promise<T> {
+    for (;;) {
+      const cutsBefore = this.counters.cuts;
+      const result = await query();
+      if (this.counters.cuts === cutsBefore) return result;
+    }
+  }
+
   /** The window holding record `sequence`, or null when it is still in the tail. */
   async windowOf(sequence: number): Promise<number | null> {
     if (sequence > this.checkpoint.mappedThroughSequence) return null;
@@ -439,6 +452,10 @@ export class DeltaMapIndex {
 
   /** The last data-changing record written at or before `micros` (0 if none). */
   async sequenceAt(micros: number): Promise<number> {
+    return this.consistent(() => this.sequenceAtOnce(micros));
+  }
+
+  private async sequenceAtOnce(micros: number): Promise<number> {
     const tailRecords = this.tail.records;
     if (tailRecords.length > 0 && tailRecords[0]!.micros <= micros) {
       return lastAtOrBefore(tailRecords, micros)!.source.sequence;
@@ -454,6 +471,10 @@ export class DeltaMapIndex {
 
   /** Time of the last data-changing record at or before `sequence` (0 if none). */
   async microsOf(sequence: number): Promise<number> {
+    return this.consistent(() => this.microsOfOnce(sequence));
+  }
+
+  private async microsOfOnce(sequence: number): Promise<number> {
     const window = await this.windowOf(sequence);
     const records = window === null ? this.tail.records : await this.windowRecords(window);
     let micros = 0;
@@ -473,6 +494,10 @@ export class DeltaMapIndex {
 
   /** The plan to read the volume as of record `sequence`. */
   async planAt(sequence: number): Promise<InstantPlan> {
+    return this.consistent(() => this.planAtOnce(sequence));
+  }
+
+  private async planAtOnce(sequence: number): Promise<InstantPlan> {
     const window = await this.windowOf(sequence);
     if (window === null) {
       const upTo = this.tail.records.filter((record) => record.source.sequence <= sequence);
@@ -553,6 +578,10 @@ export class DeltaMapIndex {
 
   /** Byte ranges of [startBytes, endBytes) written by records in (fromSequence, toSequence]. */
   async changedBetween(fromSequence: number, toSequence: number, startBytes: number, endBytes: number): Promise<Array<[number, number]>> {
+    return this.consistent(() => this.changedBetweenOnce(fromSequence, toSequence, startBytes, endBytes));
+  }
+
+  private async changedBetweenOnce(fromSequence: number, toSequence: number, startBytes: number, endBytes: number): Promise<Array<[number, number]>> {
     if (toSequence <= fromSequence) return [];
     const ranges: Array<[number, number]> = [];
     const addRecords = (records: readonly WindowRecord[]): void => {
