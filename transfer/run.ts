@@ -1,7 +1,7 @@
 // One resumable transfer: a plan copied (or compared) from a source to a target, with periodic
 // checkpoints and a final verification of what was written.
 //
-// Checkpoints are taken every `checkpointIntervalMs`: the watermark at that moment, then a FLUSH
+// Checkpoints are taken every `checkpointIntervalMs` (10 s): the watermark at that moment, then a FLUSH
 // of the target, then the caller saves both (the job journal). A resumed run starts at the saved
 // watermark, so nothing before it is sent again and nothing after it is skipped. The final
 // verification reads back every range written (in this run and in the runs before it, as the
@@ -51,6 +51,12 @@ export interface TransferResult {
 }
 
 const writtenRangesMax = 4096;
+/**
+ * A checkpoint FLUSHes the target, which writes its dirty pages out while the transfer goes on:
+ * every 2 s, a digest restore writing scattered 4 KiB blocks ran 6-11 s where it runs 4.3 s
+ * without; every 10 s an interrupted restore repeats at most 10 s of work.
+ */
+const checkpointIntervalMsDefault = 10_000;
 const differingRangesMax = 1000;
 
 export async function runTransfer(options: TransferOptions): Promise<TransferResult> {
@@ -71,7 +77,7 @@ export async function runTransfer(options: TransferOptions): Promise<TransferRes
   };
   const timer = setInterval(() => {
     if (checkpointing === null) checkpointing = checkpoint().finally(() => (checkpointing = null));
-  }, options.checkpointIntervalMs ?? 2000);
+  }, options.checkpointIntervalMs ?? checkpointIntervalMsDefault);
 
   let counters: CopyCounters;
   try {
