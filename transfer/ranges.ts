@@ -71,14 +71,27 @@ export class BoundedRangeSet {
     return this.ranges;
   }
 
+  /**
+   * Join across the smallest gaps until half the bound is left: one O(n log n) pass every
+   * rangeCountMax / 2 additions, instead of a scan on every addition past the bound.
+   */
   private joinClosest(): void {
-    let best = 0;
-    for (let at = 1; at < this.ranges.length - 1; at++) {
-      const gap = this.ranges[at + 1]!.startBytes - this.ranges[at]!.endBytes;
-      if (gap < this.ranges[best + 1]!.startBytes - this.ranges[best]!.endBytes) best = at;
+    const targetCount = Math.max(1, Math.floor(this.rangeCountMax / 2));
+    const gaps = this.ranges.slice(1).map((range, index) => range.startBytes - this.ranges[index]!.endBytes);
+    const threshold = [...gaps].sort((a, b) => a - b)[this.ranges.length - targetCount - 1]!;
+    let joinsLeft = this.ranges.length - targetCount;
+    const joined: ByteRange[] = [this.ranges[0]!];
+    for (let index = 1; index < this.ranges.length; index++) {
+      const range = this.ranges[index]!;
+      if (joinsLeft > 0 && gaps[index - 1]! <= threshold) {
+        joined[joined.length - 1]!.endBytes = range.endBytes;
+        joinsLeft--;
+      } else {
+        joined.push(range);
+      }
     }
-    this.ranges[best]!.endBytes = this.ranges[best + 1]!.endBytes;
-    this.ranges.splice(best + 1, 1);
+    this.ranges.length = 0;
+    this.ranges.push(...joined);
     this.widened = true;
   }
 
