@@ -13,6 +13,13 @@ export const commonErrors = {
 
 export const volumeNameParameter = { type: 'string', pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' } as const;
 export const snapshotNameParameter = { type: 'string', pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' } as const;
+/** One of these names an instant of a volume's history. */
+export const instantProperties = {
+  at: { type: ['string', 'integer'], description: 'RFC 3339 with microseconds, or Unix µs' },
+  snapshot: snapshotNameParameter,
+  sequence: { type: 'integer', minimum: 0 },
+} as const;
+
 export const exportNameParameter = { type: 'string', pattern: '^[a-z0-9][a-z0-9._@-]{0,127}$' } as const;
 
 export const snapshotSchema = {

@@ -5,7 +5,7 @@ import type { FastifyInstance } from 'fastify';
 import { formatMicros } from '../../storage/index.js';
 import type { ExportSummary } from '../../appliance/exports.js';
 import type { AppContext } from '../context.js';
-import { commonErrors, errorReference, exportNameParameter, exportSchema, snapshotNameParameter, volumeNameParameter } from '../schemas.js';
+import { commonErrors, errorReference, exportNameParameter, exportSchema, instantProperties, volumeNameParameter } from '../schemas.js';
 
 function exportJson(summary: ExportSummary) {
   return { ...summary, time: summary.micros === null ? null : formatMicros(summary.micros) };
@@ -24,9 +24,7 @@ export async function exportRoutes(app: FastifyInstance, context: AppContext): P
           additionalProperties: false,
           properties: {
             volume: volumeNameParameter,
-            at: { type: ['string', 'integer'], description: 'RFC 3339 with microseconds, or Unix µs' },
-            snapshot: snapshotNameParameter,
-            sequence: { type: 'integer', minimum: 0 },
+            ...instantProperties,
             writable: { type: 'boolean', default: false, description: 'a clone: writes go to an overlay of its own' },
             name: exportNameParameter,
             allow: {

@@ -8,16 +8,10 @@ import { formatMicros } from '../../storage/index.js';
 import type { Job, RestoreRequest, SeedRequest, VerifyRequest } from '../../appliance/jobs.js';
 import { ApplianceError } from '../../appliance/errors.js';
 import type { AppContext } from '../context.js';
-import { commonErrors, errorReference, snapshotNameParameter, volumeNameParameter } from '../schemas.js';
+import { commonErrors, errorReference, instantProperties, volumeNameParameter } from '../schemas.js';
 
 const jobIdParameter = { type: 'string', pattern: '^[a-z]+-[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$' } as const;
 const endpointText = { type: 'string', minLength: 1, maxLength: 4096, description: 'nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, an absolute path of a block device or file' } as const;
-const instantProperties = {
-  at: { type: ['string', 'integer'], description: 'RFC 3339 with microseconds, or Unix µs' },
-  snapshot: snapshotNameParameter,
-  sequence: { type: 'integer', minimum: 0 },
-} as const;
-
 const jobSchema = {
   type: 'object',
   required: ['id', 'kind', 'state', 'volume', 'progress'],
@@ -71,6 +65,9 @@ function jobJson(job: Job) {
   };
 }
 
+/** What starting a job answers: the job (202 running, or 200 finished with ?wait=true) or why not. */
+const startResponses = { 200: jobSchema, 202: jobSchema, 404: errorReference, 409: errorReference, ...commonErrors } as const;
+
 const waitQuery = {
   type: 'object',
   additionalProperties: false,
@@ -123,7 +120,7 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
             verify: { type: 'boolean', default: true, description: 'read back and compare what was written' },
           },
         },
-        response: { 200: jobSchema, 202: jobSchema, 404: errorReference, 409: errorReference, ...commonErrors },
+        response: startResponses,
       },
     },
     async (request, reply) => {
@@ -145,7 +142,7 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
           additionalProperties: false,
           properties: { volume: volumeNameParameter, against: endpointText, ...instantProperties },
         },
-        response: { 200: jobSchema, 202: jobSchema, 404: errorReference, 409: errorReference, ...commonErrors },
+        response: startResponses,
       },
     },
     async (request, reply) => {
@@ -172,7 +169,7 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
             force: { type: 'boolean', description: 'even with clients attached to the live export' },
           },
         },
-        response: { 200: jobSchema, 202: jobSchema, 404: errorReference, 409: errorReference, ...commonErrors },
+        response: startResponses,
       },
     },
     async (request, reply) => {

@@ -21,16 +21,8 @@ print_files() { for f in "$1"/*; do [ -f "$f" ] && echo "@@ $2 \${f##*/} $(sha25
 io_errors() { echo "@@ io-errors $(dmesg | grep -c 'I/O error' || true)"; }
 `;
 
-export async function api(appliance: Appliance, method: string, route: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
-  const token = fs.readFileSync(`${appliance.dataDirectory}/api-token`, 'utf8').trim();
-  const response = await fetch(`${appliance.httpBase}${route}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-  });
-  const text = await response.text();
-  return { status: response.status, json: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>) };
-}
+/** The appliance's REST API with its token (the shared test helper). */
+export { apiRequest as api } from '../support/api.js';
 
 export function sha256(content: Buffer): string {
   return crypto.createHash('sha256').update(content).digest('hex');
