@@ -58,6 +58,9 @@ const compareBlockBytes = 4096;
 /** ...joined into one write across equal gaps of up to this. */
 const joinGapBytes = 16 * 1024;
 
+/** How far ahead the source is told what will be read (a view resolves its extents at once). */
+const prefetchWindowBytes = 64 * 1024 * 1024;
+
 export const copyDefaults = {
   inFlightBytesMax: 32 * 1024 * 1024,
   /** After this many mostly differing pieces in a row, compare mode stops reading the target... */
@@ -144,8 +147,22 @@ export async function copyRanges(options: CopyOptions): Promise<CopyCounters> {
     options.onProgress?.({ doneThroughBytes, processedBytes: counters.processedBytes });
   };
 
+  // The source learns a window ahead what will be read; the next window is asked for while
+  // this one is being read.
+  let prefetchedThroughBytes = 0;
+  let prefetching: Promise<void> = Promise.resolve();
+  const prefetchFrom = (fromBytes: number): void => {
+    if (source.prefetch === undefined || fromBytes >= source.sizeBytes) return;
+    prefetchedThroughBytes = Math.min(source.sizeBytes, fromBytes + prefetchWindowBytes);
+    prefetching = source.prefetch(fromBytes, prefetchedThroughBytes - fromBytes).catch(() => undefined); // only a hint
+  };
   for (const piece of options.pieces) {
     if (options.signal?.aborted === true) failure ??= new Aborted();
+    if (source.prefetch !== undefined && piece.endBytes > prefetchedThroughBytes) {
+      prefetchFrom(Math.max(piece.startBytes, prefetchedThroughBytes));
+      await prefetching;
+      prefetchFrom(prefetchedThroughBytes);
+    }
     if (failure !== null) break;
     const lengthBytes = piece.endBytes - piece.startBytes;
     while (inFlightBytes > 0 && inFlightBytes + lengthBytes > inFlightBytesMax && failure === null) {

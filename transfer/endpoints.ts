@@ -18,6 +18,8 @@ export interface Endpoint {
   writeZeroes(offsetBytes: number, lengthBytes: number): Promise<void>;
   /** Resolve once every completed write is durable. */
   flush(): Promise<void>;
+  /** A hint that the range will be read soon (a view resolves its extents in one go). */
+  prefetch?(offsetBytes: number, lengthBytes: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -260,6 +262,7 @@ export function blockDeviceEndpoint(device: BlockDevice, description: string): E
     write: (offsetBytes, data) => device.write(offsetBytes, data, { fua: false }),
     writeZeroes: (offsetBytes, lengthBytes) => device.writeZeroes(offsetBytes, lengthBytes, { fua: false, noHole: false, fastZero: false }),
     flush: () => device.flush(),
+    prefetch: (offsetBytes, lengthBytes) => device.cache(offsetBytes, lengthBytes),
     close: async () => undefined,
   };
 }

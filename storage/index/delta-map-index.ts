@@ -538,28 +538,44 @@ export class DeltaMapIndex {
    * wrote are left out (they read as zeroes). Counts the maps consulted.
    */
   async resolve(plan: InstantPlan, startBytes: number, endBytes: number): Promise<{ extents: Extent[]; mapsConsulted: number }> {
-    let found: Extent[] = clip(plan.partial, startBytes, endBytes);
-    let gaps = gapsOf(found, startBytes, endBytes);
+    let found: Extent[] = [];
     let mapsConsulted = 0;
     const firstChunk = Math.floor(startBytes / this.chunkBytes);
     const lastChunk = Math.floor((endBytes - 1) / this.chunkBytes);
-    for (let chunk = firstChunk; chunk <= lastChunk && gaps.length > 0; chunk++) {
-      // Every map's extents of the chunk in one call; then newest first, filling the gaps.
-      const values = await this.db.getMany(plan.mapsNewestFirst.map((map) => chunkExtentsKey(map, chunk)));
-      let consulted = 0;
-      for (const value of values) {
-        if (gaps.length === 0) break;
-        consulted++;
-        if (value === undefined) continue;
-        const filling = intersect(decodeChunkExtents(value), gaps);
-        if (filling.length === 0) continue;
-        found = mergeSorted(found, filling);
-        gaps = gapsOf(found, startBytes, endBytes);
-      }
-      mapsConsulted = Math.max(mapsConsulted, consulted);
+    for (let chunk = firstChunk; chunk <= lastChunk; chunk++) {
+      const chunkStart = Math.max(startBytes, chunk * this.chunkBytes);
+      const chunkEnd = Math.min(endBytes, (chunk + 1) * this.chunkBytes);
+      // Every map's extents of the chunk in one call (unless the tail fills it); then newest first.
+      const needed = gapsOf(clip(plan.partial, chunkStart, chunkEnd), chunkStart, chunkEnd).length > 0;
+      const values = needed ? await this.db.getMany(plan.mapsNewestFirst.map((map) => chunkExtentsKey(map, chunk))) : [];
+      const filled = fillNewestFirst(plan, chunkStart, chunkEnd, values);
+      found = found.concat(filled.extents);
+      mapsConsulted = Math.max(mapsConsulted, filled.mapsConsulted);
     }
     this.counters.mapQueries += mapsConsulted;
     return { extents: found, mapsConsulted };
+  }
+
+  /**
+   * The extents of whole chunks [firstChunk, endChunk) as of the plan's instant, per chunk: one
+   * range scan per map instead of one lookup of every map per chunk. For reading a large part of
+   * a view soon (a transfer): 1,894 chunks looked up one by one cost about 230 ms of LevelDB work.
+   */
+  async resolveChunks(plan: InstantPlan, firstChunk: number, endChunk: number, volumeSizeBytes: number): Promise<Map<number, Extent[]>> {
+    const valuesByChunk = new Map<number, Array<Buffer | undefined>>();
+    for (let chunk = firstChunk; chunk < endChunk; chunk++) valuesByChunk.set(chunk, new Array<Buffer | undefined>(plan.mapsNewestFirst.length));
+    for (const [mapIndex, map] of plan.mapsNewestFirst.entries()) {
+      for await (const [key, value] of this.db.iterator({ gte: chunkExtentsKey(map, firstChunk), lt: chunkExtentsKey(map, endChunk) })) {
+        valuesByChunk.get(decodeChunkExtentsKey(key))![mapIndex] = value;
+      }
+    }
+    const resolved = new Map<number, Extent[]>();
+    for (const [chunk, values] of valuesByChunk) {
+      const startBytes = chunk * this.chunkBytes;
+      resolved.set(chunk, fillNewestFirst(plan, startBytes, Math.min(startBytes + this.chunkBytes, volumeSizeBytes), values).extents);
+    }
+    this.counters.mapQueries += plan.mapsNewestFirst.length;
+    return resolved;
   }
 
   /** The extents of one map overlapping [startBytes, endBytes), clipped to it. */
@@ -722,6 +738,27 @@ function flattenRecords(records: readonly WindowRecord[]): Extent[] {
 }
 
 /** The sorted extents overlapping [startBytes, endBytes), clipped to it (binary search to the first). */
+/**
+ * The extents of [startBytes, endBytes) (within one chunk) as of the plan's instant: the partial
+ * window first, then the maps' values for the chunk, newest first, each filling what is still a
+ * gap. `valuesNewestFirst[i]` is map i's value for the chunk (undefined: no extents there).
+ */
+function fillNewestFirst(plan: InstantPlan, startBytes: number, endBytes: number, valuesNewestFirst: ReadonlyArray<Buffer | undefined>): { extents: Extent[]; mapsConsulted: number } {
+  let found: Extent[] = clip(plan.partial, startBytes, endBytes);
+  let gaps = gapsOf(found, startBytes, endBytes);
+  let mapsConsulted = 0;
+  for (const value of valuesNewestFirst) {
+    if (gaps.length === 0) break;
+    mapsConsulted++;
+    if (value === undefined) continue;
+    const filling = intersect(decodeChunkExtents(value), gaps);
+    if (filling.length === 0) continue;
+    found = mergeSorted(found, filling);
+    gaps = gapsOf(found, startBytes, endBytes);
+  }
+  return { extents: found, mapsConsulted };
+}
+
 function clip(extents: readonly Extent[], startBytes: number, endBytes: number): Extent[] {
   let low = 0;
   let high = extents.length;

@@ -209,7 +209,27 @@ export class PointInTimeView implements BlockDevice {
     // Nothing to make durable: a view only reads. (The Linux kernel flushes read-only devices too.)
   }
 
-  async cache(): Promise<void> {}
+  /**
+   * Prefetch (NBD_CMD_CACHE, and transfers reading ahead): resolve the extents of the range's
+   * chunks that are not cached yet and not read from the live image, with one range scan per map.
+   */
+  async cache(offsetBytes: number, lengthBytes: number): Promise<void> {
+    const chunkBytes = this.index.chunkBytes;
+    const endChunk = Math.ceil(Math.min(offsetBytes + lengthBytes, this.sizeBytes) / chunkBytes);
+    const wanted = (chunk: number): boolean =>
+      !this.chunkExtents.has(chunk) && !this.resolving.has(chunk) && (this.fromLogOnly || this.index.lastWriteSequence(chunk * chunkBytes) > this.sequence);
+    let first = Math.floor(offsetBytes / chunkBytes);
+    while (first < endChunk && !wanted(first)) first++;
+    let end = endChunk;
+    while (end > first && !wanted(end - 1)) end--;
+    if (first >= end) return;
+    const resolved = await this.index.resolveChunks(this.plan, first, end, this.sizeBytes);
+    for (const [chunk, extents] of resolved) {
+      if (!wanted(chunk)) continue; // resolved meanwhile by a read
+      this.statistics.chunksResolved++;
+      this.remember(chunk, extents);
+    }
+  }
 }
 
 /** Index of the first extent (sorted, non-overlapping) that ends after positionBytes. */

@@ -76,6 +76,7 @@ async function checkView(t: Test, volume: Volume, model: HistoryModel, sequence:
   // chunks from the live image: both must equal the model.
   const fromLogOnly = sequence % 2 === 1;
   const view = await volume.history!.openView(sequence, label, { fromLogOnly });
+  if (sequence % 3 === 0) await view.cache(0, volumeSizeBytes); // extents resolved by range scans
   const expected = model.stateAt(sequence);
   const actual = await view.read(0, volumeSizeBytes);
   if (!actual.equals(expected)) {
