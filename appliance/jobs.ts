@@ -14,12 +14,10 @@ import {
   writeFileAtomic,
   type Volume,
   type VolumeStore,
-  type VolumeVerifyReport,
 } from '../storage/index.js';
 import type { NbdServer } from '../server/index.js';
 import { blockDeviceEndpoint, openEndpoint, EndpointError, requestBytesMax, type Endpoint } from '../transfer/endpoints.js';
 import { changedPlan, comparePieceBytes, wholePlan } from '../transfer/plans.js';
-import type { ByteRange } from '../transfer/ranges.js';
 import { runTransfer, type TransferCheckpoint, type TransferResult } from '../transfer/run.js';
 import type { CopyMode } from '../transfer/copy.js';
 import { ApplianceError } from './errors.js';
@@ -235,7 +233,7 @@ export class JobManager {
           signal,
           onProgress: ({ phase, doneUnits, totalUnits }) => onProgress({ phase, doneBytes: doneUnits, totalBytes: totalUnits }),
         });
-        return internalSummary(report);
+        return { ...report };
       });
       return job;
     }
@@ -459,10 +457,6 @@ function transferSummary(result: TransferResult, targetSizeBytes: number, volume
   };
 }
 
-function internalSummary(report: VolumeVerifyReport): Record<string, unknown> {
-  return { ...report, instant: report.sequence };
-}
-
 function jobKey(parts: ReadonlyArray<string | number>): string {
   return crypto.createHash('sha256').update(JSON.stringify(parts)).digest('hex').slice(0, 32);
 }
@@ -488,4 +482,3 @@ class RateMeter {
   }
 }
 
-export type { ByteRange };

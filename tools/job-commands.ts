@@ -4,6 +4,7 @@
 
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { parseEndpoint } from '../transfer/endpoints.js';
 import { ApiClient } from './api-client.js';
 import { serveDefaults } from './serve.js';
 import { formatBytes, parseSize } from './sizes.js';
@@ -71,7 +72,8 @@ function instantOf(values: { at?: string | undefined; snapshot?: string | undefi
 
 /** Paths are sent absolute: the appliance may run in another folder. */
 function endpointOf(text: string): string {
-  return /^nbd(\+unix)?:\/\//.test(text) ? text : path.resolve(text);
+  const parsed = parseEndpoint(text);
+  return 'kind' in parsed && parsed.kind === 'path' ? path.resolve(text) : text; // problems are the appliance's to explain
 }
 
 export async function runRestore(argv: string[]): Promise<number> {

@@ -21,6 +21,7 @@ import {
   type TlsMode,
 } from '../server/index.js';
 import { GiB, validateVolumeName } from '../storage/index.js';
+import { servingMessage } from './serving-announcement.js';
 
 export interface ServeOptions {
   dataDirectory: string;
@@ -134,7 +135,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     httpAddress = bound === null || typeof bound === 'string' ? bound : `${bound.address}:${bound.port}`;
   }
 
-  log.info({ nbd: addresses.map(describeAddress), tls: access.tls.mode, tlsCertificateValidTo: access.tls.certificateValidTo?.toISOString(), http: httpAddress, exports: appliance.exports.list().map((entry) => entry.name) }, 'cdp-nbd is serving');
+  log.info({ nbd: addresses.map(describeAddress), tls: access.tls.mode, tlsCertificateValidTo: access.tls.certificateValidTo?.toISOString(), http: httpAddress, exports: appliance.exports.list().map((entry) => entry.name) }, servingMessage);
 
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {

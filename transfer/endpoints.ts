@@ -25,7 +25,6 @@ export interface Endpoint {
 
 /** The largest request a transfer sends to an endpoint (NBD servers accept 32 MiB at least). */
 export const requestBytesMax = 4 * 1024 * 1024;
-const zeroBuffer = Buffer.alloc(requestBytesMax);
 /**
  * NBD reads and writes go out in requests of this size, spread over the connections. Measured
  * against qemu-nbd over a unix socket, 512 MiB from the page cache, repeated in one qemu-nbd
@@ -150,9 +149,7 @@ class NbdEndpoint implements Endpoint {
 
   async writeZeroes(offsetBytes: number, lengthBytes: number): Promise<void> {
     if ((this.flags & TransmissionFlag.SEND_WRITE_ZEROES) !== 0) return this.client().writeZeroes(offsetBytes, lengthBytes);
-    for (let at = offsetBytes; at < offsetBytes + lengthBytes; at += requestBytesMax) {
-      await this.write(at, zeroBuffer.subarray(0, Math.min(requestBytesMax, offsetBytes + lengthBytes - at)));
-    }
+    await writeZeroBuffers(this, offsetBytes, lengthBytes);
   }
 
   /** Every connection flushes: correct even where CAN_MULTI_CONN is not advertised (one connection). */
@@ -231,9 +228,7 @@ class FileEndpoint implements Endpoint {
         this.zeroRangeWorks = false; // not on this file system or device: write zeroes instead
       }
     }
-    for (let at = offsetBytes; at < offsetBytes + lengthBytes; at += requestBytesMax) {
-      await this.write(at, zeroBuffer.subarray(0, Math.min(requestBytesMax, offsetBytes + lengthBytes - at)));
-    }
+    await writeZeroBuffers(this, offsetBytes, lengthBytes);
   }
 
   async flush(): Promise<void> {
@@ -251,6 +246,14 @@ function blockDeviceSizeBytes(rdev: number): number {
   const minor = (rdev & 0xff) | ((Math.floor(rdev / 2 ** 20) & 0xfff) << 8);
   const sectors = Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim());
   return sectors * 512;
+}
+
+/** Zeroes written as data, for endpoints that cannot zero a range themselves. */
+async function writeZeroBuffers(endpoint: Pick<Endpoint, 'write'>, offsetBytes: number, lengthBytes: number): Promise<void> {
+  const zeroes = Buffer.alloc(Math.min(requestBytesMax, lengthBytes));
+  for (let at = offsetBytes; at < offsetBytes + lengthBytes; at += zeroes.length) {
+    await endpoint.write(at, zeroes.subarray(0, Math.min(zeroes.length, offsetBytes + lengthBytes - at)));
+  }
 }
 
 /** A storage device (the live volume as a target, a view as a source) as an endpoint. */

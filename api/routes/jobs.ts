@@ -7,6 +7,7 @@ import type { FastifyInstance } from 'fastify';
 import { formatMicros } from '../../storage/index.js';
 import type { Job, RestoreRequest, SeedRequest, VerifyRequest } from '../../appliance/jobs.js';
 import { ApplianceError } from '../../appliance/errors.js';
+import { parseEndpoint } from '../../transfer/endpoints.js';
 import type { AppContext } from '../context.js';
 import { commonErrors, errorReference, instantProperties, volumeNameParameter } from '../schemas.js';
 
@@ -80,7 +81,10 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
 
   /** Paths given over the API: absolute, and never inside the data folder (the appliance's own files). */
   const checkPath = (text: string | undefined, field: string): void => {
-    if (text === undefined || /^nbd(\+unix)?:\/\//.test(text)) return;
+    if (text === undefined) return;
+    const parsed = parseEndpoint(text);
+    if ('problem' in parsed) throw new ApplianceError('EINVAL', `${field}: ${parsed.problem}`);
+    if (parsed.kind === 'nbd') return;
     if (!path.isAbsolute(text)) throw new ApplianceError('EINVAL', `${field} must be an nbd:// URI or an absolute path`);
     const resolved = path.resolve(text);
     if (resolved === dataDirectory || resolved.startsWith(`${dataDirectory}${path.sep}`)) {

@@ -538,7 +538,7 @@ export class DeltaMapIndex {
    * wrote are left out (they read as zeroes). Counts the maps consulted.
    */
   async resolve(plan: InstantPlan, startBytes: number, endBytes: number): Promise<{ extents: Extent[]; mapsConsulted: number }> {
-    let found: Extent[] = [];
+    const found: Extent[] = [];
     let mapsConsulted = 0;
     const firstChunk = Math.floor(startBytes / this.chunkBytes);
     const lastChunk = Math.floor((endBytes - 1) / this.chunkBytes);
@@ -549,7 +549,7 @@ export class DeltaMapIndex {
       const needed = gapsOf(clip(plan.partial, chunkStart, chunkEnd), chunkStart, chunkEnd).length > 0;
       const values = needed ? await this.db.getMany(plan.mapsNewestFirst.map((map) => chunkExtentsKey(map, chunk))) : [];
       const filled = fillNewestFirst(plan, chunkStart, chunkEnd, values);
-      found = found.concat(filled.extents);
+      for (const extent of filled.extents) found.push(extent);
       mapsConsulted = Math.max(mapsConsulted, filled.mapsConsulted);
     }
     this.counters.mapQueries += mapsConsulted;

@@ -9,15 +9,12 @@
 
 import t from 'tap';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import WebSocket from 'ws';
 import {
   ClientFlag,
-  ClientParser,
   OptionReplyType,
-  OptionType,
   decodeOptionErrorMessage,
   serializeAbortOption,
   serializeClientFlags,
@@ -25,9 +22,9 @@ import {
   serializeGoOption,
   serializeListOption,
   serializeStartTlsOption,
-  type ServerMessage,
 } from 'nbd-protocol-ts';
 import { cliPath, startAppliance, type Appliance } from '../support/appliance.js';
+import { RawConnection } from '../support/raw-connection.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 import { requireTools, run } from '../support/tools.js';
 
@@ -62,65 +59,11 @@ function qemuTlsArguments(appliance: Appliance, exportName: string, credentials:
 }
 
 /** A hand-driven client: plaintext options, then STARTTLS and the same parser over TLS. */
-class RawClient {
-  private readonly parser = new ClientParser();
-  private socket: net.Socket;
-  private readonly messages: ServerMessage[] = [];
-  private wake: (() => void) | null = null;
-  closed = false;
-
-  private constructor(socket: net.Socket) {
-    this.socket = socket;
-    this.listen(socket);
-  }
-
-  static async open(port: number): Promise<RawClient> {
-    const socket = net.createConnection({ host: '127.0.0.1', port });
-    await new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-    const client = new RawClient(socket);
-    const greeting = await client.next();
-    if (greeting?.kind !== 'greeting') throw new Error('no greeting');
+class RawClient extends RawConnection {
+  static async plain(port: number): Promise<RawClient> {
+    const client = await RawClient.open({ host: '127.0.0.1', port });
     client.send(serializeClientFlags(ClientFlag.C_FIXED_NEWSTYLE | ClientFlag.C_NO_ZEROES));
     return client;
-  }
-
-  private readonly onData = (chunk: Buffer): void => {
-    this.parser.push(chunk);
-    for (let message = this.parser.next(); message !== undefined; message = this.parser.next()) this.messages.push(message);
-    this.wake?.();
-  };
-
-  private listen(socket: net.Socket): void {
-    socket.on('data', this.onData);
-    socket.on('close', () => {
-      this.closed = true;
-      this.wake?.();
-    });
-    socket.on('error', () => undefined);
-  }
-
-  send(...buffers: Buffer[]): void {
-    for (const buffer of buffers) this.socket.write(buffer);
-  }
-
-  async next(timeoutMs = 5000): Promise<ServerMessage | undefined> {
-    const deadline = Date.now() + timeoutMs;
-    while (this.messages.length === 0 && !this.closed && Date.now() < deadline) {
-      await new Promise<void>((resolve) => {
-        this.wake = resolve;
-        setTimeout(resolve, 50);
-      });
-      this.wake = null;
-    }
-    return this.messages.shift();
-  }
-
-  /** The reply type of the next option reply (or 'closed'). */
-  async replyType(): Promise<number | 'closed'> {
-    const message = await this.next();
-    if (message === undefined) return 'closed';
-    if (message.kind !== 'optionReply') throw new Error(`expected an option reply, got ${message.kind}`);
-    return message.replyType;
   }
 
   /** Send STARTTLS; after its ACK, run the handshake with these credentials (or raw bytes instead). */
@@ -133,7 +76,7 @@ class RawClient {
     if ('garbage' in credentials) {
       this.socket.on('data', () => undefined);
       this.socket.write(credentials.garbage);
-      return this.waitClosed();
+      return this.mustClose();
     }
     const secure = tls.connect({ socket: this.socket, host: '127.0.0.1', ...credentials });
     const outcome = await new Promise<'secure' | 'closed'>((resolve) => {
@@ -147,15 +90,10 @@ class RawClient {
     return outcome;
   }
 
-  async waitClosed(timeoutMs = 5000): Promise<'closed'> {
-    const deadline = Date.now() + timeoutMs;
-    while (!this.closed && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
-    if (!this.closed) throw new Error('the server did not close the connection');
+  /** Wait for the server to hang up; it must. */
+  async mustClose(): Promise<'closed'> {
+    if (!(await this.waitClosed())) throw new Error('the server did not close the connection');
     return 'closed';
-  }
-
-  close(): void {
-    this.socket.destroy();
   }
 }
 
@@ -260,7 +198,7 @@ t.test('required mode: nbdinfo and qemu over TLS, plaintext clients refused, bad
   const ca = fs.readFileSync(path.join(certificates, 'ca-cert.pem'));
   const cert = fs.readFileSync(path.join(alice, 'client-cert.pem'));
   const key = fs.readFileSync(path.join(alice, 'client-key.pem'));
-  const before = await RawClient.open(appliance.nbdPort);
+  const before = await RawClient.plain(appliance.nbdPort);
   before.send(serializeListOption());
   t.equal(await before.replyType(), OptionReplyType.ERR_TLS_REQD, 'LIST before TLS: ERR_TLS_REQD');
   before.send(serializeGoOption('vol0'));
@@ -275,24 +213,24 @@ t.test('required mode: nbdinfo and qemu over TLS, plaintext clients refused, bad
   const token = fs.readFileSync(path.join(appliance.dataDirectory, 'api-token'), 'utf8').trim();
   const attached = (await (await fetch(`${appliance.httpBase}/api/v1/exports`, { headers: { authorization: `Bearer ${token}` } })).json()) as { exports: Array<{ uri: string; clients: unknown[] }> };
   t.match(attached.exports[0]?.clients, [{ tls: true, certificate: 'alice' }], 'the API shows the attached client runs TLS, with its certificate name');
-  before.close();
+  before.destroy();
 
-  const exportName = await RawClient.open(appliance.nbdPort);
+  const exportName = await RawClient.plain(appliance.nbdPort);
   exportName.send(serializeExportNameOption('vol0'));
-  t.equal(await exportName.waitClosed(), 'closed', 'EXPORT_NAME before TLS: the server hangs up');
-  const abort = await RawClient.open(appliance.nbdPort);
+  t.equal(await exportName.mustClose(), 'closed', 'EXPORT_NAME before TLS: the server hangs up');
+  const abort = await RawClient.plain(appliance.nbdPort);
   abort.send(serializeAbortOption());
   t.equal(await abort.replyType(), OptionReplyType.ACK, 'ABORT before TLS is acknowledged');
 
   const filesBefore = openFileCount(appliance.child.pid!);
-  const pipelined = await RawClient.open(appliance.nbdPort);
+  const pipelined = await RawClient.plain(appliance.nbdPort);
   pipelined.send(Buffer.concat([serializeStartTlsOption(), serializeListOption()]));
-  t.equal(await pipelined.waitClosed(), 'closed', 'plaintext pipelined after STARTTLS: dropped');
-  const garbage = await RawClient.open(appliance.nbdPort);
+  t.equal(await pipelined.mustClose(), 'closed', 'plaintext pipelined after STARTTLS: dropped');
+  const garbage = await RawClient.plain(appliance.nbdPort);
   t.equal(await garbage.startTls({ garbage: Buffer.from('this is not a TLS client hello, just bytes\r\n'.repeat(8)) }), 'closed', 'a bad handshake: dropped');
-  const untrusting = await RawClient.open(appliance.nbdPort);
+  const untrusting = await RawClient.plain(appliance.nbdPort);
   t.equal(await untrusting.startTls({ ca: fs.readFileSync(path.join(stranger, 'ca-cert.pem')) }), 'closed', 'a client that rejects the server certificate');
-  const uncertified = await RawClient.open(appliance.nbdPort);
+  const uncertified = await RawClient.plain(appliance.nbdPort);
   await uncertified.startTls({ ca });
   uncertified.send(serializeGoOption('vol0'));
   t.equal(await uncertified.replyType(), 'closed', 'no client certificate with --tls-verify-clients: dropped');
@@ -373,7 +311,7 @@ t.test('selective mode: TLS-only exports, allowlists by certificate name, addres
   const tlsList = await run('nbdinfo', ['--list', '--json', `nbds://127.0.0.1:${appliance.nbdPort}?tls-certificates=${alice}`]);
   t.same((JSON.parse(tlsList.stdout) as { exports: Array<{ 'export-name': string }> }).exports.map((entry) => entry['export-name']), ['vol0', 'vol1'], 'alice over TLS sees both');
 
-  const raw = await RawClient.open(appliance.nbdPort);
+  const raw = await RawClient.plain(appliance.nbdPort);
   raw.send(serializeGoOption('vol1'));
   const tlsRequired = await raw.next();
   t.ok(tlsRequired?.kind === 'optionReply' && tlsRequired.replyType === OptionReplyType.ERR_TLS_REQD, 'GO on a TLS-only export: ERR_TLS_REQD');

@@ -7,7 +7,6 @@ import t, { type Test } from 'tap';
 import net from 'node:net';
 import {
   ClientFlag,
-  ClientParser,
   CommandType,
   Errno,
   OptionReplyType,
@@ -18,74 +17,12 @@ import {
   serializeOption,
   serializeRequestHeader,
   serializeStructuredReplyOption,
-  type ServerMessage,
 } from 'nbd-protocol-ts';
 import { NbdClient } from '../../transfer/nbd-client.js';
 import { startAppliance, type Appliance } from '../support/appliance.js';
+import { RawConnection } from '../support/raw-connection.js';
 import { seededRandom } from '../support/seeded-random.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
-
-/** A raw connection: send bytes, read parsed server messages, see whether the server hung up. */
-class RawConnection {
-  readonly parser = new ClientParser();
-  private readonly socket: net.Socket;
-  private readonly messages: ServerMessage[] = [];
-  private wake: (() => void) | null = null;
-  closed = false;
-
-  private constructor(socket: net.Socket) {
-    this.socket = socket;
-    socket.on('data', (chunk: Buffer) => {
-      this.parser.push(chunk);
-      for (let message = this.parser.next(); message !== undefined; message = this.parser.next()) {
-        this.messages.push(message);
-        if (message.kind === 'fatal') break;
-      }
-      this.wake?.();
-    });
-    socket.on('close', () => {
-      this.closed = true;
-      this.wake?.();
-    });
-    socket.on('error', () => undefined);
-  }
-
-  static async open(appliance: Appliance): Promise<RawConnection> {
-    const socket = net.createConnection(appliance.nbdSocket);
-    await new Promise((resolve) => socket.once('connect', resolve));
-    const connection = new RawConnection(socket);
-    const greeting = await connection.next();
-    if (greeting?.kind !== 'greeting') throw new Error('no greeting');
-    return connection;
-  }
-
-  send(...buffers: Buffer[]): void {
-    for (const buffer of buffers) this.socket.write(buffer);
-  }
-
-  /** The next message, or undefined once the server has closed and nothing is left. */
-  async next(timeoutMs = 5000): Promise<ServerMessage | undefined> {
-    const deadline = Date.now() + timeoutMs;
-    while (this.messages.length === 0 && !this.closed && Date.now() < deadline) {
-      await new Promise<void>((resolve) => {
-        this.wake = resolve;
-        setTimeout(resolve, 50);
-      });
-      this.wake = null;
-    }
-    return this.messages.shift();
-  }
-
-  async waitClosed(timeoutMs = 5000): Promise<boolean> {
-    const deadline = Date.now() + timeoutMs;
-    while (!this.closed && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
-    return this.closed;
-  }
-
-  destroy(): void {
-    this.socket.destroy();
-  }
-}
 
 async function expectOptionReply(t: Tap, connection: RawConnection, option: number, replyType: number, what: string): Promise<void> {
   const message = await connection.next();
@@ -106,15 +43,15 @@ async function wellFormedClientWorks(t: Tap, appliance: Appliance): Promise<void
 t.test('handshake: bad client flags, bad option magic, unknown and oversized options', async (t) => {
   const appliance = await startAppliance(t, { dataDirectory: temporaryDirectory(t) });
 
-  const badFlags = await RawConnection.open(appliance);
+  const badFlags = await RawConnection.open({ path: appliance.nbdSocket });
   badFlags.send(serializeClientFlags(0x80));
   t.ok(await badFlags.waitClosed(), 'unknown client flag: the server drops the connection');
 
-  const badMagic = await RawConnection.open(appliance);
+  const badMagic = await RawConnection.open({ path: appliance.nbdSocket });
   badMagic.send(serializeClientFlags(ClientFlag.C_FIXED_NEWSTYLE), Buffer.from('NOTIHAVEOPT_____', 'latin1'));
   t.ok(await badMagic.waitClosed(), 'bad option magic: dropped');
 
-  const options = await RawConnection.open(appliance);
+  const options = await RawConnection.open({ path: appliance.nbdSocket });
   options.send(serializeClientFlags(ClientFlag.C_FIXED_NEWSTYLE | ClientFlag.C_NO_ZEROES));
   options.send(serializeOption(0x7777));
   await expectOptionReply(t, options, 0x7777, OptionReplyType.ERR_UNSUP, 'unknown option: ERR_UNSUP');
@@ -145,7 +82,7 @@ t.test('handshake: bad client flags, bad option magic, unknown and oversized opt
   t.ok(reply?.kind === 'optionReply' && reply.replyType === OptionReplyType.ACK, 'after all that, GO still works on the same connection');
   options.destroy();
 
-  const exportName = await RawConnection.open(appliance);
+  const exportName = await RawConnection.open({ path: appliance.nbdSocket });
   exportName.send(serializeClientFlags(ClientFlag.C_FIXED_NEWSTYLE), serializeExportNameOption('no-such-volume'));
   t.ok(await exportName.waitClosed(), 'EXPORT_NAME of an unknown export: hard disconnect (it cannot carry an error)');
 
@@ -155,7 +92,7 @@ t.test('handshake: bad client flags, bad option magic, unknown and oversized opt
 t.test('transmission: EXPORT_NAME path, unknown command, oversized write, bad magic', async (t) => {
   const appliance = await startAppliance(t, { dataDirectory: temporaryDirectory(t) });
   for (const noZeroes of [false, true]) {
-    const connection = await RawConnection.open(appliance);
+    const connection = await RawConnection.open({ path: appliance.nbdSocket });
     connection.send(serializeClientFlags(ClientFlag.C_FIXED_NEWSTYLE | (noZeroes ? ClientFlag.C_NO_ZEROES : 0)), serializeExportNameOption('vol0'));
     connection.parser.expectExportNameReply(noZeroes);
     const attached = await connection.next();

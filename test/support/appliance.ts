@@ -4,6 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { waitUntilServing } from '../../tools/serving-announcement.js';
 
 const repositoryRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const cliPath = path.join(repositoryRoot, 'dist/tools/cli.js');
@@ -72,24 +73,7 @@ export async function startAppliance(t: Teardown, options: ApplianceOptions): Pr
     }
   });
 
-  const ready = await new Promise<{ nbd: string[]; http: string }>((resolve, reject) => {
-    let pending = '';
-    child.stderr!.on('data', (chunk: Buffer) => {
-      pending += chunk.toString('utf8');
-      const lines = pending.split('\n');
-      pending = lines.pop()!;
-      for (const line of lines) {
-        output.push(line);
-        try {
-          const entry = JSON.parse(line) as { msg?: string; nbd?: string[]; http?: string };
-          if (entry.msg === 'cdp-nbd is serving') resolve({ nbd: entry.nbd!, http: entry.http! });
-        } catch {
-          // not a log line
-        }
-      }
-    });
-    void exited.then((code) => reject(new Error(`appliance exited (${code}) before serving:\n${output.join('\n')}`)));
-  });
+  const ready = await waitUntilServing(child, (line) => output.push(line));
   const tcp = ready.nbd.find((address) => !address.startsWith('unix:'))!;
   const nbdPort = Number(tcp.slice(tcp.lastIndexOf(':') + 1));
 

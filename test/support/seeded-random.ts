@@ -1,19 +1,9 @@
 // A small seeded pseudo-random source (mulberry32) for fuzz and crash tests: the same seed gives
 // the same sequence, so a failure prints its seed and reproduces.
 
-/** Returns numbers in [0, 1), like Math.random. */
-export type RandomSource = () => number;
+import type { RandomSource } from '../../tools/bench/seeded-random.js';
 
-export function seededRandom(seed: number): RandomSource {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let mixed = state;
-    mixed = Math.imul(mixed ^ (mixed >>> 15), mixed | 1);
-    mixed ^= mixed + Math.imul(mixed ^ (mixed >>> 7), mixed | 61);
-    return ((mixed ^ (mixed >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom, type RandomSource } from '../../tools/bench/seeded-random.js';
 
 /** A whole number in [minimum, maximum]. */
 export function randomInteger(random: RandomSource, minimum: number, maximum: number): number {

@@ -16,6 +16,8 @@ import { limitAllocatorRetention } from 'cdp-native';
 import { ExportTable, NbdServer } from '../../server/index.js';
 import { GiB, Volume, formatMicros, type PointInTimeView } from '../../storage/index.js';
 import { writeMarkedSection } from './report.js';
+import { seededRandom } from './seeded-random.js';
+import { median } from './statistics.js';
 
 const repositoryRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const workDirectory = path.join(repositoryRoot, '.bench', 'history');
@@ -50,23 +52,6 @@ interface ReadSample {
   device: 'live' | 'view';
   cache: 'warm' | 'cold';
   iops: number;
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((left, right) => left - right);
-  return sorted[Math.floor(sorted.length / 2)] ?? 0;
-}
-
-/** A small deterministic PRNG (mulberry32). */
-function random32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let mixed = state;
-    mixed = Math.imul(mixed ^ (mixed >>> 15), mixed | 1);
-    mixed ^= mixed + Math.imul(mixed ^ (mixed >>> 7), mixed | 61);
-    return ((mixed ^ (mixed >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 async function generate(volume: Volume, fromRecord: number, toRecord: number, random: () => number): Promise<void> {
@@ -252,7 +237,7 @@ async function main(): Promise<void> {
   const volumeDirectory = path.join(workDirectory, 'volume');
   await Volume.create(volumeDirectory, { name: 'history', sizeBytes: 1 * GiB });
   const volume = await Volume.open(volumeDirectory);
-  const random = random32(42);
+  const random = seededRandom(42);
   const checkpoints: Checkpoint[] = [];
   let generated = 0;
   try {

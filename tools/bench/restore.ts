@@ -24,6 +24,7 @@ import { NbdClient } from '../../transfer/nbd-client.js';
 import { ensureRandomDataFile } from './page-cache.js';
 import { runCommandOrThrow } from './processes.js';
 import { writeMarkedSection } from './report.js';
+import { waitUntilServing } from '../serving-announcement.js';
 import { summarize } from './statistics.js';
 
 const repositoryRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -52,23 +53,7 @@ async function startAppliance(dataDirectory: string, sizeBytes: number): Promise
     [path.join(repositoryRoot, 'dist/tools/cli.js'), 'serve', '--data', dataDirectory, '--nbd-listen', 'none', '--nbd-socket', nbdSocket, '--http-listen', '127.0.0.1:0', '--volume-size', String(sizeBytes)],
     { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, UV_THREADPOOL_SIZE: '8' } },
   );
-  const http = await new Promise<string>((resolve, reject) => {
-    let pending = '';
-    child.stderr!.on('data', (chunk: Buffer) => {
-      pending += chunk.toString('utf8');
-      const lines = pending.split('\n');
-      pending = lines.pop()!;
-      for (const line of lines) {
-        try {
-          const entry = JSON.parse(line) as { msg?: string; http?: string };
-          if (entry.msg === 'cdp-nbd is serving') resolve(entry.http!);
-        } catch {
-          // not a log line
-        }
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`the appliance exited (${code}) before serving`)));
-  });
+  const { http } = await waitUntilServing(child);
   return { child, httpBase: `http://${http}`, token: fs.readFileSync(path.join(dataDirectory, 'api-token'), 'utf8').trim(), nbdSocket };
 }
 
@@ -141,7 +126,6 @@ async function main(): Promise<void> {
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
 
   const appliance = await startAppliance(path.join(workDirectory, 'data'), sizeBytes);
-  const stops: Array<() => Promise<void>> = [async () => void appliance.child.kill('SIGTERM')];
   try {
     const random = path.join(workDirectory, 'random.img');
     ensureRandomDataFile(random, sizeBytes);
@@ -223,7 +207,7 @@ async function main(): Promise<void> {
     writeMarkedSection(reportPath, beginMarker, endMarker, render(sizeBytes, rounds, samples, sent, withVerification));
     log(`wrote ${path.relative(repositoryRoot, reportPath)}`);
   } finally {
-    for (const stop of stops) await stop();
+    appliance.child.kill('SIGTERM');
   }
 }
 

@@ -11,11 +11,16 @@ export interface Summary {
 export function summarize(values: number[]): Summary | undefined {
   if (values.length === 0) return undefined;
   const sorted = [...values].sort((a, b) => a - b);
-  return { median: median(sorted), min: sorted[0]!, max: sorted[sorted.length - 1]!, count: sorted.length };
+  return { median: medianOfSorted(sorted), min: sorted[0]!, max: sorted[sorted.length - 1]!, count: sorted.length };
+}
+
+/** The median of values in any order (0 for none). */
+export function median(values: number[]): number {
+  return summarize(values)?.median ?? 0;
 }
 
 /** Median of values sorted ascending; the mean of the middle two for an even count. */
-function median(sorted: number[]): number {
+function medianOfSorted(sorted: number[]): number {
   const middle = Math.floor(sorted.length / 2);
   return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
