@@ -69,6 +69,29 @@ export const storageLimits = {
 
 export type StorageLimits = typeof storageLimits;
 
+/** Bounds of the delta-map index and of reading history (docs/formats/delta-map.md). */
+export const indexLimits = {
+  /** A level-0 window is cut at this many data-changing records ... */
+  windowRecordsMax: 4096,
+  /** ... or once its first record is this old ... */
+  windowAgeMicrosMax: 10_000_000,
+  /** ... and always right after a snapshot mark. Merged maps have this many children. */
+  fanout: 4,
+  /** Chunks written per LevelDB batch while merging. */
+  mergeBatchChunks: 256,
+  /** The chunks of the index: 1 MiB, or larger so there are at most 2^20. */
+  chunkBytesMin: 1 * MiB,
+  chunkCountMax: 1 << 20,
+  /** How often the history checks whether a window is due to be cut. */
+  cutCheckIntervalMs: 1000,
+  /** Extents a point-in-time view keeps resolved (about 100 bytes each). */
+  viewCachedExtentCountMax: 1 << 20,
+  /** Log files a history reader keeps open at once. */
+  openLogFileCountMax: 64,
+  /** Longest note of a snapshot. */
+  snapshotNoteBytesMax: 1024,
+} as const;
+
 function isPowerOfTwo(value: number): boolean {
   return Number.isInteger(value) && value > 0 && (value & (value - 1)) === 0;
 }

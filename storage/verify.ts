@@ -69,13 +69,13 @@ export async function verifyVolume(volume: Volume, options: VerifyVolumeOptions 
     ok: false,
   };
   const view = await history.openView(sequence, 'verification', { fromLogOnly: true });
-  const plan = await history.index.planAt(sequence);
+  const extentsAt = await history.extentResolver(sequence);
 
   for (let sliceStart = 0; sliceStart < sizeBytes; sliceStart += sliceBytes) {
     const sliceEnd = Math.min(sizeBytes, sliceStart + sliceBytes);
     const firstSlice = sliceStart === 0;
     const replay = await replaySlice(volume, sequence, sliceStart, sliceEnd, firstSlice ? report : null, options);
-    const { extents } = await history.index.resolve(plan, sliceStart, sliceEnd);
+    const extents = await extentsAt(sliceStart, sliceEnd);
     for (const range of differingExtents(replay, extents, sliceStart, sliceEnd)) {
       report.maps.mismatchBytes += range.endBytes - range.startBytes;
       if (report.maps.mismatches.length < reportedRangesMax) report.maps.mismatches.push(range);
@@ -224,7 +224,7 @@ export function differingExtents(left: readonly Extent[], right: readonly Extent
 /** Record the 4 KiB blocks of a piece where the image differs, unless written since `sequence`. */
 async function noteImageDifferences(volume: Volume, sequence: number, pieceStart: number, live: Buffer, expected: Buffer, report: VolumeVerifyReport): Promise<void> {
   const history = volume.history!;
-  const changedSince = await history.index.changedBetween(sequence, volume.stats().appendedSequence, pieceStart, pieceStart + live.length);
+  const changedSince = await history.changedBetween(sequence, volume.stats().appendedSequence, pieceStart, pieceStart + live.length);
   for (let at = 0; at < live.length; at += imageCompareBlockBytes) {
     const end = Math.min(live.length, at + imageCompareBlockBytes);
     if (live.subarray(at, end).equals(expected.subarray(at, end))) continue;

@@ -25,7 +25,7 @@ import { PrimaryImage } from './primary-image.js';
 import { recoverVolume, type RecoveryReport } from './recovery.js';
 import type { AllocationStatus, BlockDevice, BlockDeviceCapabilities, ContextExtent, WriteOptions, ZeroOptions } from './block-device.js';
 import { VolumeHistory, type HistoryVolume } from './point-in-time/history.js';
-import { dirtyBitmapContext, dirtyBitmapStatus } from './point-in-time/dirty-bitmap.js';
+import { dirtyBitmapContext } from './point-in-time/dirty-bitmap.js';
 import {
   newVolumeId,
   readVolumeConfig,
@@ -369,7 +369,7 @@ export class Volume implements BlockDevice {
   async contextStatus(context: string, offsetBytes: number, lengthBytes: number, extentCountMax: number): Promise<ContextExtent[]> {
     const history = this.history;
     if (history === null) throw new StorageError('EINVAL', `no metadata context ${context} on this volume`);
-    return dirtyBitmapStatus(history.index, history.snapshotInstants(), context, this.log.appendedSequence, offsetBytes, lengthBytes, extentCountMax);
+    return history.contextStatus(context, this.log.appendedSequence, offsetBytes, lengthBytes, extentCountMax);
   }
 
   // ---- the back half: durable batches reach the live image ----

@@ -18,7 +18,7 @@ export async function changedPlan(history: VolumeHistory, fromSequence: number, 
   const plan: ByteRange[] = [];
   for (let sliceStart = 0; sliceStart < sizeBytes; sliceStart += changedSliceBytes) {
     const sliceEnd = Math.min(sizeBytes, sliceStart + changedSliceBytes);
-    const changed = await history.index.changedBetween(fromSequence, toSequence, sliceStart, sliceEnd);
+    const changed = await history.changedBetween(fromSequence, toSequence, sliceStart, sliceEnd);
     const ranges = changed.map(([startBytes, endBytes]) => ({ startBytes, endBytes }));
     plan.push(...coalesce(ranges, coalesceGapBytesMax, requestBytesMax));
   }

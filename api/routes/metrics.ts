@@ -62,7 +62,7 @@ export async function metricsRoutes(app: FastifyInstance, context: AppContext): 
     }
     const maps: Metric = { name: 'cdp_nbd_delta_maps', help: 'Delta maps in the index, per level (level 0: windows cut from the log).', type: 'gauge', samples: [] };
     for (const volume of volumes) {
-      (volume.history?.index.builtCounts ?? []).forEach((count, level) => maps.samples.push({ labels: { volume: volume.config.name, level: String(level) }, value: count }));
+      (volume.history?.mapsPerLevel ?? []).forEach((count, level) => maps.samples.push({ labels: { volume: volume.config.name, level: String(level) }, value: count }));
     }
     const metrics: Metric[] = [
       perVolume('cdp_nbd_writes_total', 'Writes received (WRITE requests).', 'counter', (stats) => stats.writeCount),

@@ -54,8 +54,8 @@ export async function timelineRoutes(app: FastifyInstance, context: AppContext):
     },
     async (request) => {
       const history = await context.appliance.historyOf(request.params.volume);
-      const oldestMicros = await history.index.firstMicros();
-      const newestMicros = history.index.lastMicros;
+      const oldestMicros = await history.oldestMicros();
+      const newestMicros = history.newestMicros;
       const fromMicros = request.query.from !== undefined ? parseInstant(request.query.from) : oldestMicros;
       const toMicros = request.query.to !== undefined ? parseInstant(request.query.to) : Math.max(newestMicros, Date.now() * 1000);
       const bucketCount = request.query.buckets ?? 60;

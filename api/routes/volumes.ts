@@ -83,14 +83,7 @@ async function describe(volume: Volume) {
     ...(history === null
       ? {}
       : {
-          history: {
-            windows: history.index.windowCount,
-            mapsPerLevel: [...history.index.builtCounts],
-            mappedThroughSequence: history.index.mappedThroughSequence,
-            oldestMicros: await history.index.firstMicros(),
-            newestMicros: history.index.lastMicros,
-            indexBytes: history.index.sizeBytes(),
-          },
+          history: await history.statistics(),
         }),
   };
 }

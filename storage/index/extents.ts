@@ -3,6 +3,7 @@
 // builds them (newest record wins where writes overlap) and merges them (newer maps win).
 
 import { assert } from '../errors.js';
+import type { WindowRecord } from './map-keys.js';
 
 /** Where the data of an extent lies: a log record, or nothing (zeroes, trim). */
 export interface ExtentSource {
@@ -180,4 +181,83 @@ export function gapsOf(extents: readonly Extent[], startBytes: number, endBytes:
   }
   if (cursor < endBytes) gaps.push([cursor, endBytes]);
   return gaps;
+}
+
+/** The newest-wins extents of window records given in log order. */
+export function flattenRecords(records: readonly WindowRecord[]): Extent[] {
+  return flattenNewestWins(records.map((record) => ({ startBytes: record.startBytes, endBytes: record.startBytes + record.lengthBytes, source: record.source })));
+}
+
+/** Extents grouped by chunk, split at chunk boundaries. */
+export function splitByChunk(extents: readonly Extent[], chunkBytes: number): Map<number, Extent[]> {
+  const byChunk = new Map<number, Extent[]>();
+  for (const extent of extents) {
+    let start = extent.startBytes;
+    while (start < extent.endBytes) {
+      const chunk = Math.floor(start / chunkBytes);
+      const end = Math.min(extent.endBytes, (chunk + 1) * chunkBytes);
+      let list = byChunk.get(chunk);
+      if (list === undefined) byChunk.set(chunk, (list = []));
+      list.push({ startBytes: start, endBytes: end, source: extent.source });
+      start = end;
+    }
+  }
+  return byChunk;
+}
+
+/** The sorted extents overlapping [startBytes, endBytes), clipped to it (binary search to the first). */
+export function clip(extents: readonly Extent[], startBytes: number, endBytes: number): Extent[] {
+  let low = 0;
+  let high = extents.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (extents[middle]!.endBytes <= startBytes) low = middle + 1;
+    else high = middle;
+  }
+  const clipped: Extent[] = [];
+  for (let index = low; index < extents.length; index++) {
+    const extent = extents[index]!;
+    if (extent.startBytes >= endBytes) break;
+    clipped.push({ startBytes: Math.max(extent.startBytes, startBytes), endBytes: Math.min(extent.endBytes, endBytes), source: extent.source });
+  }
+  return clipped;
+}
+
+/** The parts of the sorted extents that fall in the sorted, disjoint gaps. */
+export function intersect(extents: readonly Extent[], gaps: ReadonlyArray<[number, number]>): Extent[] {
+  const result: Extent[] = [];
+  let gapIndex = 0;
+  for (const extent of extents) {
+    while (gapIndex < gaps.length && gaps[gapIndex]![1] <= extent.startBytes) gapIndex++;
+    for (let index = gapIndex; index < gaps.length && gaps[index]![0] < extent.endBytes; index++) {
+      const start = Math.max(extent.startBytes, gaps[index]![0]);
+      const end = Math.min(extent.endBytes, gaps[index]![1]);
+      if (start < end) result.push({ startBytes: start, endBytes: end, source: extent.source });
+    }
+  }
+  return result;
+}
+
+/** Two sorted lists of disjoint extents, merged in order. */
+export function mergeSorted(left: readonly Extent[], right: readonly Extent[]): Extent[] {
+  const merged: Extent[] = [];
+  let leftIndex = 0;
+  let rightIndex = 0;
+  while (leftIndex < left.length || rightIndex < right.length) {
+    if (rightIndex >= right.length || (leftIndex < left.length && left[leftIndex]!.startBytes <= right[rightIndex]!.startBytes)) merged.push(left[leftIndex++]!);
+    else merged.push(right[rightIndex++]!);
+  }
+  return merged;
+}
+
+/** The union of byte ranges, sorted and joined where they touch. */
+export function unionOf(ranges: Array<[number, number]>): Array<[number, number]> {
+  ranges.sort((left, right) => left[0] - right[0]);
+  const union: Array<[number, number]> = [];
+  for (const [start, end] of ranges) {
+    const last = union[union.length - 1];
+    if (last !== undefined && start <= last[1]) last[1] = Math.max(last[1], end);
+    else union.push([start, end]);
+  }
+  return union;
 }

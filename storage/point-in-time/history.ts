@@ -6,8 +6,10 @@
 
 import { StorageError } from '../errors.js';
 import type { FileSystem } from '../io/file-system.js';
-import { DeltaMapIndex, indexLimits, type IndexedRecord, type SnapshotRecord } from '../index/delta-map-index.js';
+import { DeltaMapIndex, type IndexedRecord, type SnapshotRecord } from '../index/delta-map-index.js';
+import { indexLimits } from '../limits.js';
 import type { MapInfo } from '../index/map-keys.js';
+import type { Extent } from '../index/extents.js';
 import type { VolumePaths } from '../volume-config.js';
 import type { AppendedRecord, LogPosition } from '../write-log/batch.js';
 import { logStart, scanLog } from '../write-log/log-reader.js';
@@ -15,7 +17,8 @@ import { RecordKind, type RecordKind as RecordKindValue } from '../write-log/rec
 import { formatMicros } from '../clock.js';
 import { LogDataReader } from './log-data-reader.js';
 import { PointInTimeView, type ViewSource } from './view.js';
-import type { SnapshotInstant } from './dirty-bitmap.js';
+import { dirtyBitmapStatus, type SnapshotInstant } from './dirty-bitmap.js';
+import type { ContextExtent } from '../block-device.js';
 
 /** An instant of a volume's history, as people give it. */
 export type InstantSpecification = { snapshot: string } | { sequence: number } | { micros: number };
@@ -33,15 +36,24 @@ export interface HistoryVolume extends ViewSource {
 }
 
 const snapshotNamePattern = /^[a-z0-9][a-z0-9._-]{0,63}$/;
-const noteBytesMax = 1024;
-const cutCheckIntervalMs = 1000;
+
+/** What the index holds, for the API and the metrics. */
+export interface HistoryStatistics {
+  windows: number;
+  mapsPerLevel: number[];
+  mappedThroughSequence: number;
+  oldestMicros: number;
+  newestMicros: number;
+  indexBytes: number;
+}
 
 export function validateSnapshotName(name: string): string | null {
   return snapshotNamePattern.test(name) ? null : 'a snapshot name has 1 to 64 characters a-z, 0-9, ".", "_" and "-", starting with a letter or digit';
 }
 
 export class VolumeHistory {
-  readonly index: DeltaMapIndex;
+  /** Private to storage: other layers ask the history, never the index. */
+  private readonly index: DeltaMapIndex;
   private readonly volume: HistoryVolume;
   private readonly logReader: LogDataReader;
   /** Snapshots by name, in memory (for metadata contexts, which are listed synchronously). */
@@ -56,7 +68,7 @@ export class VolumeHistory {
     this.volume = volume;
     this.index = index;
     this.logReader = logReader;
-    this.timer = setInterval(() => this.cutIfDue(), cutCheckIntervalMs);
+    this.timer = setInterval(() => this.cutIfDue(), indexLimits.cutCheckIntervalMs);
     this.timer.unref();
   }
 
@@ -126,7 +138,7 @@ export class VolumeHistory {
   async createSnapshot(name: string, note = ''): Promise<SnapshotRecord> {
     const problem = validateSnapshotName(name);
     if (problem !== null) throw new StorageError('EINVAL', problem);
-    if (Buffer.byteLength(note) > noteBytesMax) throw new StorageError('EINVAL', `a snapshot note has at most ${noteBytesMax} bytes`);
+    if (Buffer.byteLength(note) > indexLimits.snapshotNoteBytesMax) throw new StorageError('EINVAL', `a snapshot note has at most ${indexLimits.snapshotNoteBytesMax} bytes`);
     if (this.snapshotsByName.has(name)) throw new StorageError('EEXIST', `volume ${this.volume.name} already has a snapshot named ${name}`);
     const record = await this.volume.appendMark(Buffer.from(JSON.stringify({ event: 'snapshot', name, note })));
     return this.snapshotsByName.get(name) ?? { name, sequence: record.sequence, micros: record.timestampMicros, note };
@@ -191,10 +203,68 @@ export class VolumeHistory {
     return this.index.microsOf(sequence);
   }
 
+  /** Byte ranges of [startBytes, endBytes) written by records in (fromSequence, toSequence]. */
+  changedBetween(fromSequence: number, toSequence: number, startBytes: number, endBytes: number): Promise<Array<[number, number]>> {
+    return this.index.changedBetween(fromSequence, toSequence, startBytes, endBytes);
+  }
+
+  /** The changed-block context of a snapshot (qemu:dirty-bitmap:NAME) up to `uptoSequence`. */
+  contextStatus(context: string, uptoSequence: number, offsetBytes: number, lengthBytes: number, extentCountMax: number): Promise<ContextExtent[]> {
+    return dirtyBitmapStatus(this.index, this.snapshotInstants(), context, uptoSequence, offsetBytes, lengthBytes, extentCountMax);
+  }
+
+  /** The extents of ranges as of record `sequence` (verification compares them with a replay of the log). */
+  async extentResolver(sequence: number): Promise<(startBytes: number, endBytes: number) => Promise<Extent[]>> {
+    const plan = await this.index.planAt(sequence);
+    return async (startBytes, endBytes) => (await this.index.resolve(plan, startBytes, endBytes)).extents;
+  }
+
+  /** How many maps a read at `sequence` may consult (the benchmark reports it). */
+  async planDepth(sequence: number): Promise<number> {
+    return (await this.index.planAt(sequence)).mapsNewestFirst.length;
+  }
+
   // ---- the timeline ----
 
   async windows(fromMicros: number, toMicros: number, limit: number): Promise<MapInfo[]> {
     return this.index.windowsBetween(fromMicros, toMicros, limit);
+  }
+
+  /** The oldest record's time (0 if none). */
+  oldestMicros(): Promise<number> {
+    return this.index.firstMicros();
+  }
+
+  /** The newest record's time (0 if none). */
+  get newestMicros(): number {
+    return this.index.lastMicros;
+  }
+
+  /** Maps built per level (level 0: windows). */
+  get mapsPerLevel(): readonly number[] {
+    return this.index.builtCounts;
+  }
+
+  async statistics(): Promise<HistoryStatistics> {
+    return {
+      windows: this.index.windowCount,
+      mapsPerLevel: [...this.index.builtCounts],
+      mappedThroughSequence: this.index.mappedThroughSequence,
+      oldestMicros: await this.index.firstMicros(),
+      newestMicros: this.index.lastMicros,
+      indexBytes: this.index.sizeBytes(),
+    };
+  }
+
+  /** Resolves when every cut and merge asked for so far is done. */
+  settled(): Promise<void> {
+    return this.index.settled();
+  }
+
+  /** Make the log durable and cut everything appended into windows now (tests and benchmarks). */
+  async cutNow(): Promise<void> {
+    await this.volume.flush();
+    await this.cutEverything();
   }
 
   async close(): Promise<void> {

@@ -3,11 +3,11 @@
 // (one in use by a read is never closed under it).
 
 import type { FileHandle, FileSystem } from '../io/file-system.js';
+import { indexLimits } from '../limits.js';
 import type { ExtentSource } from '../index/extents.js';
 import { recordHeaderBytes } from '../write-log/record.js';
 import { segmentFileName } from '../write-log/segment.js';
 
-const openSegmentCountMax = 64;
 
 interface OpenSegmentReader {
   handle: FileHandle;
@@ -57,7 +57,7 @@ export class LogDataReader {
       this.segments.set(segmentNumber, segment);
       return segment;
     }
-    if (this.segments.size >= openSegmentCountMax) {
+    if (this.segments.size >= indexLimits.openLogFileCountMax) {
       for (const [oldestNumber, oldest] of this.segments) {
         if (oldest.readsInFlight > 0) continue;
         oldest.handle.close();

@@ -3,11 +3,12 @@
 // A read takes each chunk (1 MiB) of its range one of two ways. If no record after S wrote the
 // chunk, the live volume holds exactly what it held then: the chunk is read from the live volume
 // (and the chunk's last write is checked again afterwards, in case a write landed meanwhile).
-// Otherwise the chunk's extents as of S are resolved through the delta maps (delta-map-index.ts),
+// Otherwise the chunk's extents as of S are resolved through the delta maps (storage/index/planner.ts),
 // once, and kept in a bounded cache; their data is read from the log records that hold it. Bytes
 // no record wrote up to S read as zeroes.
 
 import { StorageError } from '../errors.js';
+import { indexLimits } from '../limits.js';
 import type { AllocationStatus, BlockDevice, BlockDeviceCapabilities, ContextExtent, WriteOptions, ZeroOptions } from '../block-device.js';
 import type { Extent } from '../index/extents.js';
 import type { DeltaMapIndex, InstantPlan } from '../index/delta-map-index.js';
@@ -29,8 +30,6 @@ export interface ViewStatistics {
   mapsConsulted: number;
 }
 
-/** At most this many extents are cached per view (about 100 bytes each). */
-const cachedExtentCountMax = 1 << 20;
 
 export class PointInTimeView implements BlockDevice {
   readonly readOnly = true;
@@ -159,7 +158,7 @@ export class PointInTimeView implements BlockDevice {
   private remember(chunk: number, extents: Extent[]): void {
     this.chunkExtents.set(chunk, extents);
     this.cachedExtentCount += extents.length;
-    while (this.cachedExtentCount > cachedExtentCountMax && this.chunkExtents.size > 1) {
+    while (this.cachedExtentCount > indexLimits.viewCachedExtentCountMax && this.chunkExtents.size > 1) {
       const [oldestChunk, oldest] = this.chunkExtents.entries().next().value as [number, Extent[]];
       this.chunkExtents.delete(oldestChunk);
       this.cachedExtentCount -= oldest.length;

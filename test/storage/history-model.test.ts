@@ -13,7 +13,7 @@
 
 import t, { type Test } from 'tap';
 import { MiB, Volume, nodeFileSystem } from '../../storage/index.js';
-import { indexLimits } from '../../storage/index/delta-map-index.js';
+import { indexLimits } from '../../storage/limits.js';
 import { chance, randomInteger, seededRandom, type RandomSource } from '../support/seeded-random.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 import { withPartialPageCache } from '../support/partial-page-cache.js';
@@ -155,8 +155,7 @@ async function runSeed(t: Test, seed: number, operationCount: number): Promise<v
       const snapshot = await volume.history!.createSnapshot(name, `step ${step}`);
       model.snapshots.set(name, { sequence: snapshot.sequence, micros: snapshot.micros });
     } else if (roll < 0.78) {
-      await volume.flush();
-      await volume.history!.index.cut(volume.stats().appendedSequence);
+      await volume.history!.cutNow();
     } else if (roll < 0.8) {
       await volume.close();
       volume = await open();
@@ -183,7 +182,7 @@ async function runSeed(t: Test, seed: number, operationCount: number): Promise<v
   const appended = volume.stats().appendedSequence;
   for (const sequence of [0, Math.floor(appended / 3), Math.floor(appended / 2), appended]) await checkView(t, volume, model, sequence, `seed ${seed} final`);
   for (const [name, snapshot] of model.snapshots) await checkView(t, volume, model, snapshot.sequence, `seed ${seed} final snapshot ${name}`);
-  const builtCounts = [...volume.history!.index.builtCounts];
+  const builtCounts = [...volume.history!.mapsPerLevel];
   t.ok(builtCounts.length > 1 && builtCounts[1]! > 0, `merged maps were built (${JSON.stringify(builtCounts)})`);
   t.comment(`seed ${seed}: ${model.operations.length} writes, ${model.snapshots.size} snapshots, ${restarts} restarts, ${checks} checks, maps ${JSON.stringify(builtCounts)}`);
   await volume.close();

@@ -72,7 +72,7 @@ async function generate(volume: Volume, fromRecord: number, toRecord: number, ra
 
 async function measureOpens(volume: Volume, records: number, random: () => number): Promise<OpenMeasurement[]> {
   const history = volume.history!;
-  await history.index.settled();
+  await history.settled();
   const appended = volume.stats().appendedSequence;
   const measurements: OpenMeasurement[] = [];
   for (const instantFraction of [0.25, 0.5, 0.9]) {
@@ -86,7 +86,7 @@ async function measureOpens(volume: Volume, records: number, random: () => numbe
       const view: PointInTimeView = await history.openView(sequence, 'benchmark view');
       await view.read(offsetBytes, blockBytes);
       times.push(performance.now() - startedMs);
-      mapsInPlan = (await history.index.planAt(sequence)).mapsNewestFirst.length;
+      mapsInPlan = await history.planDepth(sequence);
       mapsConsulted = view.statistics.mapsConsulted;
     }
     measurements.push({ records, instantFraction, openAndFirstReadMs: median(times), mapsInPlan, mapsConsulted });
@@ -246,11 +246,11 @@ async function main(): Promise<void> {
       await generate(volume, generated, target, random);
       const generateSeconds = (performance.now() - generateStartedMs) / 1000;
       generated = target;
-      await volume.history!.index.settled();
+      await volume.history!.settled();
       const opens = await measureOpens(volume, target, random);
-      const index = volume.history!.index;
-      checkpoints.push({ records: target, generateSeconds, windows: index.windowCount, builtCounts: [...index.builtCounts], indexBytes: index.sizeBytes(), logBytes: logBytes(volumeDirectory), opens });
-      process.stdout.write(`${target.toLocaleString('en')} writes in ${generateSeconds.toFixed(0)} s; open + first read ${opens.map((open) => `${open.openAndFirstReadMs.toFixed(1)} ms`).join(' / ')}; maps ${JSON.stringify(index.builtCounts)}\n`);
+      const statistics = await volume.history!.statistics();
+      checkpoints.push({ records: target, generateSeconds, windows: statistics.windows, builtCounts: statistics.mapsPerLevel, indexBytes: statistics.indexBytes, logBytes: logBytes(volumeDirectory), opens });
+      process.stdout.write(`${target.toLocaleString('en')} writes in ${generateSeconds.toFixed(0)} s; open + first read ${opens.map((open) => `${open.openAndFirstReadMs.toFixed(1)} ms`).join(' / ')}; maps ${JSON.stringify(statistics.mapsPerLevel)}\n`);
     }
     const reads = await measureReads(volume, volumeDirectory, rounds, runtimeSeconds);
     const section = render({ records, runtimeSeconds, rounds, command: `npm run bench:history${records === 10_000_000 ? '' : ` -- --records ${records}`}` }, checkpoints, reads, (performance.now() - startedMs) / 1000);

@@ -1,0 +1,153 @@
+// The tail of the index: the records appended since the last cut, in memory and in log order,
+// and the rule that decides when they are cut into a window (docs/formats/delta-map.md, "What a
+// map is"). Bounded: a window is due at windowRecordsMax records, so the history cuts it soon.
+
+import { assert } from '../errors.js';
+import { indexLimits } from '../limits.js';
+import type { LogPosition } from '../write-log/batch.js';
+import { flattenRecords, type Extent } from './extents.js';
+import type { MapInfo, SnapshotRecord, WindowRecord } from './map-keys.js';
+
+/** One record as the index is told of it, in log order. */
+export interface IndexedRecord {
+  sequence: number;
+  timestampMicros: number;
+  /** 'data' and 'zeroes' (zeroes and trims) change data; 'mark' and 'other' do not. */
+  change: 'data' | 'zeroes' | 'mark' | 'other';
+  offsetBytes: number;
+  lengthBytes: number;
+  position: LogPosition;
+  encodedBytes: number;
+  /** Marks: their JSON payload (snapshots are registered from it). */
+  markPayload?: Buffer;
+}
+
+/** Where a window must end besides its size and age: the first boundary strictly after a time (a tier point), or null. */
+export type WindowBoundary = (micros: number) => number | null;
+
+export class Tail {
+  /** The data-changing records, in log order. */
+  readonly records: WindowRecord[] = [];
+  /** Where the log continues after each record of the tail, for cuts before its end. */
+  private readonly ends: Array<{ sequence: number; nextPosition: LogPosition }> = [];
+  firstMicros = 0;
+  lastMicros = 0;
+  lastSequence: number;
+  nextPosition: LogPosition;
+  /** Snapshots made (or deleted) in the tail, written with the next cut. */
+  readonly snapshots = new Map<string, SnapshotRecord | null>();
+  private cutRequestedThrough = 0;
+
+  constructor(lastSequence: number, nextPosition: LogPosition) {
+    this.lastSequence = lastSequence;
+    this.nextPosition = nextPosition;
+  }
+
+  /** Take one record, in log order. */
+  note(record: IndexedRecord): void {
+    assert(record.sequence === this.lastSequence + 1, `records reach the index in order (${record.sequence} after ${this.lastSequence})`);
+    this.lastSequence = record.sequence;
+    this.nextPosition = { segmentNumber: record.position.segmentNumber, offsetBytes: record.position.offsetBytes + record.encodedBytes };
+    this.ends.push({ sequence: record.sequence, nextPosition: this.nextPosition });
+    if (this.firstMicros === 0) this.firstMicros = record.timestampMicros;
+    this.lastMicros = record.timestampMicros;
+    if (record.change === 'data' || record.change === 'zeroes') {
+      this.records.push({
+        micros: record.timestampMicros,
+        startBytes: record.offsetBytes,
+        lengthBytes: record.lengthBytes,
+        source: {
+          sequence: record.sequence,
+          hasData: record.change === 'data',
+          segmentNumber: record.position.segmentNumber,
+          recordOffsetBytes: record.position.offsetBytes,
+          volumeOffsetBytes: record.offsetBytes,
+        },
+      });
+    } else if (record.change === 'mark' && record.markPayload !== undefined) {
+      this.noteMark(record, record.markPayload);
+    }
+  }
+
+  private noteMark(record: IndexedRecord, payload: Buffer): void {
+    let event: { event?: string; name?: string; note?: string };
+    try {
+      event = JSON.parse(payload.toString('utf8')) as typeof event;
+    } catch {
+      return;
+    }
+    if (typeof event.name !== 'string') return;
+    if (event.event === 'snapshot') {
+      this.snapshots.set(event.name, { name: event.name, sequence: record.sequence, micros: record.timestampMicros, note: event.note ?? '' });
+      this.cutRequestedThrough = record.sequence; // a snapshot's instant is the end of a window
+    } else if (event.event === 'snapshot-deleted') {
+      this.snapshots.set(event.name, null);
+    }
+  }
+
+  /**
+   * Should a window be cut now? Returns the last sequence to cut through, or 0. A window takes at
+   * most windowRecordsMax records however far the tail has grown, ends at a snapshot mark, and
+   * ends before the first record past a boundary (a tier point), so every tier point is a window's end.
+   */
+  cutDue(nowMicros: number, mappedThroughSequence: number, boundary: WindowBoundary | null): number {
+    if (this.lastSequence <= mappedThroughSequence) return 0;
+    const full = this.records.length >= indexLimits.windowRecordsMax;
+    let capped = full ? this.records[indexLimits.windowRecordsMax - 1]!.source.sequence : this.lastSequence;
+    const boundaryMicros = boundary === null || this.firstMicros === 0 ? null : boundary(this.firstMicros);
+    if (boundaryMicros !== null) {
+      const past = this.records.findIndex((record) => record.micros >= boundaryMicros);
+      if (past >= 0) {
+        capped = Math.min(capped, this.records[past]!.source.sequence - 1);
+        if (capped > mappedThroughSequence) return capped;
+      } else if (nowMicros >= boundaryMicros) {
+        return capped; // the boundary has passed: the window ends at it
+      }
+    }
+    if (this.cutRequestedThrough > mappedThroughSequence) return Math.min(this.cutRequestedThrough, capped);
+    if (full) return capped;
+    if (this.firstMicros > 0 && nowMicros - this.firstMicros >= indexLimits.windowAgeMicrosMax) return capped;
+    return 0;
+  }
+
+  /** The records through `throughSequence`, and where the log continues after it. */
+  takeThrough(throughSequence: number): { records: WindowRecord[]; nextPosition: LogPosition } {
+    assert(throughSequence <= this.lastSequence, 'a cut takes records the index has seen');
+    const end = this.ends.find((candidate) => candidate.sequence === throughSequence);
+    assert(end !== undefined, `the tail knows where record ${throughSequence} ends`);
+    return { records: this.records.slice(0, countThrough(this.records, throughSequence)), nextPosition: end.nextPosition };
+  }
+
+  /** Forget what a cut through `throughSequence` wrote to the database. */
+  dropThrough(throughSequence: number, snapshotsCut: readonly string[]): void {
+    this.records.splice(0, countThrough(this.records, throughSequence));
+    this.ends.splice(0, this.ends.findIndex((end) => end.sequence === throughSequence) + 1);
+    for (const name of snapshotsCut) this.snapshots.delete(name);
+    this.firstMicros = this.records[0]?.micros ?? 0;
+  }
+
+  /** The extents of the tail's records up to `sequence`, newest winning. */
+  extentsUpTo(sequence: number): Extent[] {
+    return flattenRecords(this.records.filter((record) => record.source.sequence <= sequence));
+  }
+
+  /** The tail as one more window would summarise it (for the timeline). */
+  summary(mappedThroughSequence: number): MapInfo {
+    return {
+      firstSequence: mappedThroughSequence + 1,
+      lastSequence: this.lastSequence,
+      firstMicros: this.firstMicros,
+      lastMicros: this.lastMicros,
+      recordCount: this.records.length,
+      dataBytes: this.records.reduce((sum, record) => sum + (record.source.hasData ? record.lengthBytes : 0), 0),
+      extentCount: 0,
+    };
+  }
+}
+
+/** How many of the records (in log order) have a sequence at or before `throughSequence`. */
+export function countThrough(records: readonly WindowRecord[], throughSequence: number): number {
+  let count = 0;
+  while (count < records.length && records[count]!.source.sequence <= throughSequence) count++;
+  return count;
+}
