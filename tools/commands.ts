@@ -6,7 +6,7 @@ import { VolumeStore, validateVolumeName } from '../storage/index.js';
 import { inspectLog } from './log-inspect.js';
 import { serve, serveDefaults } from './serve.js';
 import { runTlsCommand } from './tls-certificates.js';
-import { ApiClient } from './api-client.js';
+import { apiClientOf, apiOptions } from './api-client.js';
 import { formatBytes, parseSize } from './sizes.js';
 import { jobUsage, runJob, runRestore, runSeed, runVerify } from './job-commands.js';
 import { retentionChangesOf, retentionOptions, retentionOptionsUsage, runRetention } from './retention-commands.js';
@@ -81,18 +81,6 @@ const commands: Record<string, Handler> = {
   seed: runSeed,
   job: runJob,
 };
-
-const apiOptions = {
-  api: { type: 'string', default: 'http://127.0.0.1:8080' },
-  token: { type: 'string' },
-  data: { type: 'string', default: serveDefaults.dataDirectory },
-  json: { type: 'boolean', default: false },
-  help: { type: 'boolean', short: 'h' },
-} as const;
-
-function apiClientOf(values: { api: string; token?: string | undefined; data: string }): ApiClient {
-  return new ApiClient({ apiBase: values.api, token: values.token, dataDirectory: values.data });
-}
 
 function print(value: unknown, asJson: boolean, asText: () => string): void {
   process.stdout.write(asJson ? `${JSON.stringify(value, null, 2)}\n` : `${asText()}\n`);

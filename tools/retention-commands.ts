@@ -13,7 +13,7 @@ import {
   type RetentionPolicyChanges,
   type TierEvery,
 } from '../storage/index.js';
-import { ApiClient } from './api-client.js';
+import { apiClientOf, apiOptions } from './api-client.js';
 import { describeDuration, durationExamples, formatDuration, parseDuration } from './durations.js';
 import { serveDefaults } from './serve.js';
 import { formatBytes, parseSize } from './sizes.js';
@@ -70,14 +70,6 @@ ${retentionOptionsUsage}
 
 Both take --api URL (default http://127.0.0.1:8080) and the token from --token TOKEN or from
 DIR/api-token (--data DIR, default ${serveDefaults.dataDirectory}).`;
-
-const connectionOptions = {
-  api: { type: 'string', default: 'http://127.0.0.1:8080' },
-  token: { type: 'string' },
-  data: { type: 'string', default: serveDefaults.dataDirectory },
-  json: { type: 'boolean', default: false },
-  help: { type: 'boolean', short: 'h' },
-} as const;
 
 /** The changes the options ask for; throws Error naming the option and what it takes. */
 export function retentionChangesOf(values: RetentionOptionValues): RetentionPolicyChanges {
@@ -146,7 +138,7 @@ export async function runRetention(argv: string[]): Promise<number> {
   }
   const changes = retentionChangesOf(values);
   if (action === 'set' && retentionChangesAreEmpty(changes)) throw new Error('retention set: nothing to change (cdp-nbd retention --help lists the options)');
-  const client = new ApiClient({ apiBase: values.api, token: values.token, dataDirectory: values.data });
+  const client = apiClientOf(values);
   const route = `/api/v1/volumes/${encodeURIComponent(volume)}`;
   let retention: { policy: RetentionPolicy };
   if (action === 'show') {
@@ -163,7 +155,7 @@ export async function runRetention(argv: string[]): Promise<number> {
 /** Options of `show` (connection only) or `set` (and the policy's); an unknown one is refused by name. */
 function parseRetentionArguments(action: 'show' | 'set', args: string[]) {
   try {
-    return parseArgs({ args, allowPositionals: true, options: { ...connectionOptions, ...(action === 'set' ? retentionOptions : {}) } });
+    return parseArgs({ args, allowPositionals: true, options: { ...apiOptions, ...(action === 'set' ? retentionOptions : {}) } });
   } catch (error) {
     const unknown = /Unknown option '([^']+)'/.exec(error instanceof Error ? error.message : '');
     if (unknown === null) throw error;
