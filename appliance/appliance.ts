@@ -106,7 +106,7 @@ export class Appliance {
         await this.store.create({ name, sizeBytes: options.defaultVolumeSizeBytes, retention });
         this.log.info({ volume: name, sizeBytes: options.defaultVolumeSizeBytes }, 'created the default volume');
       } else if (!retentionChangesAreEmpty(retention)) {
-        await this.changeRetentionPolicy(name, retention);
+        await this.applyRetentionFlags(name, retention);
       }
     } catch (error) {
       if (error instanceof StorageError && error.code === 'EINVAL') throw new ApplianceError('EINVAL', `default volume ${name}: ${error.message}`);
@@ -114,7 +114,7 @@ export class Appliance {
     }
   }
 
-  private async changeRetentionPolicy(name: string, changes: RetentionPolicyChanges): Promise<void> {
+  private async applyRetentionFlags(name: string, changes: RetentionPolicyChanges): Promise<void> {
     if (!this.store.list().includes(name)) {
       this.log.warn({ volume: name }, 'retention flags name a default volume that does not exist; ignored');
       return;
