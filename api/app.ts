@@ -15,6 +15,7 @@ import { exportRoutes } from './routes/exports.js';
 import { healthRoutes } from './routes/health.js';
 import { jobRoutes } from './routes/jobs.js';
 import { metricsRoutes } from './routes/metrics.js';
+import { retentionRoutes } from './routes/retention.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { timelineRoutes } from './routes/timeline.js';
 import { volumeRoutes } from './routes/volumes.js';
@@ -65,6 +66,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     async (api) => {
       await volumeRoutes(api, context);
       await snapshotRoutes(api, context);
+      await retentionRoutes(api, context);
       await timelineRoutes(api, context);
       await exportRoutes(api, context);
       await eventRoutes(api, context);

@@ -1,6 +1,8 @@
 // JSON schemas shared by the routes. The same schemas validate requests, shape responses and
 // make the OpenAPI document (GET /api/docs).
 
+import { calendarTierPeriods } from '../storage/index.js';
+
 export const errorReference = { $ref: 'Error#' } as const;
 
 /** Error responses every authenticated route may give. */
@@ -12,6 +14,7 @@ export const commonErrors = {
 } as const;
 
 export const volumeNameParameter = { type: 'string', pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' } as const;
+export const volumeParameters = { type: 'object', required: ['volume'], properties: { volume: volumeNameParameter } } as const;
 export const snapshotNameParameter = { type: 'string', pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' } as const;
 /** One of these names an instant of a volume's history. */
 export const instantProperties = {
@@ -31,6 +34,44 @@ export const snapshotSchema = {
     micros: { type: 'integer', description: 'Unix microseconds' },
     time: { type: 'string', description: 'RFC 3339 with microseconds' },
     note: { type: 'string' },
+  },
+} as const;
+
+/**
+ * A volume's retention policy (storage/retention/policy.ts, docs/formats/retention.md). The schema
+ * checks the shape; the rules (orders, limits) are validateRetentionPolicy's, which answers in words.
+ */
+export const retentionPolicySchema = {
+  type: 'object',
+  required: ['keepAllSeconds', 'tiers', 'maxHistoryBytes', 'reserve', 'requiredWindowSeconds'],
+  additionalProperties: false,
+  properties: {
+    keepAllSeconds: { type: 'integer', description: 'every write of this last period is kept, to the microsecond (whole seconds, 0 or more)' },
+    tiers: {
+      type: 'array',
+      description: 'coarser points kept after that, finest period first (at most 8); each tier kept longer than keepAllSeconds and than the tier before it',
+      items: {
+        type: 'object',
+        required: ['every', 'keepSeconds'],
+        additionalProperties: false,
+        properties: {
+          every: {
+            description: `${calendarTierPeriods.join(', ')} (UTC; weeks start on Monday), or a fixed period in whole seconds`,
+            anyOf: [{ type: 'integer' }, { type: 'string', enum: [...calendarTierPeriods] }],
+          },
+          keepSeconds: { type: 'integer', description: 'the tier keeps its points this long (whole seconds, at least one period)' },
+        },
+      },
+    },
+    maxHistoryBytes: { type: 'integer', description: 'cap on the bytes the history takes on disk (at least 64 MiB); past it the oldest history is expired first' },
+    reserve: {
+      description: '{"percent": P} with P from 0 to 50 (of the file system\'s size), or {"bytes": N}: free space the file system keeps',
+      oneOf: [
+        { type: 'object', required: ['percent'], additionalProperties: false, properties: { percent: { type: 'number' } } },
+        { type: 'object', required: ['bytes'], additionalProperties: false, properties: { bytes: { type: 'integer' } } },
+      ],
+    },
+    requiredWindowSeconds: { type: 'integer', description: 'alert when the protected window gets shorter than this (whole seconds; 0: never)' },
   },
 } as const;
 
@@ -60,6 +101,12 @@ export const volumeSchema = {
         newestMicros: { type: 'integer' },
         indexBytes: { type: 'integer' },
       },
+    },
+    retention: {
+      type: 'object',
+      description: "the retention policy in force; the lifecycle engine's live figures join it here",
+      required: ['policy'],
+      properties: { policy: retentionPolicySchema },
     },
   },
 } as const;

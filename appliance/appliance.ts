@@ -3,9 +3,14 @@
 // together; the API (api/) and the command line (tools/) drive it.
 
 import {
+  StorageError,
   VolumeStore,
+  changeRetentionPolicy,
   formatMicros,
+  retentionChangesAreEmpty,
   validateSnapshotName,
+  type RetentionPolicy,
+  type RetentionPolicyChanges,
   type SnapshotRecord,
   type Volume,
   type VolumeConfig,
@@ -27,6 +32,11 @@ export interface ApplianceOptions {
   tls?: ServerTls;
   /** Access policies of volumes' live exports, by volume name (serve --allow, --tls-only). */
   volumePolicies?: ReadonlyMap<string, AccessPolicy>;
+  /**
+   * Changes to the default volume's retention policy (serve --keep-all, --hourly, ...): made to
+   * the defaults when it is created, and to its stored policy at every start.
+   */
+  defaultVolumeRetention?: RetentionPolicyChanges;
 }
 
 export class Appliance {
@@ -76,15 +86,44 @@ export class Appliance {
   }
 
   private async openEverything(options: ApplianceOptions): Promise<void> {
-    if (this.store.list().length === 0) {
-      await this.store.create({ name: options.defaultVolumeName, sizeBytes: options.defaultVolumeSizeBytes });
-      this.log.info({ volume: options.defaultVolumeName, sizeBytes: options.defaultVolumeSizeBytes }, 'created the default volume');
-    }
+    await this.prepareDefaultVolume(options);
     for (const name of this.store.list()) this.exportVolume(await this.store.openVolume(name));
     this.chooseDefaultExport();
     for (const failure of await this.exports.restore()) this.log.warn(failure, 'an export could not be restored and was dropped');
     this.rateTimer = setInterval(() => this.reportWriteRates(), 1000);
     this.rateTimer.unref();
+  }
+
+  /**
+   * On first start, make the default volume (with the retention changes the serve flags give);
+   * on later starts, make those changes to its stored policy (the rest of it stays).
+   */
+  private async prepareDefaultVolume(options: ApplianceOptions): Promise<void> {
+    const name = options.defaultVolumeName;
+    const retention = options.defaultVolumeRetention ?? {};
+    try {
+      if (this.store.list().length === 0) {
+        await this.store.create({ name, sizeBytes: options.defaultVolumeSizeBytes, retention });
+        this.log.info({ volume: name, sizeBytes: options.defaultVolumeSizeBytes }, 'created the default volume');
+      } else if (!retentionChangesAreEmpty(retention)) {
+        await this.applyRetentionFlags(name, retention);
+      }
+    } catch (error) {
+      if (error instanceof StorageError && error.code === 'EINVAL') throw new ApplianceError('EINVAL', `default volume ${name}: ${error.message}`);
+      throw error;
+    }
+  }
+
+  private async applyRetentionFlags(name: string, changes: RetentionPolicyChanges): Promise<void> {
+    if (!this.store.list().includes(name)) {
+      this.log.warn({ volume: name }, 'retention flags name a default volume that does not exist; ignored');
+      return;
+    }
+    const volume = await this.store.openVolume(name);
+    const policy = changeRetentionPolicy(volume.retentionPolicy, changes);
+    if (JSON.stringify(policy) === JSON.stringify(volume.retentionPolicy)) return;
+    await volume.setRetentionPolicy(policy);
+    this.log.info({ volume: name, policy }, 'retention policy changed by the serve flags');
   }
 
   private exportVolume(volume: Volume): void {
@@ -136,6 +175,16 @@ export class Appliance {
     await this.store.delete(name);
     this.chooseDefaultExport();
     this.events.emit({ type: 'volume-deleted', volume: name, micros: nowMicros() });
+  }
+
+  // ---- retention ----
+
+  /** Replace a volume's retention policy (EINVAL with the reason when it is nonsense); returns it as stored. */
+  async setRetentionPolicy(volumeName: string, policy: RetentionPolicy): Promise<RetentionPolicy> {
+    const volume = await this.store.openVolume(volumeName);
+    await volume.setRetentionPolicy(policy);
+    this.events.emit({ type: 'retention-changed', volume: volumeName, policy: volume.retentionPolicy, micros: nowMicros() });
+    return volume.retentionPolicy;
   }
 
   // ---- snapshots ----

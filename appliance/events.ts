@@ -1,6 +1,7 @@
 // What happens in the appliance, for the events websocket and the console: a typed bus.
 
 import { EventEmitter } from 'node:events';
+import type { RetentionPolicy } from '../storage/index.js';
 
 export type ApplianceEvent =
   | { type: 'write-rate'; volume: string; writesPerSecond: number; bytesPerSecond: number; micros: number }
@@ -8,6 +9,7 @@ export type ApplianceEvent =
   | { type: 'snapshot-deleted'; volume: string; name: string; micros: number }
   | { type: 'volume-created'; volume: string; sizeBytes: number; micros: number }
   | { type: 'volume-deleted'; volume: string; micros: number }
+  | { type: 'retention-changed'; volume: string; policy: RetentionPolicy; micros: number }
   | { type: 'export-created'; name: string; volume: string; sequence: number | null; writable: boolean; micros: number }
   | { type: 'export-deleted'; name: string; micros: number }
   | { type: 'client-connected'; export: string; connection: number; remote: string; micros: number }

@@ -14,6 +14,25 @@ export type { SnapshotRecord } from './index/delta-map-index.js';
 export { VolumeStore } from './volume-store.js';
 export { verifyVolume, type VolumeVerifyReport, type BadRecord } from './verify.js';
 export { validateVolumeName, validateVolumeSize, volumePaths, type VolumeConfig } from './volume-config.js';
+export {
+  retentionFormatVersion,
+  retentionLimits,
+  calendarTierPeriods,
+  defaultRetentionPolicy,
+  validateRetentionPolicy,
+  nominalPeriodSeconds,
+  retainedSecondsMax,
+  retainedTimes,
+  reserveBytes,
+  describeEvery,
+  type RetentionPolicy,
+  type RetentionTier,
+  type TierEvery,
+  type RetainedTimes,
+  type TierPoint,
+} from './retention/policy.js';
+export { changeRetentionPolicy, retentionChangesAreEmpty, type RetentionPolicyChanges } from './retention/policy-changes.js';
+export type { RetentionPolicyListener } from './retention/policy-file.js';
 export type { RecoveryReport } from './recovery.js';
 export { RecordKind, RecordFlag, kindName, type RecordHeader } from './write-log/record.js';
 export { scanLog, logStart, type ScannedRecord, type LogScanResult } from './write-log/log-reader.js';

@@ -28,6 +28,7 @@ export function volumePaths(directory: string) {
     drl: `${directory}/drl`,
     log: `${directory}/log`,
     index: `${directory}/index`,
+    retention: `${directory}/retention.json`,
   };
 }
 

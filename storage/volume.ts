@@ -39,12 +39,17 @@ import { applyRecordToRange, type AppendedRecord, type Batch, type LogPosition }
 import { LogWriter } from './write-log/log-writer.js';
 import { RecordFlag, RecordKind, changesData, recordHeaderBytes } from './write-log/record.js';
 import { createSegment, openSegment, segmentHeaderBytes } from './write-log/segment.js';
+import { defaultRetentionPolicy, type RetentionPolicy } from './retention/policy.js';
+import { changeRetentionPolicy, type RetentionPolicyChanges } from './retention/policy-changes.js';
+import { RetentionPolicyFile, type RetentionPolicyListener } from './retention/policy-file.js';
 
 export interface CreateVolumeOptions {
   name: string;
   sizeBytes: number;
   regionSizeBytes?: number;
   segmentSizeBytes?: number;
+  /** Changes to the default retention policy (defaultRetentionPolicy) the volume starts with. */
+  retention?: RetentionPolicyChanges;
 }
 
 export interface OpenVolumeOptions {
@@ -107,6 +112,7 @@ export class Volume implements BlockDevice {
 
   /** Points in time, snapshots and changed-block tracking; null when opened without them. */
   history: VolumeHistory | null = null;
+  private readonly retention: RetentionPolicyFile;
   private readonly primary: PrimaryImage;
   private readonly drl: DirtyRegionLog;
   private readonly log: LogWriter;
@@ -136,8 +142,10 @@ export class Volume implements BlockDevice {
     recovery: RecoveryReport;
     clock: MicrosecondClock;
     fileSystem: FileSystem;
+    retention: RetentionPolicyFile;
   }) {
     this.config = parts.config;
+    this.retention = parts.retention;
     this.paths = parts.paths;
     this.fileSystem = parts.fileSystem;
     this.primary = parts.primary;
@@ -191,6 +199,7 @@ export class Volume implements BlockDevice {
       createdMicros: config.createdMicros,
     });
     firstSegment.handle.close();
+    await RetentionPolicyFile.create(fileSystem, paths.retention, newVolumeRetentionPolicy(fileSystem, directory, options.retention ?? {}));
     await DirtyRegionLog.create(fileSystem, paths.drl, {
       regionSizeBytes: config.regionSizeBytes,
       volumeSizeBytes: config.sizeBytes,
@@ -206,6 +215,7 @@ export class Volume implements BlockDevice {
     const paths = volumePaths(directory);
     const config = readVolumeConfig(fileSystem, paths.config);
     assertGeometry(config);
+    const retention = await RetentionPolicyFile.open(fileSystem, paths.retention, () => defaultRetentionPolicy(fileSystem.freeBytes(directory)));
     const primary = PrimaryImage.open(fileSystem, paths.primary, config.sizeBytes);
     const drl = DirtyRegionLog.open(fileSystem, paths.drl);
     try {
@@ -214,7 +224,7 @@ export class Volume implements BlockDevice {
       }
       const recovery = await recoverVolume({ fileSystem, paths, primary, drl });
       const clock = new MicrosecondClock(Math.max(recovery.lastTimestampMicros, drl.checkpoint.timestampMicros));
-      const volume = new Volume({ config, paths, primary, drl, recovery, clock, fileSystem });
+      const volume = new Volume({ config, paths, primary, drl, recovery, clock, fileSystem, retention });
       try {
         if (options.history ?? fileSystem === nodeFileSystem) {
           volume.history = await VolumeHistory.open({ volume: volume.asHistoryVolume(), paths, fileSystem, sizeBytes: config.sizeBytes });
@@ -234,6 +244,23 @@ export class Volume implements BlockDevice {
 
   get sizeBytes(): number {
     return this.config.sizeBytes;
+  }
+
+  // ---- retention policy (storage/retention/policy.ts) ----
+
+  /** The policy in force (frozen: change it with setRetentionPolicy). */
+  get retentionPolicy(): RetentionPolicy {
+    return this.retention.policy;
+  }
+
+  /** Validate (EINVAL with the reason in words), store durably in retention.json, then tell the listeners. */
+  setRetentionPolicy(policy: RetentionPolicy): Promise<void> {
+    return this.retention.set(policy);
+  }
+
+  /** Call `listener` with the new policy after every change; returns the function that stops it. */
+  onRetentionPolicyChanged(listener: RetentionPolicyListener): () => void {
+    return this.retention.onChanged(listener);
   }
 
   get description(): string {
@@ -563,6 +590,14 @@ export class Volume implements BlockDevice {
       `range ${offsetBytes}+${lengthBytes} lies inside the volume (validated at the edge)`,
     );
   }
+}
+
+/**
+ * A new volume's policy: the defaults, with the history cap at 80% of what the file system has
+ * free once the live image and the first segment hold their space, and the given changes made.
+ */
+function newVolumeRetentionPolicy(fileSystem: FileSystem, directory: string, changes: RetentionPolicyChanges): RetentionPolicy {
+  return changeRetentionPolicy(defaultRetentionPolicy(fileSystem.freeBytes(directory)), changes);
 }
 
 function assertGeometry(config: VolumeConfig): void {

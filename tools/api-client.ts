@@ -4,6 +4,20 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { apiTokenFileName } from '../appliance/api-token.js';
+import { serveDefaults } from './serve.js';
+
+/** The options of every command that talks to the appliance (parseArgs). */
+export const apiOptions = {
+  api: { type: 'string', default: 'http://127.0.0.1:8080' },
+  token: { type: 'string' },
+  data: { type: 'string', default: serveDefaults.dataDirectory },
+  json: { type: 'boolean', default: false },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+export function apiClientOf(values: { api: string; token?: string | undefined; data: string }): ApiClient {
+  return new ApiClient({ apiBase: values.api, token: values.token, dataDirectory: values.data });
+}
 
 export interface ApiClientOptions {
   apiBase: string;

@@ -6,9 +6,10 @@ import { VolumeStore, validateVolumeName } from '../storage/index.js';
 import { inspectLog } from './log-inspect.js';
 import { serve, serveDefaults } from './serve.js';
 import { runTlsCommand } from './tls-certificates.js';
-import { ApiClient } from './api-client.js';
+import { apiClientOf, apiOptions } from './api-client.js';
 import { formatBytes, parseSize } from './sizes.js';
 import { jobUsage, runJob, runRestore, runSeed, runVerify } from './job-commands.js';
+import { retentionChangesOf, retentionOptions, retentionOptionsUsage, runRetention } from './retention-commands.js';
 
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -22,6 +23,9 @@ Usage:
   cdp-nbd snapshot create VOLUME NAME [--note TEXT]     (these talk to a running appliance)
   cdp-nbd snapshot list VOLUME
   cdp-nbd snapshot delete VOLUME NAME
+  cdp-nbd retention show VOLUME
+  cdp-nbd retention set VOLUME [--keep-all 24h] [--hourly 7d] [--daily 30d] [--weekly 8w] [--monthly 6M]
+                    [--yearly 2y] [--no-tiers] [--max-history 100G] [--reserve 5% | 10G] [--required-window 24h]
   cdp-nbd export create VOLUME (--at INSTANT | --snapshot NAME | --sequence N) [--writable] [--name NAME]
                      [--allow RULE]... [--tls-only]
   cdp-nbd export list
@@ -54,6 +58,11 @@ Options:
   --allow VOLUME=RULES    (repeatable) only these clients may use the volume's export; RULES are
                           comma-separated IP, CIDR (10.0.0.0/8), cn:CERTIFICATE-NAME or unix
 
+The default volume's retention policy: these options set it when the volume is made, and change
+it at every start they are given (what is not given stays as stored; "cdp-nbd retention set" changes
+it while the appliance runs):
+${retentionOptionsUsage}
+
 Each volume is exported over NBD under its own name; the empty export name selects the
 default volume. SIGTERM or SIGINT finish in-flight requests, make everything durable, and exit.`;
 
@@ -64,6 +73,7 @@ const commands: Record<string, Handler> = {
   volume: runVolume,
   log: runLog,
   snapshot: runSnapshot,
+  retention: runRetention,
   export: runExport,
   tls: runTlsCommand,
   restore: runRestore,
@@ -71,18 +81,6 @@ const commands: Record<string, Handler> = {
   seed: runSeed,
   job: runJob,
 };
-
-const apiOptions = {
-  api: { type: 'string', default: 'http://127.0.0.1:8080' },
-  token: { type: 'string' },
-  data: { type: 'string', default: serveDefaults.dataDirectory },
-  json: { type: 'boolean', default: false },
-  help: { type: 'boolean', short: 'h' },
-} as const;
-
-function apiClientOf(values: { api: string; token?: string | undefined; data: string }): ApiClient {
-  return new ApiClient({ apiBase: values.api, token: values.token, dataDirectory: values.data });
-}
 
 function print(value: unknown, asJson: boolean, asText: () => string): void {
   process.stdout.write(asJson ? `${JSON.stringify(value, null, 2)}\n` : `${asText()}\n`);
@@ -215,6 +213,7 @@ async function runServe(argv: string[]): Promise<number> {
       'tls-verify-clients': { type: 'boolean', default: false },
       'tls-only': { type: 'string', multiple: true, default: [] },
       allow: { type: 'string', multiple: true, default: [] },
+      ...retentionOptions,
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -222,6 +221,7 @@ async function runServe(argv: string[]): Promise<number> {
     process.stdout.write(`${serveUsage}\n`);
     return 0;
   }
+  const retention = retentionChangesOf(values);
   const nameProblem = validateVolumeName(values['default-volume']);
   if (nameProblem !== null) throw new Error(`--default-volume: ${nameProblem}`);
   await serve({
@@ -233,6 +233,7 @@ async function runServe(argv: string[]): Promise<number> {
     defaultVolumeSizeBytes: parseSize(values['volume-size']),
     logLevel: values['log-level'],
     version,
+    defaultVolumeRetention: retention,
     access: {
       tlsMode: values.tls,
       certificateFile: values['tls-cert'],

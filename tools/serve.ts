@@ -20,7 +20,7 @@ import {
   type ServerTls,
   type TlsMode,
 } from '../server/index.js';
-import { GiB, validateVolumeName } from '../storage/index.js';
+import { GiB, validateVolumeName, type RetentionPolicyChanges } from '../storage/index.js';
 import { servingMessage } from './serving-announcement.js';
 
 export interface ServeOptions {
@@ -33,6 +33,8 @@ export interface ServeOptions {
   logLevel: string;
   version: string;
   access?: ServeAccessOptions;
+  /** Changes to the default volume's retention policy (--keep-all, --hourly, ...). */
+  defaultVolumeRetention?: RetentionPolicyChanges;
 }
 
 /** NBD TLS and access options as given on the command line; checked by accessSettingsOf. */
@@ -114,6 +116,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     nbdUriBase: 'nbd://127.0.0.1:10809', // replaced below once the listener is bound
     tls: access.tls,
     volumePolicies: access.volumePolicies,
+    defaultVolumeRetention: options.defaultVolumeRetention,
   });
   for (const volume of access.volumePolicies.keys()) {
     if (appliance.table.lookup(volume) === undefined) log.warn({ volume }, 'an access policy names a volume that does not exist (yet)');

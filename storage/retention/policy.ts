@@ -5,8 +5,11 @@
 
 export const retentionFormatVersion = 1;
 
+/** The calendar periods a tier may have (UTC), finest first. */
+export const calendarTierPeriods = ['hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const;
+
 /** A tier's period: a calendar unit (UTC), or a fixed number of seconds aligned to the epoch. */
-export type TierEvery = 'hourly' | 'daily' | 'weekly' | 'monthly' | 'yearly' | number;
+export type TierEvery = (typeof calendarTierPeriods)[number] | number;
 
 export interface RetentionTier {
   /** One point is kept at every boundary of this period ... */

@@ -2,12 +2,13 @@
 // temporary data folder: the happy paths, and every kind of bad input getting its 4xx with a
 // stable error code and a message.
 
+import fs from 'node:fs';
 import t from 'tap';
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import { buildApp } from '../../api/app.js';
 import { Appliance } from '../../appliance/appliance.js';
 import { silentLogger } from '../../server/index.js';
-import { MiB } from '../../storage/index.js';
+import { MiB, defaultRetentionPolicy, type RetentionPolicy } from '../../storage/index.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 
 const token = 'test-token-0123456789';
@@ -28,7 +29,7 @@ async function startApi(t: { teardown(callback: () => Promise<void>): void }): P
   return { app, appliance };
 }
 
-type Method = 'GET' | 'POST' | 'DELETE';
+type Method = 'GET' | 'POST' | 'PUT' | 'DELETE';
 
 function call(app: FastifyInstance, method: Method, url: string, body?: unknown, withToken = true): Promise<LightMyRequestResponse> {
   return app.inject({
@@ -46,7 +47,7 @@ function errorCode(response: LightMyRequestResponse): string | undefined {
 t.test('the token: every route but /health needs it', async (t) => {
   const { app } = await startApi(t);
   t.equal((await call(app, 'GET', '/health', undefined, false)).statusCode, 200, '/health is open');
-  for (const url of ['/api/v1/volumes', '/api/v1/exports', '/metrics', '/api/docs', '/api/v1/volumes/vol0/timeline']) {
+  for (const url of ['/api/v1/volumes', '/api/v1/exports', '/metrics', '/api/docs', '/api/v1/volumes/vol0/timeline', '/api/v1/volumes/vol0/retention']) {
     const response = await call(app, 'GET', url, undefined, false);
     t.equal(response.statusCode, 401, `${url} without a token`);
     t.equal(errorCode(response), 'unauthorized');
@@ -208,7 +209,7 @@ t.test('health, metrics, OpenAPI', async (t) => {
   }
   const openapi = (await call(app, 'GET', '/api/docs')).json() as { openapi: string; paths: Record<string, unknown> };
   t.match(openapi.openapi, /^3\./);
-  for (const path of ['/api/v1/volumes', '/api/v1/volumes/{volume}/snapshots', '/api/v1/volumes/{volume}/timeline', '/api/v1/exports', '/api/v1/exports/{name}', '/health', '/metrics']) {
+  for (const path of ['/api/v1/volumes', '/api/v1/volumes/{volume}/snapshots', '/api/v1/volumes/{volume}/retention', '/api/v1/volumes/{volume}/timeline', '/api/v1/exports', '/api/v1/exports/{name}', '/health', '/metrics']) {
     t.ok(openapi.paths[path], `OpenAPI documents ${path}`);
   }
 });
@@ -269,3 +270,79 @@ t.test('jobs: restore to a file and verify it, with progress events; bad input',
   t.equal((await call(app, 'GET', '/api/v1/jobs/..%2F..%2Fetc')).statusCode, 400, 'a job id that is not one');
   t.equal(errorCode(await call(app, 'DELETE', `/api/v1/jobs/${job.id}`)), 'invalid-request', 'a finished job cannot be cancelled');
 });
+
+t.test('retention: the defaults, a round trip, and nonsense refused in words', async (t) => {
+  const { app, appliance } = await startApi(t);
+  const dataDirectory = appliance.store.dataDirectory;
+  const first = await call(app, 'GET', '/api/v1/volumes/vol0/retention');
+  t.equal(first.statusCode, 200);
+  const defaults = first.json() as RetentionPolicy;
+  t.same({ ...defaults, maxHistoryBytes: 0 }, { ...defaultRetentionPolicy(0), maxHistoryBytes: 0 }, 'a new volume gets the defaults');
+  const freeNowBytes = statfsFreeBytes(dataDirectory);
+  t.ok(Math.abs(defaults.maxHistoryBytes - 0.8 * freeNowBytes) <= 0.02 * freeNowBytes, `cap ${defaults.maxHistoryBytes} is 80% of the ${freeNowBytes} bytes free (within 2%: other tests share the disk)`);
+
+  const events: unknown[] = [];
+  const unsubscribe = appliance.events.subscribe((event) => event.type === 'retention-changed' && events.push(event));
+  const wanted: RetentionPolicy = {
+    keepAllSeconds: 6 * 3600,
+    tiers: [
+      { every: 900, keepSeconds: 2 * 86_400 },
+      { every: 'daily', keepSeconds: 60 * 86_400 },
+      { every: 'monthly', keepSeconds: 365 * 86_400 },
+    ],
+    maxHistoryBytes: 10 * 1024 * MiB,
+    reserve: { bytes: 512 * MiB },
+    requiredWindowSeconds: 3600,
+  };
+  const put = await call(app, 'PUT', '/api/v1/volumes/vol0/retention', wanted);
+  t.equal(put.statusCode, 200, put.body);
+  t.same(put.json(), wanted, 'the stored policy is the answer');
+  t.same((await call(app, 'GET', '/api/v1/volumes/vol0/retention')).json(), wanted, 'read back');
+  t.same((await call(app, 'GET', '/api/v1/volumes/vol0')).json().retention, { policy: wanted }, 'and in the volume');
+  t.same(JSON.parse(fs.readFileSync(`${dataDirectory}/volumes/vol0/retention.json`, 'utf8')), { formatVersion: 1, policy: wanted }, 'and in retention.json');
+  unsubscribe();
+  t.match(events, [{ type: 'retention-changed', volume: 'vol0', policy: wanted }], 'an event tells the console');
+
+  const withChange = (change: Record<string, unknown>): Record<string, unknown> => ({ ...wanted, ...change });
+  const withoutField = (field: string): Record<string, unknown> => Object.fromEntries(Object.entries(wanted).filter(([key]) => key !== field));
+  const nonsense: Array<[string, unknown, RegExp]> = [
+    ['a negative duration', withChange({ keepAllSeconds: -3600 }), /^retention policy: keepAllSeconds must be a whole, non-negative number of seconds$/],
+    ['a negative tier duration', withChange({ tiers: [{ every: 'daily', keepSeconds: -86_400 }] }), /tier 1 \(daily\) keepSeconds must be a whole, non-negative number of seconds/],
+    [
+      'a finer tier kept longer than a coarser one after it',
+      withChange({ tiers: [{ every: 'hourly', keepSeconds: 90 * 86_400 }, { every: 'daily', keepSeconds: 30 * 86_400 }] }),
+      /tier 2 \(daily\): kept for 2592000 s, not longer than the finer tier before it \(7776000 s\)/,
+    ],
+    ['tiers out of order', withChange({ tiers: [{ every: 'monthly', keepSeconds: 365 * 86_400 }, { every: 'daily', keepSeconds: 400 * 86_400 }] }), /tier 2 \(daily\): tiers go from finer to coarser periods/],
+    ['a reserve over 50%', withChange({ reserve: { percent: 75 } }), /the reserve is 0 to 50% of the file system/],
+    ['a cap under 64 MiB', withChange({ maxHistoryBytes: 1000 }), /maxHistoryBytes must be a whole number of at least 67108864 bytes/],
+    ['a fraction of a second', withChange({ keepAllSeconds: 1.5 }), /^keepAllSeconds must be a whole number$/],
+    ['a period nobody knows', withChange({ tiers: [{ every: 'fortnightly', keepSeconds: 90 * 86_400 }] }), /^tiers\[0\]\.every must be: hourly, daily, weekly, monthly, yearly \(UTC; weeks start on Monday\), or a fixed period in whole seconds$/],
+    ['a reserve of both kinds', withChange({ reserve: { percent: 5, bytes: 1 } }), /^reserve must be: \{"percent": P\} with P from 0 to 50/],
+    ['a reserve of neither kind', withChange({ reserve: 5 }), /^reserve must be: /],
+    ['a missing field', withoutField('maxHistoryBytes'), /^maxHistoryBytes is missing$/],
+    ['a missing tier field', withChange({ tiers: [{ every: 'daily' }] }), /^tiers\[0\]\.keepSeconds is missing$/],
+    ['an unknown field', withChange({ colour: 'red' }), /^colour is not a field here \(the fields are keepAllSeconds, tiers, maxHistoryBytes, reserve, requiredWindowSeconds\)$/],
+    ['an unknown tier field', withChange({ tiers: [{ every: 'daily', keepSeconds: 86_400 * 40, keep: 1 }] }), /^tiers\[0\]\.keep is not a field here \(the fields are every, keepSeconds\)$/],
+    ['tiers that are not a list', withChange({ tiers: { every: 'hourly', keepSeconds: 86_400 } }), /^tiers must be a list$/],
+    ['a body that is not an object', [wanted], /^the body must be an object$/],
+  ];
+  for (const [what, body, message] of nonsense) {
+    const response = await call(app, 'PUT', '/api/v1/volumes/vol0/retention', body);
+    t.equal(response.statusCode, 400, what);
+    t.equal(errorCode(response), 'invalid-request', what);
+    t.match((response.json() as { error: { message: string } }).error.message, message, `${what}: ${(response.json() as { error: { message: string } }).error.message}`);
+  }
+  t.same((await call(app, 'GET', '/api/v1/volumes/vol0/retention')).json(), wanted, 'nothing refused changed the policy');
+  t.equal(errorCode(await call(app, 'PUT', '/api/v1/volumes/nope/retention', wanted)), 'not-found', 'an unknown volume');
+  t.equal(errorCode(await call(app, 'GET', '/api/v1/volumes/nope/retention')), 'not-found');
+  t.match((await call(app, 'GET', '/api/v1/volumes/NO%20PE/retention')).json(), { error: { code: 'invalid-request', message: /^parameter volume must match pattern/ } }, 'a bad volume name');
+
+  const created = await call(app, 'POST', '/api/v1/volumes', { name: 'data1', sizeBytes: 8 * MiB });
+  t.same({ ...(created.json() as { retention: { policy: RetentionPolicy } }).retention.policy, maxHistoryBytes: 0 }, { ...defaultRetentionPolicy(0), maxHistoryBytes: 0 }, 'a volume made over the API gets the defaults');
+});
+
+function statfsFreeBytes(directory: string): number {
+  const stats = fs.statfsSync(directory);
+  return stats.bavail * stats.bsize;
+}
