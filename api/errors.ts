@@ -5,6 +5,7 @@
 //   unauthorized    401  no bearer token, or the wrong one
 //   read-only       403  a write to something read-only
 //   not-found       404  no such volume, snapshot, export or route
+//   expired         410  the instant is no longer kept (details.nearest: the kept instants around it)
 //   conflict        409  the name is taken
 //   busy            409  clients are attached (details.clients says which)
 //   no-space        507  no room left for the log
@@ -33,13 +34,14 @@ const byErrno: Record<string, [number, string]> = {
   EIO: [503, 'volume-failed'],
   ESHUTDOWN: [503, 'shutting-down'],
   ECORRUPT: [500, 'internal'],
+  EEXPIRED: [410, 'expired'],
   ENOTSUP: [400, 'invalid-request'],
 };
 
 export function httpErrorOf(error: unknown): HttpError {
   if (error instanceof StorageError || error instanceof ApplianceError) {
     const [statusCode, code] = byErrno[error.code] ?? [500, 'internal'];
-    const details = error instanceof ApplianceError ? error.details : undefined;
+    const details = error.details;
     return { statusCode, code, message: error.message, ...(details === undefined ? {} : { details }) };
   }
   const fastifyError = error as FastifyError;

@@ -11,15 +11,19 @@ export type StorageErrorCode =
   | 'ECANCELED' // a long operation (verification) was cancelled
   | 'ENOENT' // a volume or file that does not exist
   | 'EEXIST' // a volume that already exists
-  | 'ECORRUPT'; // an on-disk structure failed its checks
+  | 'ECORRUPT' // an on-disk structure failed its checks
+  | 'EEXPIRED'; // an instant the retention policy no longer keeps
 
 export class StorageError extends Error {
   readonly code: StorageErrorCode;
+  /** Facts for the caller (EEXPIRED: the nearest kept instants). */
+  readonly details: Record<string, unknown> | undefined;
 
-  constructor(code: StorageErrorCode, message: string, options?: { cause?: unknown }) {
+  constructor(code: StorageErrorCode, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
     super(message, options);
     this.name = 'StorageError';
     this.code = code;
+    this.details = options?.details;
   }
 }
 

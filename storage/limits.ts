@@ -92,6 +92,26 @@ export const indexLimits = {
   snapshotNoteBytesMax: 1024,
 } as const;
 
+/** Bounds of the history lifecycle: packs, the base image, expiry (docs/decisions/0007-history-lifecycle.md). */
+export const lifecycleLimits = {
+  /** Packs are written and read in pieces of this size. */
+  packWriteBytes: 1 * MiB,
+  /** Most intervals (packed spans between kept points) a volume keeps: tier points, snapshots and holds. */
+  intervalCountMax: 8192,
+  /** Most named snapshots a volume keeps. */
+  snapshotCountMax: 4096,
+  /** Expiry and packing read and write history at most this fast, unless space runs short. */
+  ioBytesPerSecond: 64 * MiB,
+  /** How often the lifecycle looks at the policy, the clock and the free space. */
+  checkIntervalMs: 5000,
+  /** Intervals merged in one pass at most (a run longer than this merges in several). */
+  mergeRunIntervalsMax: 64,
+  /** A run of intervals whose inner points all expired merges once it is this long, even before its coarser point closes it. */
+  mergeRunIntervalsDue: 32,
+  /** Keys per LevelDB batch while an interval's extents are put or deleted. */
+  indexBatchKeys: 256,
+} as const;
+
 function isPowerOfTwo(value: number): boolean {
   return Number.isInteger(value) && value > 0 && (value & (value - 1)) === 0;
 }

@@ -29,6 +29,10 @@ export function volumePaths(directory: string) {
     log: `${directory}/log`,
     index: `${directory}/index`,
     retention: `${directory}/retention.json`,
+    /** Packed intervals of history (docs/formats/pack.md). */
+    packs: `${directory}/packs`,
+    /** The volume as it was at the horizon, the oldest kept instant (docs/decisions/0007-history-lifecycle.md). */
+    base: `${directory}/base.img`,
   };
 }
 

@@ -171,6 +171,7 @@ export class Volume implements BlockDevice {
         onBatchSealed: (batch) => this.markRegions(batch),
         onBatchWritten: (batch) => this.applyBatch(batch),
         onFailure: (error) => this.fail(error),
+        makeRoom: async () => (this.history === null ? false : this.history.lifecycle.makeRoom()),
       },
     });
     this.scheduleCleaning();
@@ -228,6 +229,8 @@ export class Volume implements BlockDevice {
       try {
         if (options.history ?? fileSystem === nodeFileSystem) {
           volume.history = await VolumeHistory.open({ volume: volume.asHistoryVolume(), paths, fileSystem, sizeBytes: config.sizeBytes });
+          const history = volume.history;
+          volume.onRetentionPolicyChanged(() => void history.lifecycle.tick());
         }
         await volume.recordRecovery();
       } catch (error) {
@@ -365,12 +368,20 @@ export class Volume implements BlockDevice {
     return record;
   }
 
+  /** The oldest log segment recovery would read from: the DRL checkpoint's, or what is applied since. */
+  private oldestSegmentNeeded(): number {
+    return Math.min(this.drl.checkpoint.position.segmentNumber, this.appliedPosition.segmentNumber, this.log.appendPosition.segmentNumber);
+  }
+
   /** What the history (points in time) needs of this volume. */
   private asHistoryVolume(): HistoryVolume {
     const log = this.log;
     return {
       name: this.config.name,
       createdMicros: this.config.createdMicros,
+      volumeId: Buffer.from(this.config.volumeId, 'hex'),
+      retentionPolicy: () => this.retentionPolicy,
+      oldestSegmentNeeded: () => this.oldestSegmentNeeded(),
       sizeBytes: this.config.sizeBytes,
       read: (offsetBytes, lengthBytes) => this.read(offsetBytes, lengthBytes),
       allocation: (offsetBytes, lengthBytes, extentCountMax) => this.allocation(offsetBytes, lengthBytes, extentCountMax),

@@ -2,8 +2,10 @@
 // dirty bitmaps of snapshots and for restores that copy only what changed. The windows holding
 // the two ends are read record by record; the windows between them through their merged maps.
 
+import { StorageError } from '../errors.js';
+import { decodeChunkExtents, decodeIntervalExtentsKey, intervalExtentsKey, type WindowRecord } from './map-keys.js';
 import { unionOf } from './extents.js';
-import type { WindowRecord } from './map-keys.js';
+import type { IntervalStore } from './intervals.js';
 import type { MapStore } from './map-store.js';
 import { rangeMaps } from './planner.js';
 import type { Tail } from './tail.js';
@@ -11,13 +13,21 @@ import type { Tail } from './tail.js';
 /** Byte ranges of [startBytes, endBytes) written by records in (fromSequence, toSequence]. */
 export async function changedBetween(
   store: MapStore,
+  intervals: IntervalStore,
   tail: Tail,
   chunkBytes: number,
   range: { fromSequence: number; toSequence: number; startBytes: number; endBytes: number },
 ): Promise<Array<[number, number]>> {
-  const { fromSequence, toSequence, startBytes, endBytes } = range;
+  const { toSequence, startBytes, endBytes } = range;
+  let { fromSequence } = range;
   if (toSequence <= fromSequence) return [];
   const ranges: Array<[number, number]> = [];
+  const packedThrough = intervals.packedThroughSequence;
+  if (fromSequence < packedThrough) {
+    await addIntervals(store, intervals, chunkBytes, { fromSequence, toSequence: Math.min(toSequence, packedThrough), startBytes, endBytes }, ranges);
+    if (toSequence <= packedThrough) return unionOf(ranges);
+    fromSequence = packedThrough;
+  }
   const addRecords = (records: readonly WindowRecord[]): void => {
     for (const record of records) {
       if (record.source.sequence <= fromSequence || record.source.sequence > toSequence) continue;
@@ -38,4 +48,28 @@ export async function changedBetween(
   }
   if (toWindow === null) addRecords(tail.records);
   return unionOf(ranges);
+}
+
+/** The ranges the intervals in (fromSequence, toSequence] wrote; both ends must be kept points. */
+async function addIntervals(
+  store: MapStore,
+  intervals: IntervalStore,
+  chunkBytes: number,
+  range: { fromSequence: number; toSequence: number; startBytes: number; endBytes: number },
+  ranges: Array<[number, number]>,
+): Promise<void> {
+  const { fromSequence, toSequence, startBytes, endBytes } = range;
+  const kept = (sequence: number): boolean => sequence === intervals.state.horizonSequence || intervals.intervalEndingAt(sequence) !== null;
+  if (!kept(fromSequence) || !kept(toSequence)) throw new StorageError('EEXPIRED', `changes between records ${fromSequence} and ${toSequence} are no longer kept exactly`);
+  const firstChunk = Math.floor(startBytes / chunkBytes);
+  const endChunk = Math.floor((endBytes - 1) / chunkBytes) + 1;
+  for await (const [key, value] of store.db.iterator({ gte: intervalExtentsKey(firstChunk, 0), lt: intervalExtentsKey(endChunk, 0) })) {
+    const { lastSequence } = decodeIntervalExtentsKey(key);
+    if (lastSequence <= fromSequence || lastSequence > toSequence) continue;
+    for (const extent of decodeChunkExtents(value)) {
+      const start = Math.max(extent.startBytes, startBytes);
+      const end = Math.min(extent.endBytes, endBytes);
+      if (start < end) ranges.push([start, end]);
+    }
+  }
 }

@@ -8,6 +8,7 @@
 //   timeline.ts     instants and times, windows along a span of time
 //   changes.ts      ranges written between two records (changed-block tracking)
 //   snapshots.ts    named marks
+//   intervals.ts    the packed region: intervals between kept points, the lifecycle state
 //   last-writes.ts  the last record that wrote each chunk
 //   map-store.ts    the LevelDB database and reads of what it stores
 //   map-keys.ts     the key and value encodings
@@ -16,6 +17,7 @@
 // the log: a cut only takes records the caller made durable, and after a crash the volume replays
 // the log from the checkpoint into the tail.
 
+import { IntervalStore } from './intervals.js';
 import { LastWriteTable } from './last-writes.js';
 import { changedBetween } from './changes.js';
 import type { Extent } from './extents.js';
@@ -25,7 +27,7 @@ import { MapStore } from './map-store.js';
 import { planAt, rangeMaps, resolve, resolveChunks, type InstantPlan } from './planner.js';
 import { allSnapshots, snapshotNamed } from './snapshots.js';
 import { Tail, type IndexedRecord, type WindowBoundary } from './tail.js';
-import { firstMicros, microsOf, sequenceAt, windowsBetween } from './timeline.js';
+import { firstMicros, lastDataSequence, microsOf, sequenceAt, windowsBetween } from './timeline.js';
 import type { LogPosition } from '../write-log/batch.js';
 
 export type { IndexedRecord, InstantPlan, MapReference, SnapshotRecord, WindowBoundary };
@@ -33,6 +35,8 @@ export type { IndexedRecord, InstantPlan, MapReference, SnapshotRecord, WindowBo
 export class DeltaMapIndex {
   readonly chunkBytes: number;
   private readonly store: MapStore;
+  /** The packed region and the lifecycle state (the retention engine changes them). */
+  readonly intervals: IntervalStore;
   private readonly tail: Tail;
   private readonly lastWrites: LastWriteTable;
   /** Cuts and merges run one at a time each, cuts never waiting for a long merge. */
@@ -42,21 +46,28 @@ export class DeltaMapIndex {
   windowBoundary: WindowBoundary | null = null;
   /** Counters for the metrics and the benchmark. */
   readonly counters = { cuts: 0, merges: 0, mapQueries: 0 };
+  /**
+   * Bumped whenever the retention engine switches the index to new intervals or a new horizon:
+   * views plan again, and queries that straddled the switch run again.
+   */
+  generation = 0;
 
-  private constructor(store: MapStore, lastWrites: LastWriteTable) {
+  private constructor(store: MapStore, intervals: IntervalStore, lastWrites: LastWriteTable) {
     this.store = store;
+    this.intervals = intervals;
     this.lastWrites = lastWrites;
     this.chunkBytes = lastWrites.chunkBytes;
     this.tail = new Tail(store.checkpoint.mappedThroughSequence, store.checkpoint.nextPosition);
   }
 
   /** Open (creating if needed) the index of a volume whose log starts at firstPosition. */
-  static async open(directory: string, volumeSizeBytes: number, firstPosition: LogPosition): Promise<DeltaMapIndex> {
+  static async open(directory: string, volume: { sizeBytes: number; createdMicros: number }, firstPosition: LogPosition): Promise<DeltaMapIndex> {
     const store = await MapStore.open(directory, firstPosition);
     try {
-      const lastWrites = new LastWriteTable(volumeSizeBytes);
+      const lastWrites = new LastWriteTable(volume.sizeBytes);
       await lastWrites.load(store);
-      return new DeltaMapIndex(store, lastWrites);
+      const intervals = await IntervalStore.load(store, volume.createdMicros, firstPosition);
+      return new DeltaMapIndex(store, intervals, lastWrites);
     } catch (error) {
       await store.close();
       throw error;
@@ -110,7 +121,7 @@ export class DeltaMapIndex {
       await cutWindow(this.store, this.tail, this.lastWrites, throughSequence);
       this.counters.cuts++;
     });
-    void cutting.then(() => this.enqueue('merges', async () => void (this.counters.merges += await mergeDue(this.store)))).catch(() => undefined);
+    void cutting.then(() => this.enqueue('merges', async () => void (this.counters.merges += await mergeDue(this.store, this.intervals.state.fineStartWindow)))).catch(() => undefined);
     return cutting;
   }
 
@@ -144,14 +155,15 @@ export class DeltaMapIndex {
   private async consistent<T>(query: () => Promise<T>): Promise<T> {
     for (;;) {
       const cutsBefore = this.counters.cuts;
+      const generationBefore = this.generation;
       const result = await query();
-      if (this.counters.cuts === cutsBefore) return result;
+      if (this.counters.cuts === cutsBefore && this.generation === generationBefore) return result;
     }
   }
 
   /** The plan to read the volume as of record `sequence`. */
   planAt(sequence: number): Promise<InstantPlan> {
-    return this.consistent(() => planAt(this.store, this.tail, sequence));
+    return this.consistent(() => planAt(this.store, this.intervals, this.tail, sequence));
   }
 
   /** Maps covering windows [from, to) exactly, oldest first. */
@@ -161,7 +173,7 @@ export class DeltaMapIndex {
 
   /** The extents of [startBytes, endBytes) as of the plan's instant (holes left out). */
   async resolve(plan: InstantPlan, startBytes: number, endBytes: number): Promise<{ extents: Extent[]; mapsConsulted: number }> {
-    const resolved = await resolve(this.store, this.chunkBytes, plan, startBytes, endBytes);
+    const resolved = await resolve(this.store, this.intervals, this.chunkBytes, plan, startBytes, endBytes);
     this.counters.mapQueries += resolved.mapsConsulted;
     return resolved;
   }
@@ -169,22 +181,32 @@ export class DeltaMapIndex {
   /** The extents of whole chunks [firstChunk, endChunk) as of the plan's instant, per chunk (one range scan per map). */
   async resolveChunks(plan: InstantPlan, firstChunk: number, endChunk: number, volumeSizeBytes: number): Promise<Map<number, Extent[]>> {
     this.counters.mapQueries += plan.mapsNewestFirst.length;
-    return resolveChunks(this.store, this.chunkBytes, plan, firstChunk, endChunk, volumeSizeBytes);
+    return resolveChunks(this.store, this.intervals, this.chunkBytes, plan, firstChunk, endChunk, volumeSizeBytes);
   }
 
   /** Byte ranges of [startBytes, endBytes) written by records in (fromSequence, toSequence]. */
   changedBetween(fromSequence: number, toSequence: number, startBytes: number, endBytes: number): Promise<Array<[number, number]>> {
-    return this.consistent(() => changedBetween(this.store, this.tail, this.chunkBytes, { fromSequence, toSequence, startBytes, endBytes }));
+    return this.consistent(() => changedBetween(this.store, this.intervals, this.tail, this.chunkBytes, { fromSequence, toSequence, startBytes, endBytes }));
   }
 
   /** The last data-changing record written at or before `micros` (0 if none). */
   sequenceAt(micros: number): Promise<number> {
-    return this.consistent(() => sequenceAt(this.store, this.tail, micros));
+    return this.consistent(() => sequenceAt(this.store, this.intervals, this.tail, micros));
+  }
+
+  /** The last data-changing record at or before `sequence`: the volume looks the same just after both. */
+  lastDataSequence(sequence: number): Promise<number> {
+    return this.consistent(() => lastDataSequence(this.store, this.intervals, this.tail, sequence));
   }
 
   /** Time of the last data-changing record at or before `sequence` (0 if none). */
   microsOf(sequence: number): Promise<number> {
-    return this.consistent(() => microsOf(this.store, this.tail, sequence));
+    return this.consistent(() => microsOf(this.store, this.intervals, this.tail, sequence));
+  }
+
+  /** The window holding record `sequence`, or null when it is still in the tail. */
+  windowHolding(sequence: number): Promise<number | null> {
+    return this.store.windowOf(sequence);
   }
 
   mapInfo(map: MapReference): Promise<MapInfo> {
@@ -205,16 +227,36 @@ export class DeltaMapIndex {
 
   /** Summaries of the windows that end within [fromMicros, toMicros], plus the tail's. */
   windowsBetween(fromMicros: number, toMicros: number, limit: number): Promise<MapInfo[]> {
-    return windowsBetween(this.store, this.tail, fromMicros, toMicros, limit);
+    return windowsBetween(this.store, this.intervals, this.tail, fromMicros, toMicros, limit);
   }
 
   /** The oldest record's time (0 if none). */
   firstMicros(): Promise<number> {
-    return firstMicros(this.store, this.tail);
+    return firstMicros(this.store, this.intervals, this.tail);
   }
 
   get lastMicros(): number {
     return this.tail.lastMicros;
+  }
+
+  /** What the retention engine works with (storage/retention/): the database, the packed region, the chunk size. */
+  lifecycleAccess(): { store: MapStore; intervals: IntervalStore; chunkBytes: number } {
+    return { store: this.store, intervals: this.intervals, chunkBytes: this.chunkBytes };
+  }
+
+  /** The retention engine switched the index: views plan again, straddling queries run again. */
+  noteSwitch(): void {
+    this.generation++;
+  }
+
+  /** Run a task between merges (clearing packed windows must not pull children from under a merge). Its failure stays its own. */
+  betweenMerges<T>(task: () => Promise<T>): Promise<T> {
+    const running = this.queues.merges.then(task);
+    this.queues.merges = running.then(
+      () => undefined,
+      () => undefined,
+    );
+    return running;
   }
 
   /** Bytes the index's files take on disk. */

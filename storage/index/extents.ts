@@ -5,11 +5,18 @@
 import { assert } from '../errors.js';
 import type { WindowRecord } from './map-keys.js';
 
-/** Where the data of an extent lies: a log record, or nothing (zeroes, trim). */
+/**
+ * Extents name the file holding their data by a number (`segmentNumber`): write-log segments are
+ * 1 to 2^31 - 1, packs are 2^31 + their pack number, and the base image is 2^32 - 1.
+ */
+export const fileNumbers = { packFirst: 0x8000_0000, baseImage: 0xffff_ffff } as const;
+
+/** Where the data of an extent lies: a record in the log or in a pack, the base image, or nothing (zeroes, trim). */
 export interface ExtentSource {
   sequence: number;
   /** True for data records; false for zeroes and trims (the range reads as zeroes). */
   hasData: boolean;
+  /** The file: a segment, a pack or the base image (fileNumbers). */
   segmentNumber: number;
   /** Offset of the record's header in its segment. */
   recordOffsetBytes: number;

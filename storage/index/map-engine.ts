@@ -12,6 +12,7 @@ import {
   chunkExtentsRange,
   encodeChunkExtents,
   encodeMapInfo,
+  encodeWindowEnd,
   encodeWindowIndex,
   encodeWindowRecords,
   mapInfoKey,
@@ -22,9 +23,10 @@ import {
   type IndexCheckpoint,
   type MapInfo,
   type MapReference,
+  type SnapshotRecord,
 } from './map-keys.js';
 import type { IndexBatch, MapStore } from './map-store.js';
-import type { Tail } from './tail.js';
+import { applySnapshotUpdate, type Tail } from './tail.js';
 
 /** Cut the tail through record `throughSequence` (durable in the log) into the next window. */
 export async function cutWindow(store: MapStore, tail: Tail, lastWrites: LastWriteTable, throughSequence: number): Promise<void> {
@@ -46,7 +48,7 @@ export async function cutWindow(store: MapStore, tail: Tail, lastWrites: LastWri
   const batch: IndexBatch = [
     { type: 'put', key: mapInfoKey(window), value: encodeMapInfo(info) },
     { type: 'put', key: windowRecordsKey(windowIndex), value: encodeWindowRecords(records) },
-    { type: 'put', key: windowBySequenceKey(throughSequence), value: encodeWindowIndex(windowIndex) },
+    { type: 'put', key: windowBySequenceKey(throughSequence), value: encodeWindowEnd(windowIndex, nextPosition) },
     { type: 'put', key: windowByTimeKey(lastMicros, windowIndex), value: Buffer.alloc(0) },
   ];
   for (const [chunk, chunkExtents] of splitByChunk(extents, lastWrites.chunkBytes)) {
@@ -59,6 +61,11 @@ export async function cutWindow(store: MapStore, tail: Tail, lastWrites: LastWri
     batch.push(snapshot === null ? { type: 'del', key: snapshotKey(name) } : { type: 'put', key: snapshotKey(name), value: Buffer.from(JSON.stringify(snapshot)) });
     snapshotsCut.push(name);
   }
+  const updatesCut = [...tail.pendingUpdates.entries()];
+  for (const [name, mark] of updatesCut) {
+    const stored = await store.db.get(snapshotKey(name));
+    if (stored !== undefined) batch.push({ type: 'put', key: snapshotKey(name), value: Buffer.from(JSON.stringify(applySnapshotUpdate(JSON.parse(stored.toString('utf8')) as SnapshotRecord, mark))) });
+  }
   batch.push({ type: 'put', key: checkpointKey, value: Buffer.from(JSON.stringify(checkpoint)) });
   try {
     await store.batch(batch);
@@ -67,17 +74,23 @@ export async function cutWindow(store: MapStore, tail: Tail, lastWrites: LastWri
     throw error;
   }
   store.checkpoint = checkpoint;
+  for (const [name] of updatesCut) tail.pendingUpdates.delete(name);
   tail.dropThrough(throughSequence, snapshotsCut);
 }
 
-/** Build every merged map whose children all exist, lowest level first. */
-export async function mergeDue(store: MapStore): Promise<number> {
+/**
+ * Build every merged map whose children all exist, lowest level first. Maps that would start
+ * before the fine region are skipped (their windows are packed): the level's count moves past them.
+ */
+export async function mergeDue(store: MapStore, fineStartWindow: number): Promise<number> {
   let merges = 0;
   for (let level = 1; ; level++) {
     const childCount = store.builtCount(level - 1);
+    const span = indexLimits.fanout ** level;
     const due = Math.floor(childCount / indexLimits.fanout);
     if (due === 0) return merges;
-    for (let index = store.builtCount(level); index < due; index++) {
+    const firstInFineRegion = Math.ceil(fineStartWindow / span);
+    for (let index = Math.max(store.builtCount(level), firstInFineRegion); index < due; index++) {
       await mergeMap(store, { level, index });
       merges++;
     }

@@ -4,7 +4,9 @@
 import type { LogPosition } from '../write-log/batch.js';
 import type { Extent, ExtentSource } from './extents.js';
 
-export const indexFormatVersion = 1;
+/** Version 2 adds the lifecycle state (`H`), intervals (`I`, `X`) and window end positions in `L` values; a version 1 database is read as version 2 without them. */
+export const indexFormatVersion = 2;
+export const indexFormatVersionsReadable = [1, 2];
 
 const Tag = {
   version: 0x56,
@@ -17,6 +19,9 @@ const Tag = {
   chunkLastWrite: 0x57,
   snapshot: 0x53,
   builtCount: 0x42,
+  lifecycle: 0x48,
+  interval: 0x49,
+  intervalExtent: 0x58,
 } as const;
 
 const indexBytes = 6;
@@ -226,6 +231,21 @@ export function encodeWindowIndex(index: number): Buffer {
   return value;
 }
 
+/** An `L` value: the window's index, and where the log continues after its last record. */
+export function encodeWindowEnd(index: number, nextPosition: LogPosition): Buffer {
+  const value = Buffer.alloc(indexBytes + 12);
+  writeUint48(value, 0, index);
+  value.writeUInt32BE(nextPosition.segmentNumber, indexBytes);
+  writeUint64(value, indexBytes + 4, nextPosition.offsetBytes);
+  return value;
+}
+
+/** An `L` value's position (null in a version 1 database, which did not keep it). */
+export function decodeWindowEndPosition(value: Buffer): LogPosition | null {
+  if (value.length < indexBytes + 12) return null;
+  return { segmentNumber: value.readUInt32BE(indexBytes), offsetBytes: readUint64(value, indexBytes + 4) };
+}
+
 export function decodeWindowIndex(value: Buffer): number {
   return value.readUIntBE(0, indexBytes);
 }
@@ -272,6 +292,10 @@ export interface SnapshotRecord {
   sequence: number;
   micros: number;
   note: string;
+  /** Space pressure never expires a pinned snapshot (only its deletion does). */
+  pinned?: boolean;
+  /** The snapshot is deleted at this time (0 or absent: kept until deleted). */
+  expiresMicros?: number;
 }
 
 export function snapshotKey(name: string): Buffer {
@@ -297,4 +321,36 @@ export const builtCountRange = { gte: Buffer.from([Tag.builtCount]), lt: Buffer.
 
 export function assertIndexInRange(index: number): void {
   if (!Number.isSafeInteger(index) || index < 0 || index > maxIndex) throw new Error(`map index ${index} out of range`);
+}
+
+// ---- the history lifecycle: intervals between kept points, and its state ----
+
+/** The lifecycle state (docs/formats/delta-map.md, "History lifecycle"), one JSON value. */
+export const lifecycleKey = Buffer.from([Tag.lifecycle]);
+
+/** A packed interval's summary, by its last sequence. */
+export function intervalKey(lastSequence: number): Buffer {
+  const key = Buffer.alloc(9);
+  key[0] = Tag.interval;
+  writeUint64(key, 1, lastSequence);
+  return key;
+}
+
+export const intervalRange = { gte: Buffer.from([Tag.interval]), lt: Buffer.from([Tag.interval + 1]) };
+
+export function decodeIntervalKey(key: Buffer): number {
+  return readUint64(key, 1);
+}
+
+/** The extents of one interval within one chunk: chunk first, so one scan finds every interval that wrote a chunk. */
+export function intervalExtentsKey(chunk: number, lastSequence: number): Buffer {
+  const key = Buffer.alloc(17);
+  key[0] = Tag.intervalExtent;
+  writeUint64(key, 1, chunk);
+  writeUint64(key, 9, lastSequence);
+  return key;
+}
+
+export function decodeIntervalExtentsKey(key: Buffer): { chunk: number; lastSequence: number } {
+  return { chunk: readUint64(key, 1), lastSequence: readUint64(key, 9) };
 }

@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import { Level } from 'level';
 import { StorageError, assert } from '../errors.js';
+import { indexLimits } from '../limits.js';
 import type { LogPosition } from '../write-log/batch.js';
 import type { Extent } from './extents.js';
 import {
@@ -15,12 +16,17 @@ import {
   decodeChunkExtents,
   decodeChunkExtentsKey,
   decodeMapInfo,
+  decodeWindowEndPosition,
   decodeWindowIndex,
   decodeWindowRecords,
   indexFormatVersion,
+  indexFormatVersionsReadable,
   mapInfoKey,
   versionKey,
   windowBySequenceEnd,
+  windowByTimeEnd,
+  windowByTimeKey,
+  decodeWindowByTimeKey,
   windowBySequenceKey,
   windowRecordsKey,
   type IndexCheckpoint,
@@ -57,8 +63,10 @@ export class MapStore {
           { type: 'put', key: versionKey, value: Buffer.from(String(indexFormatVersion)) },
           { type: 'put', key: checkpointKey, value: Buffer.from(JSON.stringify(fresh)) },
         ]);
-      } else if (version.toString() !== String(indexFormatVersion)) {
+      } else if (!indexFormatVersionsReadable.includes(Number(version.toString()))) {
         throw new StorageError('ECORRUPT', `${directory}: unsupported index format version ${version.toString()}`);
+      } else if (version.toString() !== String(indexFormatVersion)) {
+        await db.put(versionKey, Buffer.from(String(indexFormatVersion))); // version 1 reads as 2 without the new keys
       }
       const checkpoint = JSON.parse((await db.get(checkpointKey))!.toString('utf8')) as IndexCheckpoint;
       const store = new MapStore(directory, db, checkpoint);
@@ -99,6 +107,14 @@ export class MapStore {
     const value = await this.db.get(windowRecordsKey(index));
     assert(value !== undefined, `window ${index} has its records`);
     return decodeWindowRecords(value);
+  }
+
+  /** Where the log continues after window `index`'s last record (null: a version 1 window, position not kept). */
+  async windowEndPosition(index: number): Promise<LogPosition | null> {
+    const info = await this.mapInfo({ level: 0, index });
+    const value = await this.db.get(windowBySequenceKey(info.lastSequence));
+    assert(value !== undefined, `window ${index} is findable by its last sequence`);
+    return decodeWindowEndPosition(value);
   }
 
   /** The window holding record `sequence`, or null when it is not cut yet (still in the tail). */
@@ -167,5 +183,27 @@ export class MapStore {
 
   async close(): Promise<void> {
     await this.db.close();
+  }
+
+  /**
+   * Delete the keys of every window before `fineStartWindow` and of every merged map that starts
+   * before it: they are packed (or folded) and no plan uses them. Idempotent; run after each
+   * switch and at open.
+   */
+  async clearWindowsBefore(fineStartWindow: number, fineStartSequence: number): Promise<void> {
+    if (fineStartWindow === 0) return;
+    for (let level = 0; level < this.builtCounts.length; level++) {
+      const end = Math.ceil(fineStartWindow / indexLimits.fanout ** level);
+      await this.db.clear({ gte: chunkExtentsKey({ level, index: 0 }, 0), lt: chunkExtentsKey({ level, index: end }, 0) });
+      await this.db.clear({ gte: mapInfoKey({ level, index: 0 }), lt: mapInfoKey({ level, index: end }) });
+    }
+    await this.db.clear({ gte: windowRecordsKey(0), lt: windowRecordsKey(fineStartWindow) });
+    await this.db.clear({ gte: windowBySequenceKey(0), lt: windowBySequenceKey(fineStartSequence) });
+    const stale: IndexBatch = [];
+    for await (const [key] of this.db.iterator({ gte: windowByTimeKey(0, 0), lt: windowByTimeEnd })) {
+      if (decodeWindowByTimeKey(key).index >= fineStartWindow) break;
+      stale.push({ type: 'del', key });
+    }
+    if (stale.length > 0) await this.db.batch(stale);
   }
 }

@@ -1,35 +1,54 @@
 // The planner: how to read the volume as of record S (docs/formats/delta-map.md, "What a map
-// is"). A plan is the partial window up to S, then the maps covering every window before it,
-// newest first: the largest aligned merged maps that exist, so O(log history) maps. Resolving a
-// chunk fills its range from the partial window, then from each map in turn, where still a gap.
+// is" and "History lifecycle"). A plan is the partial window up to S, then the maps covering
+// every window of the fine region before it, newest first (the largest aligned merged maps that
+// exist, so O(log history) maps), then the packed intervals ending at or before S, newest first,
+// then the base image (the volume at the horizon). Resolving a chunk fills its range from each in
+// turn, where still a gap.
 
+import { StorageError } from '../errors.js';
 import { indexLimits } from '../limits.js';
-import { clip, gapsOf, intersect, mergeSorted, flattenRecords, type Extent } from './extents.js';
+import { clip, fileNumbers, gapsOf, intersect, mergeSorted, flattenRecords, type Extent, type ExtentSource } from './extents.js';
+import type { IntervalStore } from './intervals.js';
 import { decodeChunkExtents, type MapReference } from './map-keys.js';
 import type { MapStore } from './map-store.js';
 import type { Tail } from './tail.js';
 
-/** Where "as of record S" stands: the maps to consult, newest first, and the partial window. */
+/** Where "as of record S" stands: the partial window, the maps, the intervals, the base image. */
 export interface InstantPlan {
   sequence: number;
   /** Extents of the records after the last whole window, up to S (sorted, non-overlapping). */
   partial: Extent[];
   mapsNewestFirst: MapReference[];
+  /** Intervals ending at or before this record are consulted after the maps (0: none). */
+  intervalsThroughSequence: number;
+  /** What is still a gap then reads from the base image (null: no base yet, gaps are holes). */
+  base: ExtentSource | null;
 }
 
 /** The plan to read the volume as of record `sequence`. */
-export async function planAt(store: MapStore, tail: Tail, sequence: number): Promise<InstantPlan> {
+export async function planAt(store: MapStore, intervals: IntervalStore, tail: Tail, sequence: number): Promise<InstantPlan> {
+  const { horizonSequence, fineStartWindow } = intervals.state;
+  const packedThrough = intervals.packedThroughSequence;
+  const base: ExtentSource | null =
+    horizonSequence === 0 ? null : { sequence: horizonSequence, hasData: true, segmentNumber: fileNumbers.baseImage, recordOffsetBytes: 0, volumeOffsetBytes: 0 };
+  if (sequence < horizonSequence) throw new StorageError('EEXPIRED', `record ${sequence} is before the oldest kept instant (record ${horizonSequence})`);
+  if (sequence <= packedThrough) {
+    const keptEnd = intervals.keptEndShowing(sequence);
+    if (keptEnd === null) throw new StorageError('EEXPIRED', `record ${sequence} lies inside a packed interval: only its ends are kept`);
+    return { sequence, partial: [], mapsNewestFirst: [], intervalsThroughSequence: keptEnd, base };
+  }
+  const fine = { intervalsThroughSequence: packedThrough, base };
   const window = await store.windowOf(sequence);
-  if (window === null) return { sequence, partial: tail.extentsUpTo(sequence), mapsNewestFirst: prefixMaps(store, store.checkpoint.windowCount) };
+  if (window === null) return { sequence, partial: tail.extentsUpTo(sequence), mapsNewestFirst: fineMaps(store, fineStartWindow, store.checkpoint.windowCount), ...fine };
   const info = await store.mapInfo({ level: 0, index: window });
-  if (sequence >= info.lastSequence) return { sequence, partial: [], mapsNewestFirst: prefixMaps(store, window + 1) };
+  if (sequence >= info.lastSequence) return { sequence, partial: [], mapsNewestFirst: fineMaps(store, fineStartWindow, window + 1), ...fine };
   const upTo = (await store.windowRecords(window)).filter((record) => record.source.sequence <= sequence);
-  return { sequence, partial: flattenRecords(upTo), mapsNewestFirst: prefixMaps(store, window) };
+  return { sequence, partial: flattenRecords(upTo), mapsNewestFirst: fineMaps(store, fineStartWindow, window), ...fine };
 }
 
-/** Maps covering windows [0, windowEnd), newest first: the largest aligned merged maps that exist. */
-export function prefixMaps(store: MapStore, windowEnd: number): MapReference[] {
-  return rangeMaps(store, 0, windowEnd).reverse();
+/** Maps covering fine windows [fineStartWindow, windowEnd), newest first. */
+function fineMaps(store: MapStore, fineStartWindow: number, windowEnd: number): MapReference[] {
+  return rangeMaps(store, fineStartWindow, windowEnd).reverse();
 }
 
 /** Maps covering windows [from, to) exactly, oldest first. */
@@ -55,7 +74,14 @@ export function rangeMaps(store: MapStore, from: number, to: number): MapReferen
  * The extents of [startBytes, endBytes) as of the plan's instant, sorted; ranges no record
  * wrote are left out (they read as zeroes). Counts the maps consulted.
  */
-export async function resolve(store: MapStore, chunkBytes: number, plan: InstantPlan, startBytes: number, endBytes: number): Promise<{ extents: Extent[]; mapsConsulted: number }> {
+export async function resolve(
+  store: MapStore,
+  intervals: IntervalStore,
+  chunkBytes: number,
+  plan: InstantPlan,
+  startBytes: number,
+  endBytes: number,
+): Promise<{ extents: Extent[]; mapsConsulted: number }> {
   const found: Extent[] = [];
   let mapsConsulted = 0;
   const firstChunk = Math.floor(startBytes / chunkBytes);
@@ -67,7 +93,11 @@ export async function resolve(store: MapStore, chunkBytes: number, plan: Instant
     const needed = gapsOf(clip(plan.partial, chunkStart, chunkEnd), chunkStart, chunkEnd).length > 0;
     const values = needed ? await store.chunkValues(plan.mapsNewestFirst, chunk) : [];
     const filled = fillNewestFirst(plan, chunkStart, chunkEnd, values);
-    for (const extent of filled.extents) found.push(extent);
+    // Then the intervals that wrote the chunk, newest first, in one range scan; then the base.
+    if (filled.gaps.length > 0 && plan.intervalsThroughSequence > 0) {
+      fillFromValues(filled, await intervals.valuesForChunk(chunk, plan.intervalsThroughSequence));
+    }
+    for (const extent of fillFromBase(plan, filled).extents) found.push(extent);
     mapsConsulted = Math.max(mapsConsulted, filled.mapsConsulted);
   }
   return { extents: found, mapsConsulted };
@@ -80,6 +110,7 @@ export async function resolve(store: MapStore, chunkBytes: number, plan: Instant
  */
 export async function resolveChunks(
   store: MapStore,
+  intervals: IntervalStore,
   chunkBytes: number,
   plan: InstantPlan,
   firstChunk: number,
@@ -91,10 +122,13 @@ export async function resolveChunks(
   for (const [mapIndex, map] of plan.mapsNewestFirst.entries()) {
     for await (const [chunk, value] of store.chunkValuesBetween(map, firstChunk, endChunk)) valuesByChunk.get(chunk)![mapIndex] = value;
   }
+  const intervalValues = plan.intervalsThroughSequence > 0 ? await intervals.valuesForChunks(firstChunk, endChunk, plan.intervalsThroughSequence) : new Map<number, Buffer[]>();
   const resolved = new Map<number, Extent[]>();
   for (const [chunk, values] of valuesByChunk) {
     const startBytes = chunk * chunkBytes;
-    resolved.set(chunk, fillNewestFirst(plan, startBytes, Math.min(startBytes + chunkBytes, volumeSizeBytes), values).extents);
+    const filled = fillNewestFirst(plan, startBytes, Math.min(startBytes + chunkBytes, volumeSizeBytes), values);
+    fillFromValues(filled, intervalValues.get(chunk) ?? []);
+    resolved.set(chunk, fillFromBase(plan, filled).extents);
   }
   return resolved;
 }
@@ -104,18 +138,40 @@ export async function resolveChunks(
  * window first, then the maps' values for the chunk, newest first, each filling what is still a
  * gap. `valuesNewestFirst[i]` is map i's value for the chunk (undefined: no extents there).
  */
-function fillNewestFirst(plan: InstantPlan, startBytes: number, endBytes: number, valuesNewestFirst: ReadonlyArray<Buffer | undefined>): { extents: Extent[]; mapsConsulted: number } {
-  let found: Extent[] = clip(plan.partial, startBytes, endBytes);
-  let gaps = gapsOf(found, startBytes, endBytes);
-  let mapsConsulted = 0;
+function fillNewestFirst(plan: InstantPlan, startBytes: number, endBytes: number, valuesNewestFirst: ReadonlyArray<Buffer | undefined>): Filling {
+  const extents = clip(plan.partial, startBytes, endBytes);
+  const filling: Filling = { startBytes, endBytes, extents, gaps: gapsOf(extents, startBytes, endBytes), mapsConsulted: 0 };
+  fillFromValues(filling, valuesNewestFirst);
+  return filling;
+}
+
+/** A chunk being resolved: what is found so far, and the gaps left. */
+interface Filling {
+  startBytes: number;
+  endBytes: number;
+  extents: Extent[];
+  gaps: Array<[number, number]>;
+  mapsConsulted: number;
+}
+
+/** Fill the gaps from encoded extent lists, newest first. */
+function fillFromValues(filling: Filling, valuesNewestFirst: ReadonlyArray<Buffer | undefined>): void {
   for (const value of valuesNewestFirst) {
-    if (gaps.length === 0) break;
-    mapsConsulted++;
+    if (filling.gaps.length === 0) break;
+    filling.mapsConsulted++;
     if (value === undefined) continue;
-    const filling = intersect(decodeChunkExtents(value), gaps);
-    if (filling.length === 0) continue;
-    found = mergeSorted(found, filling);
-    gaps = gapsOf(found, startBytes, endBytes);
+    const found = intersect(decodeChunkExtents(value), filling.gaps);
+    if (found.length === 0) continue;
+    filling.extents = mergeSorted(filling.extents, found);
+    filling.gaps = gapsOf(filling.extents, filling.startBytes, filling.endBytes);
   }
-  return { extents: found, mapsConsulted };
+}
+
+/** What no map or interval wrote reads from the base image, when there is one (else it is a hole). */
+function fillFromBase(plan: InstantPlan, filling: Filling): Filling {
+  if (plan.base === null || filling.gaps.length === 0) return filling;
+  const fromBase = filling.gaps.map(([startBytes, endBytes]) => ({ startBytes, endBytes, source: plan.base! }));
+  filling.extents = mergeSorted(filling.extents, fromBase);
+  filling.gaps = [];
+  return filling;
 }

@@ -36,6 +36,8 @@ export class Tail {
   nextPosition: LogPosition;
   /** Snapshots made (or deleted) in the tail, written with the next cut. */
   readonly snapshots = new Map<string, SnapshotRecord | null>();
+  /** Updates (pin, expiry) of snapshots already cut, applied to the database with the next cut. */
+  readonly pendingUpdates = new Map<string, SnapshotMark>();
   private cutRequestedThrough = 0;
 
   constructor(lastSequence: number, nextPosition: LogPosition) {
@@ -70,7 +72,7 @@ export class Tail {
   }
 
   private noteMark(record: IndexedRecord, payload: Buffer): void {
-    let event: { event?: string; name?: string; note?: string };
+    let event: { event?: string; name?: string; note?: string; pinned?: boolean; expiresMicros?: number };
     try {
       event = JSON.parse(payload.toString('utf8')) as typeof event;
     } catch {
@@ -78,10 +80,15 @@ export class Tail {
     }
     if (typeof event.name !== 'string') return;
     if (event.event === 'snapshot') {
-      this.snapshots.set(event.name, { name: event.name, sequence: record.sequence, micros: record.timestampMicros, note: event.note ?? '' });
+      this.snapshots.set(event.name, snapshotOfMark(event as SnapshotMark, record.sequence, record.timestampMicros));
       this.cutRequestedThrough = record.sequence; // a snapshot's instant is the end of a window
     } else if (event.event === 'snapshot-deleted') {
       this.snapshots.set(event.name, null);
+    } else if (event.event === 'snapshot-updated') {
+      // Known to the tail, or to the database (then the history passes it on: updateSnapshot).
+      const existing = this.snapshots.get(event.name);
+      if (existing !== undefined && existing !== null) this.snapshots.set(event.name, applySnapshotUpdate(existing, event as SnapshotMark));
+      else this.pendingUpdates.set(event.name, event as SnapshotMark);
     }
   }
 
@@ -150,4 +157,22 @@ export function countThrough(records: readonly WindowRecord[], throughSequence: 
   let count = 0;
   while (count < records.length && records[count]!.source.sequence <= throughSequence) count++;
   return count;
+}
+
+/** A snapshot mark's JSON payload (docs/formats/write-log.md, kind 4). */
+export interface SnapshotMark {
+  event: 'snapshot' | 'snapshot-updated' | 'snapshot-deleted';
+  name: string;
+  note?: string;
+  pinned?: boolean;
+  expiresMicros?: number;
+}
+
+export function snapshotOfMark(mark: SnapshotMark, sequence: number, micros: number): SnapshotRecord {
+  return { name: mark.name, sequence, micros, note: mark.note ?? '', pinned: mark.pinned === true, expiresMicros: mark.expiresMicros ?? 0 };
+}
+
+/** A snapshot with the pin and expiry an update mark sets (what it leaves out stays). */
+export function applySnapshotUpdate(snapshot: SnapshotRecord, mark: SnapshotMark): SnapshotRecord {
+  return { ...snapshot, ...(mark.pinned === undefined ? {} : { pinned: mark.pinned }), ...(mark.expiresMicros === undefined ? {} : { expiresMicros: mark.expiresMicros }) };
 }

@@ -2,25 +2,77 @@
 // and the windows' summaries along a span of time (the timeline the API draws). Windows are found
 // by their last sequence (`L` keys) and by their last time (`T` keys): one seek each.
 
+import type { IntervalStore } from './intervals.js';
 import { decodeWindowByTimeKey, windowByTimeEnd, windowByTimeKey, type MapInfo, type WindowRecord } from './map-keys.js';
 import type { MapStore } from './map-store.js';
 import type { Tail } from './tail.js';
 
-/** The last data-changing record written at or before `micros` (0 if none). */
-export async function sequenceAt(store: MapStore, tail: Tail, micros: number): Promise<number> {
+/**
+ * The last data-changing record written at or before `micros` (0 if none). In the packed region
+ * only the ends of intervals are kept: a time inside an interval gives a record inside it, which
+ * the history refuses as expired.
+ */
+export async function sequenceAt(store: MapStore, intervals: IntervalStore, tail: Tail, micros: number): Promise<number> {
   const tailRecords = tail.records;
   if (tailRecords.length > 0 && tailRecords[0]!.micros <= micros) return lastAtOrBefore(tailRecords, micros)!.source.sequence;
-  // The first window ending at or after `micros` holds the instant, or starts after it.
-  const entries = await store.db.iterator({ gte: windowByTimeKey(micros, 0), lt: windowByTimeEnd, limit: 1 }).all();
-  if (entries.length === 0) return store.checkpoint.mappedThroughSequence;
-  const { index } = decodeWindowByTimeKey(entries[0]![0]);
-  const record = lastAtOrBefore(await store.windowRecords(index), micros);
+  const { fineStartWindow } = intervals.state;
+  // The first fine window ending at or after `micros` holds the instant, or starts after it.
+  let window: number | null = null;
+  for await (const [key] of store.db.iterator({ gte: windowByTimeKey(micros, 0), lt: windowByTimeEnd })) {
+    const { index } = decodeWindowByTimeKey(key);
+    if (index < fineStartWindow) continue; // a packed window whose keys are not cleared yet
+    window = index;
+    break;
+  }
+  if (window === null) return store.checkpoint.mappedThroughSequence;
+  const record = lastAtOrBefore(await store.windowRecords(window), micros);
   if (record !== undefined) return record.source.sequence;
-  return index === 0 ? 0 : (await store.mapInfo({ level: 0, index: index - 1 })).lastSequence;
+  if (window > fineStartWindow) return (await store.mapInfo({ level: 0, index: window - 1 })).lastSequence;
+  return packedSequenceAt(intervals, micros);
+}
+
+/** sequenceAt for a time before the fine region: an interval's end, the horizon, or a record inside an interval. */
+function packedSequenceAt(intervals: IntervalStore, micros: number): number {
+  const list = intervals.intervals;
+  for (let position = list.length - 1; position >= 0; position--) {
+    const interval = list[position]!;
+    if (interval.firstMicros === 0 || interval.firstMicros > micros) continue;
+    return micros >= interval.lastMicros ? interval.lastSequence : interval.firstSequence;
+  }
+  return intervals.state.horizonSequence;
+}
+
+/**
+ * The last data-changing record at or before `sequence` (0 if none): the volume looks the same
+ * just after both, so kept instants are compared by it. In the packed region: the kept end that
+ * shows the same, or `sequence` itself when it lies inside an interval.
+ */
+export async function lastDataSequence(store: MapStore, intervals: IntervalStore, tail: Tail, sequence: number): Promise<number> {
+  if (sequence <= intervals.packedThroughSequence) {
+    if (sequence === intervals.state.horizonSequence) return sequence;
+    const list = intervals.intervals;
+    let position = list.findIndex((interval) => interval.firstSequence <= sequence && sequence <= interval.lastSequence);
+    if (position < 0 || sequence < list[position]!.lastDataSequence) return sequence; // inside an interval: gone
+    while (position >= 0 && list[position]!.lastDataSequence < list[position]!.firstSequence) position--; // an interval of marks only
+    return position < 0 ? intervals.state.horizonSequence : list[position]!.lastDataSequence;
+  }
+  for (let window = await store.windowOf(sequence); ; window--) {
+    const records = window === null ? tail.records : window < intervals.state.fineStartWindow ? null : await store.windowRecords(window);
+    if (records === null) return lastDataSequence(store, intervals, tail, intervals.packedThroughSequence);
+    let found = 0;
+    for (const record of records) {
+      if (record.source.sequence > sequence) break;
+      found = record.source.sequence;
+    }
+    if (found > 0) return found;
+    if (window === null) window = store.checkpoint.windowCount; // the tail had none: look in the cut windows
+    if (window === 0) return 0;
+  }
 }
 
 /** Time of the last data-changing record at or before `sequence` (0 if none). */
-export async function microsOf(store: MapStore, tail: Tail, sequence: number): Promise<number> {
+export async function microsOf(store: MapStore, intervals: IntervalStore, tail: Tail, sequence: number): Promise<number> {
+  if (sequence <= intervals.packedThroughSequence) return packedMicrosOf(intervals, sequence);
   const window = await store.windowOf(sequence);
   const records = window === null ? tail.records : await store.windowRecords(window);
   let micros = 0;
@@ -29,14 +81,32 @@ export async function microsOf(store: MapStore, tail: Tail, sequence: number): P
     micros = record.micros;
   }
   if (micros > 0 || window === null || window === 0) return micros;
-  return (await store.mapInfo({ level: 0, index: window - 1 })).lastMicros;
+  if (window > intervals.state.fineStartWindow) return (await store.mapInfo({ level: 0, index: window - 1 })).lastMicros;
+  return packedMicrosOf(intervals, intervals.packedThroughSequence);
 }
 
-/** Summaries of the windows that end within [fromMicros, toMicros], plus the tail's. */
-export async function windowsBetween(store: MapStore, tail: Tail, fromMicros: number, toMicros: number, limit: number): Promise<MapInfo[]> {
+function packedMicrosOf(intervals: IntervalStore, sequence: number): number {
+  let micros = intervals.state.horizonSequence > 0 ? intervals.state.horizonMicros : 0;
+  for (const interval of intervals.intervals) {
+    if (interval.lastSequence > sequence) break;
+    if (interval.lastMicros > 0) micros = interval.lastMicros;
+  }
+  return micros;
+}
+
+/** Summaries of the intervals and windows that end within [fromMicros, toMicros], plus the tail's. */
+export async function windowsBetween(store: MapStore, intervals: IntervalStore, tail: Tail, fromMicros: number, toMicros: number, limit: number): Promise<MapInfo[]> {
   const infos: MapInfo[] = [];
-  for await (const [key] of store.db.iterator({ gte: windowByTimeKey(fromMicros, 0), lt: windowByTimeEnd, limit })) {
+  for (const interval of intervals.intervals) {
+    if (infos.length >= limit) return infos;
+    if (interval.lastMicros < fromMicros || interval.firstMicros > toMicros || interval.firstMicros === 0) continue;
+    infos.push({ ...interval, extentCount: interval.recordCount });
+  }
+  const { fineStartWindow } = intervals.state;
+  for await (const [key] of store.db.iterator({ gte: windowByTimeKey(fromMicros, 0), lt: windowByTimeEnd })) {
+    if (infos.length >= limit) break;
     const { lastMicros, index } = decodeWindowByTimeKey(key);
+    if (index < fineStartWindow) continue;
     infos.push(await store.mapInfo({ level: 0, index }));
     if (lastMicros > toMicros) break; // it may start within the range
   }
@@ -44,10 +114,14 @@ export async function windowsBetween(store: MapStore, tail: Tail, fromMicros: nu
   return infos;
 }
 
-/** The oldest record's time (0 if none). */
-export async function firstMicros(store: MapStore, tail: Tail): Promise<number> {
-  if (store.checkpoint.windowCount === 0) return tail.firstMicros;
-  return (await store.mapInfo({ level: 0, index: 0 })).firstMicros;
+/** The oldest kept instant's time (the horizon's, once history has expired; else the oldest record's; 0 if none). */
+export async function firstMicros(store: MapStore, intervals: IntervalStore, tail: Tail): Promise<number> {
+  const { horizonSequence, horizonMicros, fineStartWindow } = intervals.state;
+  if (horizonSequence > 0) return horizonMicros;
+  const first = intervals.intervals[0];
+  if (first !== undefined) return first.firstMicros;
+  if (store.checkpoint.windowCount <= fineStartWindow) return tail.firstMicros;
+  return (await store.mapInfo({ level: 0, index: fineStartWindow })).firstMicros;
 }
 
 function lastAtOrBefore(records: readonly WindowRecord[], micros: number): WindowRecord | undefined {

@@ -7,7 +7,8 @@
 import { StorageError } from '../errors.js';
 import type { FileSystem } from '../io/file-system.js';
 import { DeltaMapIndex, type IndexedRecord, type SnapshotRecord } from '../index/delta-map-index.js';
-import { indexLimits } from '../limits.js';
+import { applySnapshotUpdate, snapshotOfMark, type SnapshotMark } from '../index/tail.js';
+import { indexLimits, lifecycleLimits } from '../limits.js';
 import type { MapInfo } from '../index/map-keys.js';
 import type { Extent } from '../index/extents.js';
 import type { VolumePaths } from '../volume-config.js';
@@ -15,8 +16,10 @@ import type { AppendedRecord, LogPosition } from '../write-log/batch.js';
 import { logStart, scanLog } from '../write-log/log-reader.js';
 import { RecordKind, type RecordKind as RecordKindValue } from '../write-log/record.js';
 import { formatMicros } from '../clock.js';
+import { HistoryLifecycle, type LifecycleHost } from '../retention/lifecycle.js';
+import type { RetentionPolicy } from '../retention/policy.js';
 import { LogDataReader } from './log-data-reader.js';
-import { PointInTimeView, type ViewSource } from './view.js';
+import { PointInTimeView, type ViewLifecycle, type ViewSource } from './view.js';
 import { dirtyBitmapStatus, type SnapshotInstant } from './dirty-bitmap.js';
 import type { ContextExtent } from '../block-device.js';
 
@@ -27,6 +30,10 @@ export type InstantSpecification = { snapshot: string } | { sequence: number } |
 export interface HistoryVolume extends ViewSource {
   readonly name: string;
   readonly createdMicros: number;
+  readonly volumeId: Buffer;
+  retentionPolicy(): RetentionPolicy;
+  /** The oldest log segment the volume itself still needs (checkpoints, unapplied records, appends). */
+  oldestSegmentNeeded(): number;
   appendMark(payload: Buffer): Promise<AppendedRecord>;
   /** Make records durable through `sequence` (for cuts) and everything (before a view opens). */
   syncThrough(sequence: number): Promise<void>;
@@ -63,11 +70,26 @@ export class VolumeHistory {
   private closed = false;
   /** The first failure of the index (cuts stop; views still work from what is cut and the tail). */
   failure: unknown = null;
+  /** Retention: what is kept, expiry and reclaim (storage/retention/lifecycle.ts). */
+  readonly lifecycle: HistoryLifecycle;
 
-  private constructor(volume: HistoryVolume, index: DeltaMapIndex, logReader: LogDataReader) {
+  private constructor(volume: HistoryVolume, index: DeltaMapIndex, logReader: LogDataReader, files: { fileSystem: FileSystem; paths: VolumePaths; sizeBytes: number }) {
     this.volume = volume;
     this.index = index;
     this.logReader = logReader;
+    const host: LifecycleHost = {
+      name: volume.name,
+      sizeBytes: files.sizeBytes,
+      volumeId: volume.volumeId,
+      createdMicros: volume.createdMicros,
+      retentionPolicy: () => volume.retentionPolicy(),
+      oldestSegmentNeeded: () => volume.oldestSegmentNeeded(),
+      snapshots: () => this.snapshots().map((snapshot) => ({ ...snapshot, pinned: snapshot.pinned ?? false, expiresMicros: snapshot.expiresMicros ?? 0 })),
+      expireSnapshot: async (name) => {
+        if (this.snapshotsByName.has(name)) await this.deleteSnapshot(name);
+      },
+    };
+    this.lifecycle = new HistoryLifecycle({ host, fileSystem: files.fileSystem, paths: files.paths, index, reader: logReader });
     this.timer = setInterval(() => this.cutIfDue(), indexLimits.cutCheckIntervalMs);
     this.timer.unref();
   }
@@ -79,7 +101,7 @@ export class VolumeHistory {
   static async open(parts: { volume: HistoryVolume; paths: VolumePaths; fileSystem: FileSystem; sizeBytes: number }): Promise<VolumeHistory> {
     const { paths, fileSystem } = parts;
     const firstPosition: LogPosition = logStart(fileSystem, paths.log) ?? { segmentNumber: 1, offsetBytes: 4096 };
-    const index = await DeltaMapIndex.open(paths.index, parts.sizeBytes, firstPosition);
+    const index = await DeltaMapIndex.open(paths.index, { sizeBytes: parts.sizeBytes, createdMicros: parts.volume.createdMicros }, firstPosition);
     try {
       const { position, sequence } = index.resumeFrom;
       scanLog(fileSystem, paths.log, { from: position, expectedSequence: sequence, withPayload: true }, ({ header, position: recordPosition, payload }) => {
@@ -89,8 +111,15 @@ export class VolumeHistory {
       await index.close();
       throw error;
     }
-    const history = new VolumeHistory(parts.volume, index, new LogDataReader(fileSystem, paths.log));
+    const history = new VolumeHistory(parts.volume, index, new LogDataReader(fileSystem, paths), { fileSystem, paths, sizeBytes: parts.sizeBytes });
     for (const snapshot of await index.snapshots()) history.snapshotsByName.set(snapshot.name, snapshot);
+    try {
+      await history.lifecycle.recover();
+    } catch (error) {
+      await history.close();
+      throw error;
+    }
+    history.lifecycle.start();
     return history;
   }
 
@@ -103,12 +132,16 @@ export class VolumeHistory {
 
   private noteSnapshotMark(record: AppendedRecord, payload: Buffer): void {
     try {
-      const event = JSON.parse(payload.toString('utf8')) as { event?: string; name?: string; note?: string };
-      if (event.event === 'snapshot' && typeof event.name === 'string') {
-        this.snapshotsByName.set(event.name, { name: event.name, sequence: record.sequence, micros: record.timestampMicros, note: event.note ?? '' });
+      const event = JSON.parse(payload.toString('utf8')) as SnapshotMark;
+      if (typeof event.name !== 'string') return;
+      if (event.event === 'snapshot') {
+        this.snapshotsByName.set(event.name, snapshotOfMark(event, record.sequence, record.timestampMicros));
         this.cutIfDue();
-      } else if (event.event === 'snapshot-deleted' && typeof event.name === 'string') {
+      } else if (event.event === 'snapshot-deleted') {
         this.snapshotsByName.delete(event.name);
+      } else if (event.event === 'snapshot-updated') {
+        const snapshot = this.snapshotsByName.get(event.name);
+        if (snapshot !== undefined) this.snapshotsByName.set(event.name, applySnapshotUpdate(snapshot, event));
       }
     } catch {
       // Not a JSON mark of ours: nothing to index.
@@ -135,13 +168,32 @@ export class VolumeHistory {
 
   // ---- snapshots ----
 
-  async createSnapshot(name: string, note = ''): Promise<SnapshotRecord> {
+  /** Mark this instant with a name; pinned snapshots survive space pressure, and one with an expiry time is deleted then. */
+  async createSnapshot(name: string, note = '', options: { pinned?: boolean; expiresMicros?: number } = {}): Promise<SnapshotRecord> {
     const problem = validateSnapshotName(name);
     if (problem !== null) throw new StorageError('EINVAL', problem);
     if (Buffer.byteLength(note) > indexLimits.snapshotNoteBytesMax) throw new StorageError('EINVAL', `a snapshot note has at most ${indexLimits.snapshotNoteBytesMax} bytes`);
     if (this.snapshotsByName.has(name)) throw new StorageError('EEXIST', `volume ${this.volume.name} already has a snapshot named ${name}`);
-    const record = await this.volume.appendMark(Buffer.from(JSON.stringify({ event: 'snapshot', name, note })));
-    return this.snapshotsByName.get(name) ?? { name, sequence: record.sequence, micros: record.timestampMicros, note };
+    if (this.snapshotsByName.size >= lifecycleLimits.snapshotCountMax) throw new StorageError('EINVAL', `volume ${this.volume.name} has ${lifecycleLimits.snapshotCountMax} snapshots, the most it keeps: delete some first`);
+    this.validateExpiry(options.expiresMicros);
+    const mark: SnapshotMark = { event: 'snapshot', name, note, pinned: options.pinned === true, expiresMicros: options.expiresMicros ?? 0 };
+    const record = await this.volume.appendMark(Buffer.from(JSON.stringify(mark)));
+    return this.snapshotsByName.get(name) ?? snapshotOfMark(mark, record.sequence, record.timestampMicros);
+  }
+
+  /** Pin or unpin a snapshot, or set its expiry time (0: kept until deleted). */
+  async updateSnapshot(name: string, changes: { pinned?: boolean; expiresMicros?: number }): Promise<SnapshotRecord> {
+    if (!this.snapshotsByName.has(name)) throw new StorageError('ENOENT', `volume ${this.volume.name} has no snapshot named ${name}`);
+    this.validateExpiry(changes.expiresMicros);
+    const mark: SnapshotMark = { event: 'snapshot-updated', name, ...changes };
+    await this.volume.appendMark(Buffer.from(JSON.stringify(mark)));
+    return this.snapshotsByName.get(name)!;
+  }
+
+  private validateExpiry(expiresMicros: number | undefined): void {
+    if (expiresMicros === undefined || expiresMicros === 0) return;
+    if (!Number.isSafeInteger(expiresMicros) || expiresMicros < 0) throw new StorageError('EINVAL', 'an expiry time is a whole number of microseconds');
+    if (expiresMicros <= Date.now() * 1000) throw new StorageError('EINVAL', `the expiry time ${formatMicros(expiresMicros)} has already passed`);
   }
 
   async deleteSnapshot(name: string): Promise<void> {
@@ -174,6 +226,7 @@ export class VolumeHistory {
       if (!Number.isSafeInteger(instant.sequence) || instant.sequence < 0 || instant.sequence > this.volume.appendedSequence) {
         throw new StorageError('EINVAL', `sequence ${instant.sequence} is outside the log (0 to ${this.volume.appendedSequence})`);
       }
+      await this.lifecycle.assertKept(instant.sequence);
       return instant.sequence;
     }
     if (!Number.isSafeInteger(instant.micros) || instant.micros < 0) throw new StorageError('EINVAL', 'an instant is a whole number of microseconds');
@@ -181,21 +234,42 @@ export class VolumeHistory {
     if (instant.micros < this.volume.createdMicros) {
       throw new StorageError('EINVAL', `${formatMicros(instant.micros)} is before volume ${this.volume.name} was created (${formatMicros(this.volume.createdMicros)})`);
     }
-    return this.index.sequenceAt(instant.micros);
+    const sequence = await this.index.sequenceAt(instant.micros);
+    await this.lifecycle.assertKept(sequence);
+    return sequence;
   }
 
   /** A read-only view of the volume just after record `sequence`. */
   async openView(sequence: number, description: string, options: { fromLogOnly?: boolean } = {}): Promise<PointInTimeView> {
     // The view reads records from the log files: everything up to its instant must be written.
     if (sequence > this.volume.durableSequence) await this.volume.flush();
-    const plan = await this.index.planAt(sequence);
+    const lifecycle = this.lifecycle;
+    await lifecycle.assertKept(sequence);
+    const release = lifecycle.hold(sequence, description);
+    const planGeneration = this.index.generation;
+    let plan;
+    try {
+      plan = await this.index.planAt(sequence);
+    } catch (error) {
+      release();
+      throw error;
+    }
+    const viewLifecycle: ViewLifecycle = {
+      beginRead: () => lifecycle.beginRead(),
+      endRead: (generation) => lifecycle.endRead(generation),
+      replan: async (at) => {
+        await lifecycle.assertKept(at);
+        return this.index.planAt(at);
+      },
+      release,
+    };
     const source: ViewSource = {
       sizeBytes: this.volume.sizeBytes,
       read: (offsetBytes, lengthBytes) => this.volume.read(offsetBytes, lengthBytes),
       allocation: (offsetBytes, lengthBytes, extentCountMax) => this.volume.allocation(offsetBytes, lengthBytes, extentCountMax),
       snapshotInstants: () => this.snapshotInstants(),
     };
-    return new PointInTimeView({ source, index: this.index, plan, log: this.logReader, description, fromLogOnly: options.fromLogOnly ?? false });
+    return new PointInTimeView({ source, index: this.index, plan, planGeneration, lifecycle: viewLifecycle, log: this.logReader, description, fromLogOnly: options.fromLogOnly ?? false });
   }
 
   /** When record `sequence` (or the last data record before it) was written; 0 if none. */
@@ -270,6 +344,7 @@ export class VolumeHistory {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
+    await this.lifecycle.close();
     await this.cutting;
     this.logReader.close();
     await this.index.close();

@@ -1,12 +1,21 @@
-// Reads data back out of the write log: the bytes of an extent, from the record that holds them.
-// Segments are opened for reading through the page cache and kept open, a bounded number at once
-// (one in use by a read is never closed under it).
+// Reads history's data back: the bytes of an extent, from the record that holds them in a log
+// segment or a pack, or from the base image (extents.ts, fileNumbers). Files are opened for
+// reading through the page cache and kept open, a bounded number at once (one in use by a read is
+// never closed under it; a file deleted while open stays readable through its handle).
 
 import type { FileHandle, FileSystem } from '../io/file-system.js';
 import { indexLimits } from '../limits.js';
-import type { ExtentSource } from '../index/extents.js';
+import { fileNumbers, type ExtentSource } from '../index/extents.js';
+import { packFileName } from '../retention/pack-file.js';
 import { recordHeaderBytes } from '../write-log/record.js';
 import { segmentFileName } from '../write-log/segment.js';
+
+/** Where a volume's history files live. */
+export interface HistoryFilePaths {
+  log: string;
+  packs: string;
+  base: string;
+}
 
 
 interface OpenSegmentReader {
@@ -19,7 +28,7 @@ export class LogDataReader {
 
   constructor(
     private readonly fileSystem: FileSystem,
-    private readonly logDirectory: string,
+    private readonly paths: HistoryFilePaths,
   ) {}
 
   /**
@@ -28,7 +37,7 @@ export class LogDataReader {
    * worker thread.
    */
   read(source: ExtentSource, startBytes: number, target: Buffer): Promise<void> | null {
-    const positionBytes = source.recordOffsetBytes + recordHeaderBytes + (startBytes - source.volumeOffsetBytes);
+    const positionBytes = source.segmentNumber === fileNumbers.baseImage ? startBytes : source.recordOffsetBytes + recordHeaderBytes + (startBytes - source.volumeOffsetBytes);
     const segment = this.segment(source.segmentNumber);
     const cachedBytes = segment.handle.readCached(target, positionBytes);
     if (cachedBytes === target.length) return null;
@@ -39,7 +48,8 @@ export class LogDataReader {
     segment.readsInFlight++;
     try {
       const readBytes = await segment.handle.read(target, positionBytes);
-      if (readBytes < target.length) throw new Error(`segment ${source.segmentNumber} ends before record ${source.sequence}'s data`);
+      if (readBytes < target.length && source.segmentNumber === fileNumbers.baseImage) target.fill(0, readBytes); // past the end of a sparse base image
+      else if (readBytes < target.length) throw new Error(`${this.pathOf(source.segmentNumber)} ends before record ${source.sequence}'s data`);
     } finally {
       segment.readsInFlight--;
     }
@@ -65,8 +75,14 @@ export class LogDataReader {
         break;
       }
     }
-    segment = { handle: this.fileSystem.open(`${this.logDirectory}/${segmentFileName(segmentNumber)}`, { readOnly: true }), readsInFlight: 0 };
+    segment = { handle: this.fileSystem.open(this.pathOf(segmentNumber), { readOnly: true }), readsInFlight: 0 };
     this.segments.set(segmentNumber, segment);
     return segment;
+  }
+
+  private pathOf(fileNumber: number): string {
+    if (fileNumber === fileNumbers.baseImage) return this.paths.base;
+    if (fileNumber >= fileNumbers.packFirst) return `${this.paths.packs}/${packFileName(fileNumber - fileNumbers.packFirst)}`;
+    return `${this.paths.log}/${segmentFileName(fileNumber)}`;
   }
 }

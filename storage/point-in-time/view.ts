@@ -23,6 +23,17 @@ export interface ViewSource {
   snapshotInstants(): SnapshotInstant[];
 }
 
+/** What a view needs of the history's lifecycle: its instant kept, and plans made again after a switch. */
+export interface ViewLifecycle {
+  /** A read starts: the index generation it plans at. */
+  beginRead(): number;
+  endRead(generation: number): void;
+  /** The plan for the view's instant at the current generation (EEXPIRED once it is no longer kept). */
+  replan(sequence: number): Promise<InstantPlan>;
+  /** The view is done: its instant need not be kept for it any more. */
+  release(): void;
+}
+
 export interface ViewStatistics {
   reads: number;
   readsFromLiveImage: number;
@@ -47,7 +58,9 @@ export class PointInTimeView implements BlockDevice {
   readonly statistics: ViewStatistics = { reads: 0, readsFromLiveImage: 0, chunksResolved: 0, mapsConsulted: 0 };
   private readonly source: ViewSource;
   private readonly index: DeltaMapIndex;
-  private readonly plan: InstantPlan;
+  private plan: InstantPlan;
+  private planGeneration: number;
+  private readonly lifecycle: ViewLifecycle | null;
   private readonly log: LogDataReader;
   private readonly chunkExtents = new Map<number, Extent[]>();
   private readonly resolving = new Map<number, Promise<Extent[]>>();
@@ -56,7 +69,18 @@ export class PointInTimeView implements BlockDevice {
   /** Read everything from the log, never from the live image (verification compares the two). */
   private readonly fromLogOnly: boolean;
 
-  constructor(parts: { source: ViewSource; index: DeltaMapIndex; plan: InstantPlan; log: LogDataReader; description: string; fromLogOnly?: boolean }) {
+  constructor(parts: {
+    source: ViewSource;
+    index: DeltaMapIndex;
+    plan: InstantPlan;
+    planGeneration: number;
+    lifecycle: ViewLifecycle | null;
+    log: LogDataReader;
+    description: string;
+    fromLogOnly?: boolean;
+  }) {
+    this.planGeneration = parts.planGeneration;
+    this.lifecycle = parts.lifecycle;
     this.fromLogOnly = parts.fromLogOnly ?? false;
     this.source = parts.source;
     this.index = parts.index;
@@ -70,7 +94,41 @@ export class PointInTimeView implements BlockDevice {
     return this.source.sizeBytes;
   }
 
-  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+  /** Release the view's instant (the retention policy may expire it once nothing else holds it). */
+  release(): void {
+    this.lifecycle?.release();
+  }
+
+  /**
+   * Run a read (or a prefetch, an allocation query) at a plan of the current index generation: after
+   * the lifecycle switched the index (packed, merged, folded), plan again and forget resolved extents.
+   */
+  private async planned<T>(task: () => Promise<T>): Promise<T> {
+    const lifecycle = this.lifecycle;
+    if (lifecycle === null) return task();
+    const generation = lifecycle.beginRead();
+    try {
+      if (generation !== this.planGeneration) {
+        const plan = await lifecycle.replan(this.sequence);
+        if (generation !== this.planGeneration) {
+          this.plan = plan;
+          this.planGeneration = generation;
+          this.chunkExtents.clear();
+          this.resolving.clear();
+          this.cachedExtentCount = 0;
+        }
+      }
+      return await task();
+    } finally {
+      lifecycle.endRead(generation);
+    }
+  }
+
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    return this.planned(() => this.readPlanned(offsetBytes, lengthBytes));
+  }
+
+  private async readPlanned(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.statistics.reads++;
     const target = Buffer.alloc(lengthBytes);
     const chunkBytes = this.index.chunkBytes;
@@ -165,7 +223,11 @@ export class PointInTimeView implements BlockDevice {
     }
   }
 
-  async allocation(offsetBytes: number, lengthBytes: number, extentCountMax: number): Promise<AllocationStatus[]> {
+  allocation(offsetBytes: number, lengthBytes: number, extentCountMax: number): Promise<AllocationStatus[]> {
+    return this.planned(() => this.allocationPlanned(offsetBytes, lengthBytes, extentCountMax));
+  }
+
+  private async allocationPlanned(offsetBytes: number, lengthBytes: number, extentCountMax: number): Promise<AllocationStatus[]> {
     const statuses: AllocationStatus[] = [];
     const chunkBytes = this.index.chunkBytes;
     const endBytes = offsetBytes + lengthBytes;
@@ -212,7 +274,11 @@ export class PointInTimeView implements BlockDevice {
    * Prefetch (NBD_CMD_CACHE, and transfers reading ahead): resolve the extents of the range's
    * chunks that are not cached yet and not read from the live image, with one range scan per map.
    */
-  async cache(offsetBytes: number, lengthBytes: number): Promise<void> {
+  cache(offsetBytes: number, lengthBytes: number): Promise<void> {
+    return this.planned(() => this.cachePlanned(offsetBytes, lengthBytes));
+  }
+
+  private async cachePlanned(offsetBytes: number, lengthBytes: number): Promise<void> {
     const chunkBytes = this.index.chunkBytes;
     const endChunk = Math.ceil(Math.min(offsetBytes + lengthBytes, this.sizeBytes) / chunkBytes);
     const wanted = (chunk: number): boolean =>

@@ -30,6 +30,12 @@ export interface LogWriterHooks {
   onBatchWritten(batch: Batch): Promise<void>;
   /** The writer failed for good (already recorded as its sticky failure). */
   onFailure(error: StorageError): void;
+  /**
+   * The next segment found no room: expire history to make some (the journal-full policy).
+   * Resolves true when room may have been made (the segment is tried again), false when nothing
+   * is left to expire (the write fails with ENOSPC). Absent: the write fails at once.
+   */
+  makeRoom?(): Promise<boolean>;
 }
 
 export interface LogWriterOptions {
@@ -71,6 +77,8 @@ export class LogWriter {
   private appendOffsetBytes: number;
   private nextSequence: number;
   private spare: SpareSegment | null = null;
+  /** A request for room (makeRoom) in progress, shared by every writer waiting for the spare. */
+  private roomMaking: Promise<void> | null = null;
   private readonly appender: LogAppender;
   /** Zero-fillers of the current segment and of the spare, by segment number. */
   private readonly fillers = new Map<number, SegmentFiller>();
@@ -484,9 +492,24 @@ export class LogWriter {
     assert(spare !== null, 'a spare segment is always prepared or being prepared');
     if (spare.segment !== null) return null;
     if (spare.error === null) return spare.ready;
+    if (spare.error.code === 'ENOSPC' && this.hooks.makeRoom !== undefined) return this.makeRoomForSpare(spare.error);
     if (performance.now() - spare.attemptedAtMs < spareRetryDelayMs) throw spare.error;
     this.prepareSpare();
     return this.spare!.ready;
+  }
+
+  /** Ask for room (once for every writer waiting), then prepare the spare again; ENOSPC when none can be made. */
+  private makeRoomForSpare(error: StorageError): Promise<void> {
+    this.roomMaking ??= (async () => {
+      try {
+        if (!(await this.hooks.makeRoom!())) throw error;
+        this.prepareSpare();
+        await this.spare!.ready;
+      } finally {
+        this.roomMaking = null;
+      }
+    })();
+    return this.roomMaking;
   }
 }
 
