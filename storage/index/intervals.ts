@@ -16,6 +16,8 @@ export interface IntervalInfo {
   /** Times of its first and last data-changing record (0 when it has none). */
   firstMicros: number;
   lastMicros: number;
+  /** Its first data-changing record (lastSequence + 1 when it has none): marks before it show the previous end. */
+  firstDataSequence: number;
   /** Its last data-changing record (firstSequence - 1 when it has none): the same instant as lastSequence. */
   lastDataSequence: number;
   /** The grade of the point it ended at when packed (a tier's index, -1 a snapshot or hold, -2 not a kept point). */
@@ -114,15 +116,31 @@ export class IntervalStore {
   }
 
   /**
-   * The kept instant of the packed region that shows what record `sequence` shows: the horizon, or
-   * the end of an interval when nothing but marks follow its last data record up to `sequence`.
-   * Null when `sequence` lies inside an interval (gone) or outside the packed region.
+   * The kept end of the packed region (an interval's last record, or the horizon) that shows what
+   * record `sequence` shows: marks after an interval's last data record show its end, marks before
+   * its first data record the previous end. Null when `sequence` lies among its data: gone.
    */
   keptEndShowing(sequence: number): number | null {
-    if (sequence === this.state.horizonSequence) return sequence;
-    const interval = this.intervalHolding(sequence);
-    if (interval === null || sequence < interval.lastDataSequence) return null;
-    return interval.lastSequence;
+    const { horizonSequence } = this.state;
+    if (sequence === horizonSequence) return horizonSequence;
+    const position = this.list.findIndex((interval) => interval.firstSequence <= sequence && sequence <= interval.lastSequence);
+    if (position < 0) return null;
+    const interval = this.list[position]!;
+    const hasData = interval.lastDataSequence >= interval.firstSequence;
+    if (hasData && sequence >= interval.lastDataSequence) return interval.lastSequence;
+    if (!hasData || sequence < interval.firstDataSequence) return position > 0 ? this.list[position - 1]!.lastSequence : horizonSequence;
+    return null;
+  }
+
+  /** The last data-changing record `sequence` shows in the packed region (the canonical instant), or null when gone. */
+  canonicalShowing(sequence: number): number | null {
+    const end = this.keptEndShowing(sequence);
+    if (end === null) return null;
+    for (let position = this.list.findIndex((interval) => interval.lastSequence === end); position >= 0; position--) {
+      const interval = this.list[position]!;
+      if (interval.lastDataSequence >= interval.firstSequence) return interval.lastDataSequence;
+    }
+    return this.state.horizonSequence;
   }
 
   /** Each interval's extents of one chunk, newest interval first, for intervals ending at or before `throughSequence`. */

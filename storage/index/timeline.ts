@@ -37,9 +37,11 @@ function packedSequenceAt(intervals: IntervalStore, micros: number): number {
   for (let position = list.length - 1; position >= 0; position--) {
     const interval = list[position]!;
     if (interval.firstMicros === 0 || interval.firstMicros > micros) continue;
-    return micros >= interval.lastMicros ? interval.lastSequence : interval.firstSequence;
+    return micros >= interval.lastMicros ? interval.lastSequence : interval.firstDataSequence; // inside it: gone
   }
-  return intervals.state.horizonSequence;
+  // Before the first interval: the horizon, if the time is not before it (then it is gone: a record before the horizon).
+  const { horizonSequence, horizonMicros } = intervals.state;
+  return horizonSequence > 0 && micros < horizonMicros ? horizonSequence - 1 : horizonSequence;
 }
 
 /**
@@ -49,12 +51,7 @@ function packedSequenceAt(intervals: IntervalStore, micros: number): number {
  */
 export async function lastDataSequence(store: MapStore, intervals: IntervalStore, tail: Tail, sequence: number): Promise<number> {
   if (sequence <= intervals.packedThroughSequence) {
-    if (sequence === intervals.state.horizonSequence) return sequence;
-    const list = intervals.intervals;
-    let position = list.findIndex((interval) => interval.firstSequence <= sequence && sequence <= interval.lastSequence);
-    if (position < 0 || sequence < list[position]!.lastDataSequence) return sequence; // inside an interval: gone
-    while (position >= 0 && list[position]!.lastDataSequence < list[position]!.firstSequence) position--; // an interval of marks only
-    return position < 0 ? intervals.state.horizonSequence : list[position]!.lastDataSequence;
+    return intervals.canonicalShowing(sequence) ?? sequence; // null: inside an interval, gone
   }
   for (let window = await store.windowOf(sequence); ; window--) {
     const records = window === null ? tail.records : window < intervals.state.fineStartWindow ? null : await store.windowRecords(window);

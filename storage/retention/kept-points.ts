@@ -52,6 +52,8 @@ export interface HoldForRetention {
 export interface KeptSetInput {
   policy: RetentionPolicy;
   nowMicros: number;
+  /** Tier points before the volume was made are not points of it. */
+  createdMicros: number;
   /** The oldest instant still held (the base image's); nothing before it exists. */
   horizonSequence: number;
   /** Space pressure moved the continuous region's start forward to here (0: no pressure). */
@@ -70,9 +72,9 @@ export async function computeKeptSet(input: KeptSetInput): Promise<KeptSet> {
   const continuousFromSequence = Math.max(policyContinuous, input.pressureFloorSequence, input.horizonSequence);
   const bySequence = new Map<number, KeptPoint>();
   const add = async (sequence: number, point: Omit<KeptPoint, 'sequence'>): Promise<void> => {
-    if (sequence < input.horizonSequence || sequence >= continuousFromSequence) return;
+    if (sequence < input.horizonSequence) return;
     const canonical = await input.canonical(sequence);
-    if (canonical === null || canonical < input.horizonSequence) return;
+    if (canonical === null || canonical < input.horizonSequence || canonical >= continuousFromSequence) return;
     const existing = bySequence.get(canonical);
     if (existing === undefined) {
       bySequence.set(canonical, { ...point, sequence: canonical });
@@ -87,9 +89,9 @@ export async function computeKeptSet(input: KeptSetInput): Promise<KeptSet> {
     return typeof every === 'number' ? `every ${every} s` : every;
   };
   for (const point of times.points) {
-    if (point.micros < input.nowMicros && (await input.sequenceAt(point.micros)) >= input.pressureFloorSequence) {
-      await add(await input.sequenceAt(point.micros), { micros: point.micros, grade: point.tier, pinned: false, reasons: [tierName(point.tier)] });
-    }
+    if (point.micros < input.createdMicros || point.micros >= input.nowMicros) continue;
+    const sequence = await input.sequenceAt(point.micros);
+    if (sequence >= input.pressureFloorSequence) await add(sequence, { micros: point.micros, grade: point.tier, pinned: false, reasons: [tierName(point.tier)] });
   }
   for (const snapshot of input.snapshots) {
     if (snapshot.expiresMicros !== 0 && snapshot.expiresMicros <= input.nowMicros) continue;

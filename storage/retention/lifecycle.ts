@@ -18,7 +18,7 @@ import { StorageError } from '../errors.js';
 import type { FileSystem } from '../io/file-system.js';
 import { lifecycleLimits } from '../limits.js';
 import type { DeltaMapIndex } from '../index/delta-map-index.js';
-import type { IntervalInfo, LifecycleTarget } from '../index/intervals.js';
+import type { IntervalInfo, LifecycleTarget, PendingOperation } from '../index/intervals.js';
 import type { LogDataReader } from '../point-in-time/log-data-reader.js';
 import type { VolumePaths } from '../volume-config.js';
 import { listSegments, segmentFileName } from '../write-log/segment.js';
@@ -119,13 +119,18 @@ export class HistoryLifecycle {
 
   // ---- what is kept ----
 
+  /** The intervals as [first, lastData, last] (tests print them when something is off). */
+  debugIntervals(): number[][] {
+    return this.index.intervals.intervals.map((interval) => [interval.firstSequence, interval.firstDataSequence, interval.lastDataSequence, interval.lastSequence, interval.firstMicros, interval.lastMicros]);
+  }
+
   get keptSet(): KeptSet | null {
     return this.keptSetValue;
   }
 
   /** Refuse an instant the policy no longer keeps (EEXPIRED, with the kept instants around it). */
   async assertKept(sequence: number): Promise<number> {
-    const set = this.keptSetValue ?? (await this.refreshKeptSet());
+    const set = await this.refreshKeptSet();
     const canonical = await this.canonical(sequence);
     if (canonical !== null && isKept(set, canonical)) return canonical;
     if (canonical !== null && this.holds.has(canonical)) return canonical;
@@ -162,6 +167,7 @@ export class HistoryLifecycle {
     this.keptSetValue = await computeKeptSet({
       policy: this.host.retentionPolicy(),
       nowMicros: Date.now() * 1000,
+      createdMicros: this.host.createdMicros,
       horizonSequence: intervals.state.horizonSequence,
       pressureFloorSequence: this.pressureFloorSequence,
       snapshots: this.host.snapshots(),
@@ -175,7 +181,7 @@ export class HistoryLifecycle {
   private async canonical(sequence: number): Promise<number | null> {
     const intervals = this.index.intervals;
     if (sequence < intervals.state.horizonSequence) return null;
-    if (sequence <= intervals.packedThroughSequence && intervals.keptEndShowing(sequence) === null) return null;
+    if (sequence <= intervals.packedThroughSequence) return intervals.canonicalShowing(sequence);
     return this.index.lastDataSequence(sequence);
   }
 
@@ -218,6 +224,18 @@ export class HistoryLifecycle {
       }
       return true;
     });
+  }
+
+  /** No view holds an instant the operation makes unreachable (a view opened since it was decided). */
+  private async holdsAllow(pending: PendingOperation): Promise<boolean> {
+    for (const { sequence } of this.holds.values()) {
+      const canonical = (await this.canonical(sequence)) ?? sequence;
+      if (pending.kind === 'fold' && canonical < pending.target.horizonSequence) return false;
+      for (const interval of pending.add) {
+        if (canonical >= interval.firstSequence && canonical < interval.lastDataSequence) return false;
+      }
+    }
+    return true;
   }
 
   // ---- the loop ----
@@ -422,27 +440,29 @@ export class HistoryLifecycle {
   private async packSpan(fromSequence: number, toSequence: number, endGrade: number): Promise<PackSpan> {
     const lastData = await this.index.lastDataSequence(toSequence);
     const hasData = lastData > fromSequence;
+    const first = hasData ? await this.firstDataAfter(fromSequence, toSequence) : null;
     return {
       fromSequence,
       toSequence,
+      firstDataSequence: first?.sequence ?? toSequence + 1,
       lastDataSequence: hasData ? lastData : fromSequence,
-      firstMicros: hasData ? await this.firstDataMicrosAfter(fromSequence, toSequence) : 0,
+      firstMicros: first?.micros ?? 0,
       lastMicros: hasData ? await this.index.microsOf(toSequence) : 0,
       endGrade,
     };
   }
 
-  private async firstDataMicrosAfter(fromSequence: number, toSequence: number): Promise<number> {
+  /** The first data-changing record in (fromSequence, toSequence], and its time. */
+  private async firstDataAfter(fromSequence: number, toSequence: number): Promise<{ sequence: number; micros: number } | null> {
+    const { store } = this.index.lifecycleAccess();
     for (let window = (await this.index.windowHolding(fromSequence + 1))!; window < this.index.windowCount; window++) {
       const info = await this.index.mapInfo({ level: 0, index: window });
       if (info.firstSequence > toSequence) break;
       if (info.recordCount === 0) continue;
-      if (info.firstSequence > fromSequence) return info.firstMicros;
-      const records = await this.index.lifecycleAccess().store.windowRecords(window);
-      const first = records.find((record) => record.source.sequence > fromSequence);
-      if (first !== undefined) return first.micros;
+      const first = (await store.windowRecords(window)).find((record) => record.source.sequence > fromSequence);
+      if (first !== undefined) return first.source.sequence <= toSequence ? { sequence: first.source.sequence, micros: first.micros } : null;
     }
-    return 0;
+    return null;
   }
 
   /** The fine region's new start once windows before `toWindow` (ending at `lastSequence`) are packed or folded. */
@@ -641,6 +661,7 @@ export class HistoryLifecycle {
       chunkBytes,
       reader: this.reader,
       throttle: (bytes) => (atOpen || this.underPressure ? Promise.resolve() : this.throttle(bytes)),
+      stillWanted: async (pending) => this.holdsAllow(pending),
       beforeSwitch: async () => {
         this.index.noteSwitch();
         await this.drain(this.index.generation);

@@ -37,6 +37,8 @@ export interface OperationParts {
   reader: LogDataReader;
   /** Wait until moving this many bytes keeps the lifecycle's I/O under its rate (unless space is short). */
   throttle(bytes: number): Promise<void>;
+  /** Is the operation still wanted now that its packs are written (no view opened since holds what it would drop)? */
+  stillWanted(pending: PendingOperation): Promise<boolean>;
   /** Instants the operation makes unreachable are refused from now; resolves once reads begun before are done. */
   beforeSwitch(): Promise<void>;
   /** The index now names the new intervals: views plan again. */
@@ -48,6 +50,7 @@ export interface OperationParts {
 export interface PackSpan extends Span {
   firstMicros: number;
   lastMicros: number;
+  firstDataSequence: number;
   lastDataSequence: number;
   endGrade: number;
 }
@@ -73,7 +76,7 @@ export async function mergeIntervals(parts: OperationParts, run: readonly Interv
   const target: LifecycleTarget = pickTarget(state);
   await runOperation(parts, { kind: 'merge', remove: [...run], foldWindows: null, target }, 1, async ([packNumber]) => {
     const merged = await writeMergedPack(parts, run, packNumber!);
-    return [{ ...merged, firstSequence: first.firstSequence, lastSequence: last.lastSequence, firstMicros: firstNonZero(run), lastMicros: lastNonZero(run), lastDataSequence: lastDataOf(run), endGrade: last.endGrade }];
+    return [{ ...merged, firstSequence: first.firstSequence, lastSequence: last.lastSequence, firstMicros: firstNonZero(run), lastMicros: lastNonZero(run), firstDataSequence: firstDataOf(run), lastDataSequence: lastDataOf(run), endGrade: last.endGrade }];
   });
 }
 
@@ -127,6 +130,11 @@ async function runOperation(
     throw error;
   }
   const pending: PendingOperation = { ...operation, phase: 'switching', add: added };
+  if (!(await parts.stillWanted(pending))) {
+    for (const pack of packNumbers) removePackFile(parts, pack);
+    await parts.intervals.commit({ ...parts.intervals.state, pending: null }, { add: [], remove: [] });
+    return;
+  }
   await parts.intervals.commit({ ...parts.intervals.state, pending }, { add: [], remove: [] });
   await switchOperation(parts, pending);
 }
@@ -198,6 +206,7 @@ async function writePackFromSpan(parts: OperationParts, span: PackSpan, packNumb
       lastSequence: span.toSequence,
       firstMicros: span.firstMicros,
       lastMicros: span.lastMicros,
+      firstDataSequence: span.firstDataSequence,
       lastDataSequence: span.lastDataSequence,
       endGrade: span.endGrade,
       pack: packNumber,
@@ -212,7 +221,7 @@ async function writePackFromSpan(parts: OperationParts, span: PackSpan, packNumb
 }
 
 /** Newer data wins: one pass over every pack of the run, in volume order, a chunk at a time. */
-async function writeMergedPack(parts: OperationParts, run: readonly IntervalInfo[], packNumber: number): Promise<Omit<IntervalInfo, 'firstSequence' | 'lastSequence' | 'firstMicros' | 'lastMicros' | 'lastDataSequence' | 'endGrade'>> {
+async function writeMergedPack(parts: OperationParts, run: readonly IntervalInfo[], packNumber: number): Promise<Omit<IntervalInfo, 'firstSequence' | 'lastSequence' | 'firstMicros' | 'lastMicros' | 'firstDataSequence' | 'lastDataSequence' | 'endGrade'>> {
   // One reader per pack, newest pack first; each yields its records chunk by chunk.
   const readers = [...run]
     .reverse()
@@ -343,6 +352,11 @@ function firstNonZero(run: readonly IntervalInfo[]): number {
 
 function lastNonZero(run: readonly IntervalInfo[]): number {
   return [...run].reverse().find((interval) => interval.lastMicros > 0)?.lastMicros ?? 0;
+}
+
+function firstDataOf(run: readonly IntervalInfo[]): number {
+  const withData = run.find((interval) => interval.lastDataSequence >= interval.firstSequence);
+  return withData?.firstDataSequence ?? run[run.length - 1]!.lastSequence + 1;
 }
 
 function lastDataOf(run: readonly IntervalInfo[]): number {
