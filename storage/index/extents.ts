@@ -9,6 +9,8 @@ export interface ExtentSource {
   sequence: number;
   /** True for data records; false for zeroes and trims (the range reads as zeroes). */
   hasData: boolean;
+  /** The record's payload is compressed (flag snappy): its data is read through its frame table. */
+  compressed: boolean;
   segmentNumber: number;
   /** Offset of the record's header in its segment. */
   recordOffsetBytes: number;

@@ -11,7 +11,7 @@ import type { MapInfo } from '../index/map-keys.js';
 import type { VolumePaths } from '../volume-config.js';
 import type { AppendedRecord, LogPosition } from '../write-log/batch.js';
 import { logStart, scanLog } from '../write-log/log-reader.js';
-import { RecordKind, type RecordKind as RecordKindValue } from '../write-log/record.js';
+import { RecordFlag, RecordKind, type RecordKind as RecordKindValue } from '../write-log/record.js';
 import { formatMicros } from '../clock.js';
 import { LogDataReader } from './log-data-reader.js';
 import { PointInTimeView, type ViewSource } from './view.js';
@@ -215,7 +215,7 @@ export class VolumeHistory {
 
 function indexedRecord(
   kind: RecordKindValue,
-  record: { sequence: number; timestampMicros: number; offsetBytes: number; lengthBytes: number },
+  record: { sequence: number; timestampMicros: number; offsetBytes: number; lengthBytes: number; flags: number },
   position: LogPosition,
   encodedBytes: number,
   markPayload: Buffer | null,
@@ -229,6 +229,7 @@ function indexedRecord(
     lengthBytes: record.lengthBytes,
     position,
     encodedBytes,
+    compressed: (record.flags & RecordFlag.snappy) !== 0,
     ...(markPayload === null ? {} : { markPayload: Buffer.from(markPayload) }),
   };
 }

@@ -1,9 +1,13 @@
-// Reads data back out of the write log: the bytes of an extent, from the record that holds them.
-// Segments are opened for reading through the page cache and kept open, a bounded number at once
-// (one in use by a read is never closed under it).
+// Reads data back out of the write log: the bytes of an extent, from the record that holds them
+// (as written, or compressed in frames: storage/write-log/payload-codec.ts). Segments are opened
+// for reading through the page cache and kept open, a bounded number at once (one in use by a
+// read is never closed under it); decoded frames are kept in a cache bounded by
+// storageLimits.decodedFrameCacheBytes.
 
 import type { FileHandle, FileSystem } from '../io/file-system.js';
 import type { ExtentSource } from '../index/extents.js';
+import { storageLimits } from '../limits.js';
+import { DecodedFrameCache, readRecordData } from '../write-log/payload-codec.js';
 import { recordHeaderBytes } from '../write-log/record.js';
 import { segmentFileName } from '../write-log/segment.js';
 
@@ -16,6 +20,7 @@ interface OpenSegmentReader {
 
 export class LogDataReader {
   private readonly segments = new Map<number, OpenSegmentReader>();
+  private readonly frames = new DecodedFrameCache(storageLimits.decodedFrameCacheBytes);
 
   constructor(
     private readonly fileSystem: FileSystem,
@@ -24,25 +29,21 @@ export class LogDataReader {
 
   /**
    * Read the data of `source` for volume range [startBytes, startBytes + target.length) into
-   * target. What the page cache holds is read at once (and null returned); only the rest goes to a
-   * worker thread.
+   * target. What the page cache (and the frame cache) holds is read at once (and null returned);
+   * only the rest goes to a worker thread.
    */
   read(source: ExtentSource, startBytes: number, target: Buffer): Promise<void> | null {
-    const positionBytes = source.recordOffsetBytes + recordHeaderBytes + (startBytes - source.volumeOffsetBytes);
     const segment = this.segment(source.segmentNumber);
-    const cachedBytes = segment.handle.readCached(target, positionBytes);
-    if (cachedBytes === target.length) return null;
-    return this.readRest(segment, source, target.subarray(cachedBytes), positionBytes + cachedBytes);
-  }
-
-  private async readRest(segment: OpenSegmentReader, source: ExtentSource, target: Buffer, positionBytes: number): Promise<void> {
+    const stored = {
+      file: segment.handle,
+      fileKey: String(source.segmentNumber),
+      payloadPositionBytes: source.recordOffsetBytes + recordHeaderBytes,
+      compressed: source.compressed,
+    };
+    const reading = readRecordData(stored, startBytes - source.volumeOffsetBytes, target, this.frames);
+    if (reading === null) return null;
     segment.readsInFlight++;
-    try {
-      const readBytes = await segment.handle.read(target, positionBytes);
-      if (readBytes < target.length) throw new Error(`segment ${source.segmentNumber} ends before record ${source.sequence}'s data`);
-    } finally {
-      segment.readsInFlight--;
-    }
+    return reading.finally(() => segment.readsInFlight--);
   }
 
   close(): void {
