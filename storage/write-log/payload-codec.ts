@@ -203,6 +203,12 @@ export function decodePayload(payload: Buffer, flags: number, lengthBytes: numbe
   return data;
 }
 
+/** How each frame of a stored payload is kept (an empty list for a payload stored as written). */
+export function frameEncodingsOf(payload: Buffer, flags: number, lengthBytes: number): FrameEncoding[] {
+  if ((flags & RecordFlag.snappy) === 0) return [];
+  return decodeEntries(payload, 0, frameCountOf(lengthBytes) - 1).map((entry) => entry.encoding);
+}
+
 /** What readRecordData needs of a file that holds records: reads through the page cache first. */
 export interface RecordFile {
   /** Read what the page cache holds at once; returns the bytes read (fewer when not cached). */
