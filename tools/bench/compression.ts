@@ -55,7 +55,7 @@ async function startAppliance(name: string, mode: Mode): Promise<Appliance> {
   const child = trackChild(
     spawn(
       process.execPath,
-      [path.join(repositoryRoot, 'dist/tools/cli.js'), 'serve', '--data', dataDirectory, '--nbd-listen', 'none', '--nbd-socket', socket, '--http-listen', '127.0.0.1:0', '--volume-size', String(volumeSizeBytes), '--log-compression', mode, '--log-level', 'warn'],
+      [path.join(repositoryRoot, 'dist/tools/cli.js'), 'serve', '--data', dataDirectory, '--nbd-listen', 'none', '--nbd-socket', socket, '--http-listen', '127.0.0.1:0', '--volume-size', String(volumeSizeBytes), '--log-compression', mode],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     ),
   );
