@@ -460,7 +460,9 @@ t.test('a torn compressed record is dropped, and compressed records around it re
   let { volume, model } = await startVolume(t, fileSystem);
   const session = new Session(volume, model);
   await session.write(0, Buffer.alloc(16 * KiB, 'a compressed line\n'), true);
-  const torn = { offsetBytes: 256 * KiB, data: mixedBytesFrom(random, 192 * KiB) };
+  // One frame that compresses, two that do not: stored over 64 KiB, so the batch goes out on a
+  // worker thread and waits for its sync, where the crash can catch it.
+  const torn = { offsetBytes: 256 * KiB, data: Buffer.concat([Buffer.alloc(64 * KiB, 'a compressed line\n'), randomBytesFrom(random, 128 * KiB)]) };
   const { survivor } = await crashTearingNextRecord(fileSystem, session, random, torn, (recordOffsetBytes) => (piece) => piece < recordOffsetBytes + recordHeaderBytes);
   fileSystem = survivor;
   let reopened = await reopen(fileSystem, model, session);
