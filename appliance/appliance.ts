@@ -11,6 +11,7 @@ import {
   validateSnapshotName,
   type RetentionPolicy,
   type RetentionPolicyChanges,
+  type LogCompression,
   type SnapshotRecord,
   type Volume,
   type VolumeConfig,
@@ -25,6 +26,8 @@ export interface ApplianceOptions {
   dataDirectory: string;
   defaultVolumeName: string;
   defaultVolumeSizeBytes: number;
+  /** How volumes store data records in their logs; snappy when absent. */
+  logCompression?: LogCompression;
   log: Logger;
   /** How clients reach the NBD server, for export URIs (e.g. nbd://127.0.0.1:10809). */
   nbdUriBase: string;
@@ -74,7 +77,7 @@ export class Appliance {
 
   /** Open the data folder (making the default volume on first start), every volume, every export. */
   static async start(options: ApplianceOptions): Promise<Appliance> {
-    const store = VolumeStore.openDataDirectory(options.dataDirectory);
+    const store = VolumeStore.openDataDirectory(options.dataDirectory, undefined, { logCompression: options.logCompression ?? 'snappy' });
     const appliance = new Appliance(options, store);
     try {
       await appliance.openEverything(options);

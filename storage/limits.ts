@@ -59,6 +59,12 @@ export const storageLimits = {
   /** How often regions whose writes are durable everywhere are cleaned in the DRL. */
   regionCleanIntervalMs: 5000,
 
+  /**
+   * Decoded frames of compressed records (64 KiB each) a volume's views keep, so reads in small
+   * pieces through one frame decompress it once.
+   */
+  decodedFrameCacheBytes: 4 * MiB,
+
   /** Longest error or mark payload (JSON) kept in a log record. */
   metaPayloadBytesMax: 64 * KiB,
   /** Longest volume name. */
@@ -131,6 +137,8 @@ export function assertStorageLimits(limits: StorageLimits = storageLimits): void
     [limits.writePayloadBytesMax + 4096 + 48 <= limits.segmentSizeBytesMin, 'records fit a segment'],
     [isPowerOfTwo(limits.overlayChunkBytes), 'overlay chunk is a power of two'],
     [limits.overlayIndexedRecordBytesMax >= limits.slabCopyPayloadBytesMax, 'small records are indexed'],
+    // 64 KiB is the frame of a compressed payload (write-log.md): the cache holds a record's worth of reads.
+    [limits.decodedFrameCacheBytes >= 16 * 64 * KiB, 'the decoded-frame cache holds several frames'],
   ];
   for (const [holds, what] of checks) {
     if (!holds) throw new Error(`storage limits are inconsistent: ${what}`);

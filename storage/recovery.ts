@@ -27,7 +27,8 @@ import type { PrimaryImage } from './primary-image.js';
 import type { VolumePaths } from './volume-config.js';
 import type { LogPosition } from './write-log/batch.js';
 import { scanLog, type LogTear } from './write-log/log-reader.js';
-import { RecordFlag, RecordKind, changesData } from './write-log/record.js';
+import { RecordKind, changesData } from './write-log/record.js';
+import { decodePayload } from './write-log/payload-codec.js';
 import { listSegments, openSegment, segmentFileName } from './write-log/segment.js';
 import { StorageError } from './errors.js';
 
@@ -78,8 +79,7 @@ export async function recoverVolume(parts: {
         throw new StorageError('ECORRUPT', `record ${header.sequence} lies past the end of the volume`);
       }
       if (header.kind === RecordKind.data) {
-        if ((header.flags & RecordFlag.snappy) !== 0) throw new StorageError('ECORRUPT', 'compressed records are not supported by this version');
-        primary.writeData(header.offsetBytes, payload!);
+        primary.writeData(header.offsetBytes, decodePayload(payload!, header.flags, header.lengthBytes));
       } else {
         primary.zero(header.offsetBytes, header.lengthBytes);
       }

@@ -16,7 +16,7 @@ import { StorageError } from './errors.js';
 import { flattenNewestWins, type Extent, type RecordExtent } from './index/extents.js';
 import type { Volume } from './volume.js';
 import { scanLog, logStart } from './write-log/log-reader.js';
-import { decodeRecordHeader, recordHeaderBytes, changesData, RecordKind } from './write-log/record.js';
+import { decodeRecordHeader, recordHeaderBytes, changesData, RecordFlag, RecordKind } from './write-log/record.js';
 import { openSegment } from './write-log/segment.js';
 import type { LogPosition } from './write-log/batch.js';
 
@@ -144,6 +144,7 @@ async function replaySlice(
           source: {
             sequence: header.sequence,
             hasData: header.kind === RecordKind.data,
+            compressed: (header.flags & RecordFlag.snappy) !== 0,
             segmentNumber: recordPosition.segmentNumber,
             recordOffsetBytes: recordPosition.offsetBytes,
             volumeOffsetBytes: header.offsetBytes,

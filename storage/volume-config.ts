@@ -1,12 +1,20 @@
 // volume.json: what a volume is (size, region and segment sizes, identity) and the folder layout
-// around it. Written once at creation; the format version guards every later reader.
+// around it. Written at creation, and again only to raise its format version; the format version
+// guards every later reader.
 
 import { randomBytes } from 'node:crypto';
 import { StorageError } from './errors.js';
 import { readWholeFile, writeFileAtomic, type FileSystem } from './io/file-system.js';
 import { storageLimits } from './limits.js';
 
-export const volumeFormatVersion = 1;
+/**
+ * 2: the log may hold version 2 records (compressed payloads, docs/formats/write-log.md) and the
+ * index extents may carry the compressed bit (docs/formats/delta-map.md). A version 1 volume is
+ * raised to 2 when it is opened, before anything is appended, so that older code refuses it
+ * rather than misread it.
+ */
+export const volumeFormatVersion = 2;
+const oldestReadableVolumeVersion = 1;
 
 export interface VolumeConfig {
   formatVersion: number;
@@ -76,7 +84,8 @@ export function readVolumeConfig(fileSystem: FileSystem, path: string): VolumeCo
     throw new StorageError('ECORRUPT', `${path}: not readable JSON`, { cause: error });
   }
   const config = parsed as Partial<VolumeConfig>;
-  if (config.formatVersion !== volumeFormatVersion) {
+  const version = config.formatVersion;
+  if (typeof version !== 'number' || version < oldestReadableVolumeVersion || version > volumeFormatVersion) {
     throw new StorageError('ECORRUPT', `${path}: unsupported volume format version ${String(config.formatVersion)}`);
   }
   const numbers = ['sizeBytes', 'regionSizeBytes', 'segmentSizeBytes', 'createdMicros'] as const;
@@ -87,4 +96,12 @@ export function readVolumeConfig(fileSystem: FileSystem, path: string): VolumeCo
     throw new StorageError('ECORRUPT', `${path}: name or volumeId is missing`);
   }
   return config as VolumeConfig;
+}
+
+/** Raise an older volume.json to the current format version (durably), before the volume changes. */
+export async function upgradeVolumeConfig(fileSystem: FileSystem, path: string, config: VolumeConfig): Promise<VolumeConfig> {
+  if (config.formatVersion === volumeFormatVersion) return config;
+  const upgraded = { ...config, formatVersion: volumeFormatVersion };
+  await writeVolumeConfig(fileSystem, path, upgraded);
+  return upgraded;
 }

@@ -6,7 +6,7 @@ import { StorageError } from './errors.js';
 import type { FileSystem } from './io/file-system.js';
 import { nodeFileSystem } from './io/node-file-system.js';
 import { assertStorageLimits, storageLimits } from './limits.js';
-import { Volume, type CreateVolumeOptions } from './volume.js';
+import { Volume, type CreateVolumeOptions, type OpenVolumeOptions } from './volume.js';
 import { readVolumeConfig, validateVolumeName, validateVolumeSize, volumePaths, type VolumeConfig } from './volume-config.js';
 
 export class VolumeStore {
@@ -14,18 +14,20 @@ export class VolumeStore {
   private readonly fileSystem: FileSystem;
   private readonly open = new Map<string, Volume>();
   private readonly lockPath: string;
+  private readonly openOptions: OpenVolumeOptions;
 
-  private constructor(dataDirectory: string, fileSystem: FileSystem) {
+  private constructor(dataDirectory: string, fileSystem: FileSystem, openOptions: OpenVolumeOptions) {
     this.dataDirectory = dataDirectory;
     this.fileSystem = fileSystem;
+    this.openOptions = openOptions;
     this.lockPath = `${dataDirectory}/cdp-nbd.lock`;
   }
 
   /** Open (creating if needed) a data folder and take its lock. */
-  static openDataDirectory(dataDirectory: string, fileSystem: FileSystem = nodeFileSystem): VolumeStore {
+  static openDataDirectory(dataDirectory: string, fileSystem: FileSystem = nodeFileSystem, openOptions: OpenVolumeOptions = {}): VolumeStore {
     assertStorageLimits();
     fileSystem.mkdirp(`${dataDirectory}/volumes`);
-    const store = new VolumeStore(dataDirectory, fileSystem);
+    const store = new VolumeStore(dataDirectory, fileSystem, openOptions);
     store.takeLock();
     return store;
   }
@@ -78,7 +80,7 @@ export class VolumeStore {
     const existing = this.open.get(name);
     if (existing !== undefined) return existing;
     this.config(name); // ENOENT for a missing volume
-    const volume = await Volume.open(this.directoryOf(name), this.fileSystem);
+    const volume = await Volume.open(this.directoryOf(name), this.fileSystem, this.openOptions);
     this.open.set(name, volume);
     return volume;
   }

@@ -29,6 +29,7 @@ import { dirtyBitmapContext } from './point-in-time/dirty-bitmap.js';
 import {
   newVolumeId,
   readVolumeConfig,
+  upgradeVolumeConfig,
   volumeFormatVersion,
   volumePaths,
   writeVolumeConfig,
@@ -37,6 +38,8 @@ import {
 } from './volume-config.js';
 import { applyRecordToRange, type AppendedRecord, type Batch, type LogPosition } from './write-log/batch.js';
 import { LogWriter } from './write-log/log-writer.js';
+import { PayloadEncoder, isAllZero } from './write-log/payload-codec.js';
+import { snappyCodec } from './write-log/snappy.js';
 import { RecordFlag, RecordKind, changesData, recordHeaderBytes } from './write-log/record.js';
 import { createSegment, openSegment, segmentHeaderBytes } from './write-log/segment.js';
 import { defaultRetentionPolicy, type RetentionPolicy } from './retention/policy.js';
@@ -58,7 +61,11 @@ export interface OpenVolumeOptions {
    * on the real file system; the index lives in LevelDB, which a simulated file system cannot host.
    */
   history?: boolean;
+  /** How data records are stored in the log: Snappy-compressed where it pays (the default), or as written. */
+  logCompression?: LogCompression;
 }
+
+export type LogCompression = 'snappy' | 'off';
 
 export interface VolumeStatistics {
   writeCount: number;
@@ -81,16 +88,6 @@ export interface VolumeStatistics {
 /** Upper bounds (seconds) of the flush latency histogram's buckets. */
 const flushLatencyBucketsSeconds = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
 
-const zeroBlock = Buffer.alloc(64 * 1024);
-
-/** True when every byte is zero (checked before logging, so zero blocks cost no log space). */
-export function isAllZero(data: Buffer): boolean {
-  for (let offset = 0; offset < data.length; offset += zeroBlock.length) {
-    const piece = data.subarray(offset, Math.min(offset + zeroBlock.length, data.length));
-    if (!piece.equals(zeroBlock.subarray(0, piece.length))) return false;
-  }
-  return true;
-}
 
 export class Volume implements BlockDevice {
   readonly config: VolumeConfig;
@@ -143,6 +140,7 @@ export class Volume implements BlockDevice {
     clock: MicrosecondClock;
     fileSystem: FileSystem;
     retention: RetentionPolicyFile;
+    logCompression: LogCompression;
   }) {
     this.config = parts.config;
     this.retention = parts.retention;
@@ -167,6 +165,7 @@ export class Volume implements BlockDevice {
       currentSegment: segment,
       appendOffsetBytes: checkpoint.position.offsetBytes,
       nextSequence: checkpoint.sequence + 1,
+      encoder: new PayloadEncoder(parts.logCompression === 'snappy' ? snappyCodec() : null),
       hooks: {
         onBatchSealed: (batch) => this.markRegions(batch),
         onBatchWritten: (batch) => this.applyBatch(batch),
@@ -214,7 +213,7 @@ export class Volume implements BlockDevice {
   /** Open a volume, recovering it first if it was not closed cleanly. */
   static async open(directory: string, fileSystem: FileSystem = nodeFileSystem, options: OpenVolumeOptions = {}): Promise<Volume> {
     const paths = volumePaths(directory);
-    const config = readVolumeConfig(fileSystem, paths.config);
+    const config = await upgradeVolumeConfig(fileSystem, paths.config, readVolumeConfig(fileSystem, paths.config));
     assertGeometry(config);
     const retention = await RetentionPolicyFile.open(fileSystem, paths.retention, () => defaultRetentionPolicy(fileSystem.freeBytes(directory)));
     const primary = PrimaryImage.open(fileSystem, paths.primary, config.sizeBytes);
@@ -225,7 +224,7 @@ export class Volume implements BlockDevice {
       }
       const recovery = await recoverVolume({ fileSystem, paths, primary, drl });
       const clock = new MicrosecondClock(Math.max(recovery.lastTimestampMicros, drl.checkpoint.timestampMicros));
-      const volume = new Volume({ config, paths, primary, drl, recovery, clock, fileSystem, retention });
+      const volume = new Volume({ config, paths, primary, drl, recovery, clock, fileSystem, retention, logCompression: options.logCompression ?? 'snappy' });
       try {
         if (options.history ?? fileSystem === nodeFileSystem) {
           volume.history = await VolumeHistory.open({ volume: volume.asHistoryVolume(), paths, fileSystem, sizeBytes: config.sizeBytes });

@@ -50,6 +50,8 @@ Options:
   --volume-size SIZE      size of the default volume made on first start (default 1G)
   --default-volume NAME   name of that volume and of the default export (default ${serveDefaults.defaultVolumeName})
   --log-level LEVEL       trace, debug, info, warn, error (default ${serveDefaults.logLevel})
+  --log-compression MODE  snappy (compress logged data where it saves 1/8 or more) or off
+                          (default ${serveDefaults.logCompression})
   --tls MODE              NBD TLS: off, required (STARTTLS before anything), selective (default off)
   --tls-cert FILE         server certificate (PEM); with --tls-key FILE, its private key
   --tls-ca FILE           request client certificates and verify them against this CA
@@ -206,6 +208,7 @@ async function runServe(argv: string[]): Promise<number> {
       'volume-size': { type: 'string', default: '1G' },
       'default-volume': { type: 'string', default: serveDefaults.defaultVolumeName },
       'log-level': { type: 'string', default: serveDefaults.logLevel },
+      'log-compression': { type: 'string', default: serveDefaults.logCompression },
       tls: { type: 'string', default: 'off' },
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },
@@ -224,6 +227,8 @@ async function runServe(argv: string[]): Promise<number> {
   const retention = retentionChangesOf(values);
   const nameProblem = validateVolumeName(values['default-volume']);
   if (nameProblem !== null) throw new Error(`--default-volume: ${nameProblem}`);
+  const logCompression = values['log-compression'];
+  if (logCompression !== 'snappy' && logCompression !== 'off') throw new Error(`--log-compression is snappy or off, not "${logCompression}"`);
   await serve({
     dataDirectory: values.data,
     nbdListen: values['nbd-listen'],
@@ -232,6 +237,7 @@ async function runServe(argv: string[]): Promise<number> {
     defaultVolumeName: values['default-volume'],
     defaultVolumeSizeBytes: parseSize(values['volume-size']),
     logLevel: values['log-level'],
+    logCompression,
     version,
     defaultVolumeRetention: retention,
     access: {

@@ -1,7 +1,8 @@
 // `cdp-nbd log inspect`: print the records of a volume's write log (sequence, time, kind, offset,
-// length, flags), checking every checksum on the way. Reads files only; safe while serving.
+// length, flags), checking every checksum on the way, and decoding every compressed payload it
+// prints (docs/formats/write-log.md). Reads files only; safe while serving.
 
-import { RecordFlag, RecordKind, formatMicros, kindName, logStart, nodeFileSystem, scanLog, volumePaths, type ScannedRecord } from '../storage/index.js';
+import { RecordFlag, RecordKind, decodePayload, formatMicros, kindName, logStart, nodeFileSystem, scanLog, volumePaths, type ScannedRecord } from '../storage/index.js';
 
 export interface LogInspectOptions {
   volumeDirectory: string;
@@ -39,7 +40,18 @@ function flagNames(flags: number): string {
 function detail(record: ScannedRecord): string {
   const { header, payload } = record;
   if ((header.kind === RecordKind.mark || header.kind === RecordKind.error) && payload !== null) return payload.toString('utf8');
+  if (header.kind === RecordKind.data && (header.flags & RecordFlag.snappy) !== 0 && payload !== null) return compressedDetail(header.lengthBytes, header.flags, payload);
   return '';
+}
+
+/** How much a compressed payload saves, once it has decoded to its full length. */
+function compressedDetail(lengthBytes: number, flags: number, payload: Buffer): string {
+  try {
+    decodePayload(payload, flags, lengthBytes);
+  } catch (error) {
+    return `stored ${payload.length} bytes that do not decode: ${error instanceof Error ? error.message : String(error)}`;
+  }
+  return `stored ${payload.length} bytes (${((100 * payload.length) / lengthBytes).toFixed(1)}%)`;
 }
 
 function recordAsText(record: ScannedRecord): string {

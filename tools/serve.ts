@@ -20,7 +20,7 @@ import {
   type ServerTls,
   type TlsMode,
 } from '../server/index.js';
-import { GiB, validateVolumeName, type RetentionPolicyChanges } from '../storage/index.js';
+import { GiB, validateVolumeName, type LogCompression, type RetentionPolicyChanges } from '../storage/index.js';
 import { servingMessage } from './serving-announcement.js';
 
 export interface ServeOptions {
@@ -31,6 +31,8 @@ export interface ServeOptions {
   defaultVolumeName: string;
   defaultVolumeSizeBytes: number;
   logLevel: string;
+  /** How volumes store data records in their logs (storage OpenVolumeOptions.logCompression). */
+  logCompression?: LogCompression;
   version: string;
   access?: ServeAccessOptions;
   /** Changes to the default volume's retention policy (--keep-all, --hourly, ...). */
@@ -101,6 +103,7 @@ export const serveDefaults = {
   defaultVolumeName: 'vol0',
   defaultVolumeSizeBytes: 1 * GiB,
   logLevel: 'info',
+  logCompression: 'snappy',
 } as const;
 
 export async function serve(options: ServeOptions): Promise<void> {
@@ -112,6 +115,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     dataDirectory: options.dataDirectory,
     defaultVolumeName: options.defaultVolumeName,
     defaultVolumeSizeBytes: options.defaultVolumeSizeBytes,
+    logCompression: options.logCompression ?? serveDefaults.logCompression,
     log,
     nbdUriBase: 'nbd://127.0.0.1:10809', // replaced below once the listener is bound
     tls: access.tls,

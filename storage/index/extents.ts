@@ -16,6 +16,8 @@ export interface ExtentSource {
   sequence: number;
   /** True for data records; false for zeroes and trims (the range reads as zeroes). */
   hasData: boolean;
+  /** The record's payload is compressed (flag snappy): its data is read through its frame table. */
+  compressed: boolean;
   /** The file: a segment, a pack or the base image (fileNumbers). */
   segmentNumber: number;
   /** Offset of the record's header in its segment. */

@@ -107,6 +107,18 @@ export function decodeMapInfo(value: Buffer): MapInfo {
 
 // ---- extents, one key per map and chunk ----
 
+/** The flags byte of an extent and of a window record. On disk: never reuse a bit. */
+const SourceFlag = {
+  /** A data record (else zeroes or trim: the range reads as zeroes). */
+  data: 0x01,
+  /** The record's payload is compressed (write-log record flag snappy): read it through its frame table. */
+  compressed: 0x02,
+} as const;
+
+function sourceFlags(source: ExtentSource): number {
+  return (source.hasData ? SourceFlag.data : 0) | (source.compressed ? SourceFlag.compressed : 0);
+}
+
 const extentValueBytes = 45;
 
 /** The extents of one map within one chunk of the volume. */
@@ -134,7 +146,7 @@ export function encodeChunkExtents(extents: readonly Extent[]): Buffer {
     writeUint64(value, at, extent.startBytes);
     writeUint64(value, at + 8, extent.endBytes);
     writeUint64(value, at + 16, source.sequence);
-    value[at + 24] = source.hasData ? 1 : 0;
+    value[at + 24] = sourceFlags(source);
     value.writeUInt32BE(source.segmentNumber, at + 25);
     writeUint64(value, at + 29, source.recordOffsetBytes);
     writeUint64(value, at + 37, source.volumeOffsetBytes);
@@ -150,7 +162,8 @@ export function decodeChunkExtents(value: Buffer): Extent[] {
       endBytes: readUint64(value, at + 8),
       source: {
         sequence: readUint64(value, at + 16),
-        hasData: (value[at + 24]! & 1) !== 0,
+        hasData: (value[at + 24]! & SourceFlag.data) !== 0,
+        compressed: (value[at + 24]! & SourceFlag.compressed) !== 0,
         segmentNumber: value.readUInt32BE(at + 25),
         recordOffsetBytes: readUint64(value, at + 29),
         volumeOffsetBytes: readUint64(value, at + 37),
@@ -187,7 +200,7 @@ export function encodeWindowRecords(records: readonly WindowRecord[]): Buffer {
     writeUint64(value, at + 8, record.micros);
     writeUint64(value, at + 16, record.startBytes);
     writeUint64(value, at + 24, record.lengthBytes);
-    value[at + 32] = record.source.hasData ? 1 : 0;
+    value[at + 32] = sourceFlags(record.source);
     value.writeUInt32BE(record.source.segmentNumber, at + 33);
     writeUint64(value, at + 37, record.source.recordOffsetBytes);
   });
@@ -204,7 +217,8 @@ export function decodeWindowRecords(value: Buffer): WindowRecord[] {
       lengthBytes: readUint64(value, at + 24),
       source: {
         sequence: readUint64(value, at),
-        hasData: (value[at + 32]! & 1) !== 0,
+        hasData: (value[at + 32]! & SourceFlag.data) !== 0,
+        compressed: (value[at + 32]! & SourceFlag.compressed) !== 0,
         segmentNumber: value.readUInt32BE(at + 33),
         recordOffsetBytes: readUint64(value, at + 37),
         volumeOffsetBytes: startBytes,

@@ -119,7 +119,7 @@ export class MapStore {
 
   /** The window holding record `sequence`, or null when it is not cut yet (still in the tail). */
   async windowOf(sequence: number): Promise<number | null> {
-    if (sequence > this.checkpoint.mappedThroughSequence) return null;
+    if (sequence > this.checkpoint.mappedThroughSequence || this.checkpoint.windowCount === 0) return null;
     const entries = await this.db.iterator({ gte: windowBySequenceKey(sequence), lt: windowBySequenceEnd, limit: 1 }).all();
     assert(entries.length === 1, `a window holds record ${sequence}`);
     return decodeWindowIndex(entries[0]![1]);

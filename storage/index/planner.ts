@@ -30,7 +30,7 @@ export async function planAt(store: MapStore, intervals: IntervalStore, tail: Ta
   const { horizonSequence, fineStartWindow } = intervals.state;
   const packedThrough = intervals.packedThroughSequence;
   const base: ExtentSource | null =
-    horizonSequence === 0 ? null : { sequence: horizonSequence, hasData: true, segmentNumber: fileNumbers.baseImage, recordOffsetBytes: 0, volumeOffsetBytes: 0 };
+    horizonSequence === 0 ? null : { sequence: horizonSequence, hasData: true, compressed: false, segmentNumber: fileNumbers.baseImage, recordOffsetBytes: 0, volumeOffsetBytes: 0 };
   if (sequence < horizonSequence) throw new StorageError('EEXPIRED', `record ${sequence} is before the oldest kept instant (record ${horizonSequence})`);
   if (sequence <= packedThrough) {
     const keptEnd = intervals.keptEndShowing(sequence);

@@ -18,6 +18,8 @@ export interface IndexedRecord {
   lengthBytes: number;
   position: LogPosition;
   encodedBytes: number;
+  /** Data records: the log holds the payload compressed. */
+  compressed: boolean;
   /** Marks: their JSON payload (snapshots are registered from it). */
   markPayload?: Buffer;
 }
@@ -61,6 +63,7 @@ export class Tail {
         source: {
           sequence: record.sequence,
           hasData: record.change === 'data',
+          compressed: record.compressed,
           segmentNumber: record.position.segmentNumber,
           recordOffsetBytes: record.position.offsetBytes,
           volumeOffsetBytes: record.offsetBytes,

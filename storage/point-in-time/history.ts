@@ -14,7 +14,7 @@ import type { Extent } from '../index/extents.js';
 import type { VolumePaths } from '../volume-config.js';
 import type { AppendedRecord, LogPosition } from '../write-log/batch.js';
 import { logStart, scanLog } from '../write-log/log-reader.js';
-import { RecordKind, type RecordKind as RecordKindValue } from '../write-log/record.js';
+import { RecordFlag, RecordKind, type RecordKind as RecordKindValue } from '../write-log/record.js';
 import { formatMicros } from '../clock.js';
 import { HistoryLifecycle, type LifecycleHost } from '../retention/lifecycle.js';
 import type { RetentionPolicy } from '../retention/policy.js';
@@ -360,7 +360,7 @@ export class VolumeHistory {
 
 function indexedRecord(
   kind: RecordKindValue,
-  record: { sequence: number; timestampMicros: number; offsetBytes: number; lengthBytes: number },
+  record: { sequence: number; timestampMicros: number; offsetBytes: number; lengthBytes: number; flags: number },
   position: LogPosition,
   encodedBytes: number,
   markPayload: Buffer | null,
@@ -374,6 +374,7 @@ function indexedRecord(
     lengthBytes: record.lengthBytes,
     position,
     encodedBytes,
+    compressed: (record.flags & RecordFlag.snappy) !== 0,
     ...(markPayload === null ? {} : { markPayload: Buffer.from(markPayload) }),
   };
 }

@@ -1,21 +1,17 @@
 // Reads history's data back: the bytes of an extent, from the record that holds them in a log
-// segment or a pack, or from the base image (extents.ts, fileNumbers). Files are opened for
-// reading through the page cache and kept open, a bounded number at once (one in use by a read is
-// never closed under it; a file deleted while open stays readable through its handle).
+// segment or a pack (as written, or compressed in frames: storage/write-log/payload-codec.ts), or
+// from the base image (extents.ts, fileNumbers). Files are opened for reading through the page
+// cache and kept open, a bounded number at once (one in use by a read is never closed under it;
+// a file deleted while open stays readable through its handle); decoded frames are kept in a
+// cache bounded by storageLimits.decodedFrameCacheBytes.
 
 import type { FileHandle, FileSystem } from '../io/file-system.js';
-import { indexLimits } from '../limits.js';
 import { fileNumbers, type ExtentSource } from '../index/extents.js';
+import { indexLimits, storageLimits } from '../limits.js';
 import { packFileName } from '../retention/pack-file.js';
+import { DecodedFrameCache, readRecordData } from '../write-log/payload-codec.js';
 import { recordHeaderBytes } from '../write-log/record.js';
 import { segmentFileName } from '../write-log/segment.js';
-
-/** Where a volume's history files live. */
-export interface HistoryFilePaths {
-  log: string;
-  packs: string;
-  base: string;
-}
 
 
 interface OpenSegmentReader {
@@ -25,6 +21,7 @@ interface OpenSegmentReader {
 
 export class LogDataReader {
   private readonly segments = new Map<number, OpenSegmentReader>();
+  private readonly frames = new DecodedFrameCache(storageLimits.decodedFrameCacheBytes);
 
   constructor(
     private readonly fileSystem: FileSystem,
@@ -33,26 +30,22 @@ export class LogDataReader {
 
   /**
    * Read the data of `source` for volume range [startBytes, startBytes + target.length) into
-   * target. What the page cache holds is read at once (and null returned); only the rest goes to a
-   * worker thread.
+   * target. What the page cache (and the frame cache) holds is read at once (and null returned);
+   * only the rest goes to a worker thread.
    */
   read(source: ExtentSource, startBytes: number, target: Buffer): Promise<void> | null {
-    const positionBytes = source.segmentNumber === fileNumbers.baseImage ? startBytes : source.recordOffsetBytes + recordHeaderBytes + (startBytes - source.volumeOffsetBytes);
     const segment = this.segment(source.segmentNumber);
-    const cachedBytes = segment.handle.readCached(target, positionBytes);
-    if (cachedBytes === target.length) return null;
-    return this.readRest(segment, source, target.subarray(cachedBytes), positionBytes + cachedBytes);
-  }
-
-  private async readRest(segment: OpenSegmentReader, source: ExtentSource, target: Buffer, positionBytes: number): Promise<void> {
+    const fromBase = source.segmentNumber === fileNumbers.baseImage; // the base image is the volume, byte for byte
+    const stored = {
+      file: segment.handle,
+      fileKey: String(source.segmentNumber),
+      payloadPositionBytes: fromBase ? 0 : source.recordOffsetBytes + recordHeaderBytes,
+      compressed: !fromBase && source.compressed,
+    };
+    const reading = readRecordData(stored, fromBase ? startBytes : startBytes - source.volumeOffsetBytes, target, this.frames);
+    if (reading === null) return null;
     segment.readsInFlight++;
-    try {
-      const readBytes = await segment.handle.read(target, positionBytes);
-      if (readBytes < target.length && source.segmentNumber === fileNumbers.baseImage) target.fill(0, readBytes); // past the end of a sparse base image
-      else if (readBytes < target.length) throw new Error(`${this.pathOf(source.segmentNumber)} ends before record ${source.sequence}'s data`);
-    } finally {
-      segment.readsInFlight--;
-    }
+    return reading.finally(() => segment.readsInFlight--);
   }
 
   close(): void {
@@ -85,4 +78,11 @@ export class LogDataReader {
     if (fileNumber >= fileNumbers.packFirst) return `${this.paths.packs}/${packFileName(fileNumber - fileNumbers.packFirst)}`;
     return `${this.paths.log}/${segmentFileName(fileNumber)}`;
   }
+}
+
+/** Where a volume's history files live. */
+export interface HistoryFilePaths {
+  log: string;
+  packs: string;
+  base: string;
 }

@@ -8,7 +8,8 @@ import { StorageError, assert } from '../errors.js';
 import type { FileHandle, FileSystem } from '../io/file-system.js';
 import { lifecycleLimits } from '../limits.js';
 import { fileNumbers, type ExtentSource } from '../index/extents.js';
-import { RecordKind, decodeRecordHeader, encodeRecordHeader, recordHeaderBytes, verifyRecord, type RecordHeader } from '../write-log/record.js';
+import { decodePayload, PayloadEncoder } from '../write-log/payload-codec.js';
+import { RecordFlag, RecordKind, decodeRecordHeader, encodeRecordHeader, recordHeaderBytes, verifyRecord, type RecordHeader } from '../write-log/record.js';
 
 export const packMagic = Buffer.from('CDPPACK\n', 'latin1');
 export const packFormatVersion = 1;
@@ -106,12 +107,16 @@ export class PackWriter {
   private recordCount = 0;
   private lastEndBytes = 0;
 
-  private constructor(handle: FileHandle) {
+  private readonly encoder: PayloadEncoder;
+
+  private constructor(handle: FileHandle, encoder: PayloadEncoder) {
     this.handle = handle;
+    this.encoder = encoder;
   }
 
-  static create(fileSystem: FileSystem, path: string): PackWriter {
-    return new PackWriter(fileSystem.open(path, { create: true, exclusive: true }));
+  /** A new pack; its data is compressed as the log's is (payload-codec.ts), or stored as written with `new PayloadEncoder(null)`. */
+  static create(fileSystem: FileSystem, path: string, encoder: PayloadEncoder = new PayloadEncoder()): PackWriter {
+    return new PackWriter(fileSystem.open(path, { create: true, exclusive: true }), encoder);
   }
 
   get path(): string {
@@ -128,22 +133,23 @@ export class PackWriter {
     assert(extent.startBytes >= this.lastEndBytes && extent.startBytes < extent.endBytes, 'pack extents come in volume order, without overlap');
     assert(extent.data === null || extent.data.length === extent.endBytes - extent.startBytes, 'an extent carries all its data');
     const offsetBytes = this.nextRecordOffsetBytes;
+    const payload = extent.data === null ? null : this.encoder.encode(extent.data);
     const header: RecordHeader = {
       kind: extent.data === null ? RecordKind.zeroes : RecordKind.data,
-      flags: 0,
+      flags: payload?.flags ?? 0,
       sequence: extent.sequence,
       timestampMicros: extent.timestampMicros,
       offsetBytes: extent.startBytes,
       lengthBytes: extent.endBytes - extent.startBytes,
-      payloadBytes: extent.data?.length ?? 0,
+      payloadBytes: payload?.storedBytes ?? 0,
     };
     const encoded = Buffer.allocUnsafe(recordHeaderBytes);
-    encodeRecordHeader(encoded, 0, header, extent.data);
+    encodeRecordHeader(encoded, 0, header, payload?.pieces ?? []);
     this.pending.push(encoded);
     this.pendingBytes += recordHeaderBytes;
-    if (extent.data !== null) {
-      this.pending.push(extent.data);
-      this.pendingBytes += extent.data.length;
+    for (const piece of payload?.pieces ?? []) {
+      this.pending.push(piece);
+      this.pendingBytes += piece.length;
     }
     this.recordCount++;
     this.lastEndBytes = extent.endBytes;
@@ -229,12 +235,13 @@ export async function* readPackRecords(fileSystem: FileSystem, path: string, opt
       if (typeof record === 'string') throw new StorageError('ECORRUPT', `${path}: bad record at ${position} (${record})`);
       const payload = record.payloadBytes > 0 ? await view(position + recordHeaderBytes, record.payloadBytes) : null;
       if (!verifyRecord(headerBytes, 0, payload)) throw new StorageError('ECORRUPT', `${path}: checksum mismatch of the record at ${position}`);
+      const compressed = (record.flags & RecordFlag.snappy) !== 0;
       yield {
         startBytes: record.offsetBytes,
         endBytes: record.offsetBytes + record.lengthBytes,
         timestampMicros: record.timestampMicros,
-        source: { sequence: record.sequence, hasData: record.kind === RecordKind.data, segmentNumber: options.fileNumber, recordOffsetBytes: position, volumeOffsetBytes: record.offsetBytes },
-        data: options.withData && payload !== null ? Buffer.from(payload) : null,
+        source: { sequence: record.sequence, hasData: record.kind === RecordKind.data, compressed, segmentNumber: options.fileNumber, recordOffsetBytes: position, volumeOffsetBytes: record.offsetBytes },
+        data: options.withData && payload !== null ? Buffer.from(decodePayload(payload, record.flags, record.lengthBytes)) : null,
       };
       position += recordHeaderBytes + record.payloadBytes;
       count++;

@@ -17,6 +17,8 @@ export interface LogPosition {
 export interface AppendedRecord {
   sequence: number;
   kind: RecordKind;
+  /** The header's flag bits (RecordFlag): fua, snappy. */
+  flags: number;
   timestampMicros: number;
   offsetBytes: number;
   lengthBytes: number;
@@ -25,6 +27,8 @@ export interface AppendedRecord {
   position: LogPosition;
   /** Bytes the record takes in the log (header and stored payload). */
   encodedBytes: number;
+  /** Bytes the batch holds for it: encodedBytes, plus the data itself when the log holds it compressed. */
+  heldBytes: number;
 }
 
 /** Consecutive bytes of one segment that a batch writes with one writev. */
@@ -47,10 +51,10 @@ export class Batch {
   /** Where the log continues after this batch's last record. */
   endPosition: LogPosition = { segmentNumber: 0, offsetBytes: 0 };
 
-  private slab: Buffer = Buffer.allocUnsafe(0);
-  private slabUsedBytes = 0;
-  /** Slabs start small and double, so a batch of one large write does not hold a big slab. */
-  private nextSlabBytes = 64 * 1024;
+  /** Headers and small payloads, as they go to the log. */
+  private readonly logSlab = new Slab();
+  /** The data of small compressed records, for the live image and reads (not written to the log). */
+  private readonly dataSlab = new Slab();
   private readonly overlayChunks = new Map<number, number[]>();
   private readonly overlayLargeRecords: number[] = [];
 
@@ -66,16 +70,14 @@ export class Batch {
     return this.records.length === 0;
   }
 
-  /** Space for a record header (and a small payload) in the batch's slab. */
+  /** Space for a record header (and a small payload) in the batch's log slab. */
   allocate(lengthBytes: number): Buffer {
-    if (this.slabUsedBytes + lengthBytes > this.slab.length) {
-      this.slab = Buffer.allocUnsafe(Math.max(this.nextSlabBytes, lengthBytes));
-      this.slabUsedBytes = 0;
-      this.nextSlabBytes = Math.min(this.nextSlabBytes * 2, storageLimits.slabBytes);
-    }
-    const piece = this.slab.subarray(this.slabUsedBytes, this.slabUsedBytes + lengthBytes);
-    this.slabUsedBytes += lengthBytes;
-    return piece;
+    return this.logSlab.allocate(lengthBytes);
+  }
+
+  /** Space for a copy of a small record's data that the log holds compressed. */
+  allocateData(lengthBytes: number): Buffer {
+    return this.dataSlab.allocate(lengthBytes);
   }
 
   /** Queue bytes for the segment at the given offset, merging with the previous piece when contiguous. */
@@ -97,7 +99,7 @@ export class Batch {
     } else {
       closePiece(run);
       // A slab piece may grow to the end of its slab; a referenced payload stands alone.
-      run.openPiece = bytes.buffer === this.slab.buffer ? this.slab.subarray(bytes.byteOffset - this.slab.byteOffset) : bytes;
+      run.openPiece = this.logSlab.rest(bytes) ?? bytes;
       run.openPieceBytes = bytes.length;
     }
     run.lengthBytes += bytes.length;
@@ -112,7 +114,7 @@ export class Batch {
   addRecord(record: AppendedRecord): void {
     const index = this.records.length;
     this.records.push(record);
-    this.accountedBytes += record.encodedBytes;
+    this.accountedBytes += record.heldBytes;
     this.endPosition = { segmentNumber: record.position.segmentNumber, offsetBytes: record.position.offsetBytes + record.encodedBytes };
     if (!changesData(record.kind)) return;
     if (record.lengthBytes > storageLimits.overlayIndexedRecordBytesMax) {
@@ -152,6 +154,29 @@ export class Batch {
       const record = this.records[index]!;
       applyRecordToRange(record, offsetBytes, target);
     }
+  }
+}
+
+/** Memory handed out in pieces: slabs start small and double, so a batch of one large write does not hold a big slab. */
+class Slab {
+  private slab: Buffer = Buffer.allocUnsafe(0);
+  private usedBytes = 0;
+  private nextSlabBytes = 64 * 1024;
+
+  allocate(lengthBytes: number): Buffer {
+    if (this.usedBytes + lengthBytes > this.slab.length) {
+      this.slab = Buffer.allocUnsafe(Math.max(this.nextSlabBytes, lengthBytes));
+      this.usedBytes = 0;
+      this.nextSlabBytes = Math.min(this.nextSlabBytes * 2, storageLimits.slabBytes);
+    }
+    const piece = this.slab.subarray(this.usedBytes, this.usedBytes + lengthBytes);
+    this.usedBytes += lengthBytes;
+    return piece;
+  }
+
+  /** For a piece of the current slab: the slab from that piece to its end (a piece that may grow). */
+  rest(bytes: Buffer): Buffer | null {
+    return bytes.buffer === this.slab.buffer ? this.slab.subarray(bytes.byteOffset - this.slab.byteOffset) : null;
   }
 }
 

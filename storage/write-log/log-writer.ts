@@ -17,7 +17,8 @@ import type { FileSystem } from '../io/file-system.js';
 import { storageLimits } from '../limits.js';
 import type { MicrosecondClock } from '../clock.js';
 import { Batch, type AppendedRecord, type LogPosition } from './batch.js';
-import { RecordKind, encodeRecordHeader, recordHeaderBytes } from './record.js';
+import { RecordFlag, RecordKind, encodeRecordHeader, recordHeaderBytes } from './record.js';
+import { PayloadEncoder, type EncodedPayload } from './payload-codec.js';
 import { LogAppender } from './log-appender.js';
 import { createSegment, logBlockBytes, segmentHeaderBytes, type OpenSegment } from './segment.js';
 import { SegmentFiller } from './segment-filler.js';
@@ -49,6 +50,8 @@ export interface LogWriterOptions {
   appendOffsetBytes: number;
   nextSequence: number;
   hooks: LogWriterHooks;
+  /** Compresses data payloads (or, built without a codec, stores them as written). */
+  encoder: PayloadEncoder;
 }
 
 interface SyncWaiter {
@@ -165,8 +168,13 @@ export class LogWriter {
    */
   append(kind: RecordKind, flags: number, offsetBytes: number, lengthBytes: number, payload: Buffer | null): AppendedRecord {
     this.throwIfUnusable();
-    const payloadBytes = payload?.length ?? 0;
-    const recordBytes = recordHeaderBytes + payloadBytes;
+    // The stored size must be known here: it fixes where the next record goes.
+    const stored: EncodedPayload =
+      kind === RecordKind.data && payload !== null
+        ? this.options.encoder.encode(payload)
+        : { flags: 0, pieces: payload === null ? [] : [payload], storedBytes: payload?.length ?? 0 };
+    const compressed = stored.flags === RecordFlag.snappy;
+    const recordBytes = recordHeaderBytes + stored.storedBytes;
     if (this.appendOffsetBytes + recordBytes > this.currentSegment.sizeBytes) this.switchSegment();
     const segment = this.currentSegment;
     const recordOffsetBytes = this.appendOffsetBytes;
@@ -174,40 +182,48 @@ export class LogWriter {
 
     const header = {
       kind,
-      flags,
+      flags: flags | stored.flags,
       sequence: this.nextSequence++,
       timestampMicros: this.options.clock.now(),
       offsetBytes,
       lengthBytes,
-      payloadBytes,
+      payloadBytes: stored.storedBytes,
     };
     const batch = this.filling;
     let data: Buffer | null = null;
-    if (payload === null || payloadBytes <= storageLimits.slabCopyPayloadBytesMax) {
+    if (stored.storedBytes <= storageLimits.slabCopyPayloadBytesMax) {
       const encoded = batch.allocate(recordBytes);
-      encodeRecordHeader(encoded, 0, header, payload);
-      if (payload !== null) payload.copy(encoded, recordHeaderBytes);
+      encodeRecordHeader(encoded, 0, header, stored.pieces);
+      let at = recordHeaderBytes;
+      for (const piece of stored.pieces) at += piece.copy(encoded, at);
       batch.place(segment, recordOffsetBytes, encoded);
-      data = payload === null ? null : encoded.subarray(recordHeaderBytes);
+      data = payload === null ? null : compressed ? copyOf(payload, batch.allocateData(payload.length)) : encoded.subarray(recordHeaderBytes);
     } else {
+      // Large payloads are referenced, not copied: the data as written, or the encoder's own buffers.
       const encodedHeader = batch.allocate(recordHeaderBytes);
-      encodeRecordHeader(encodedHeader, 0, header, payload);
+      encodeRecordHeader(encodedHeader, 0, header, stored.pieces);
       batch.place(segment, recordOffsetBytes, encodedHeader);
-      batch.place(segment, recordOffsetBytes + recordHeaderBytes, payload);
+      let at = recordOffsetBytes + recordHeaderBytes;
+      for (const piece of stored.pieces) {
+        batch.place(segment, at, piece);
+        at += piece.length;
+      }
       data = payload;
     }
     const record: AppendedRecord = {
       sequence: header.sequence,
       kind,
+      flags: header.flags,
       timestampMicros: header.timestampMicros,
       offsetBytes,
       lengthBytes,
       data: kind === RecordKind.data ? data : null,
       position: { segmentNumber: segment.segmentNumber, offsetBytes: recordOffsetBytes },
       encodedBytes: recordBytes,
+      heldBytes: recordBytes + (compressed ? lengthBytes : 0),
     };
     batch.addRecord(record);
-    this.unappliedBytesValue += recordBytes;
+    this.unappliedBytesValue += record.heldBytes;
     // A full batch is sealed even while another is in flight, so batches stay small enough to
     // be written, applied and released step by step.
     if (batch.accountedBytes >= storageLimits.batchMaxBytes) this.sealFilling();
@@ -513,3 +529,7 @@ export class LogWriter {
   }
 }
 
+function copyOf(source: Buffer, target: Buffer): Buffer {
+  source.copy(target);
+  return target;
+}

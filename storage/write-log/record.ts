@@ -4,7 +4,9 @@
 import { crc32c } from 'cdp-native';
 
 export const recordMagic = 0x43445052; // 'CDPR'
-export const recordFormatVersion = 1;
+/** Version 2 adds compressed payloads (flag snappy); version 1 records are read as before. */
+export const recordFormatVersion = 2;
+const oldestReadableRecordVersion = 1;
 export const recordHeaderBytes = 48;
 
 /** What a record means. The numbers are on disk: never renumber. */
@@ -26,7 +28,10 @@ export type RecordKind = (typeof RecordKind)[keyof typeof RecordKind];
 export const RecordFlag = {
   /** The client asked for this write to be durable before its reply (FUA). */
   fua: 0x01,
-  /** The payload is compressed with Snappy; lengthBytes is the uncompressed size. */
+  /**
+   * Version 2 data records: the payload is framed and Snappy-compressed (payload-codec.ts);
+   * lengthBytes is the size of the data.
+   */
   snappy: 0x02,
 } as const;
 const knownRecordFlags = RecordFlag.fua | RecordFlag.snappy;
@@ -75,9 +80,10 @@ function readUint64(source: Buffer, at: number): number {
 
 /**
  * Encode a header into target at byte `at` and seal it with the CRC32C of the header and the
- * payload. The payload itself is not copied here: the caller places it right after the header.
+ * stored payload (its pieces in order). The payload itself is not copied here: the caller places
+ * it right after the header.
  */
-export function encodeRecordHeader(target: Buffer, at: number, header: RecordHeader, payload: Buffer | null): void {
+export function encodeRecordHeader(target: Buffer, at: number, header: RecordHeader, payload: readonly Buffer[]): void {
   target.writeUInt32BE(recordMagic, at + field.magic);
   target.writeUInt16BE(recordFormatVersion, at + field.version);
   target.writeUInt8(header.kind, at + field.kind);
@@ -87,8 +93,8 @@ export function encodeRecordHeader(target: Buffer, at: number, header: RecordHea
   writeUint64(target, at + field.offsetBytes, header.offsetBytes);
   writeUint64(target, at + field.lengthBytes, header.lengthBytes);
   target.writeUInt32BE(header.payloadBytes, at + field.payloadBytes);
-  const headerChecksum = crc32c(target.subarray(at, at + field.checksum));
-  const checksum = payload === null ? headerChecksum : crc32c(payload, headerChecksum);
+  let checksum = crc32c(target.subarray(at, at + field.checksum));
+  for (const piece of payload) checksum = crc32c(piece, checksum);
   target.writeUInt32BE(checksum, at + field.checksum);
 }
 
@@ -107,11 +113,14 @@ export function decodeRecordHeader(source: Buffer, at: number): RecordHeader | H
     // Only a wholly zero header is the clean end; a partly zero one is a header torn across sectors.
     return isZero(source, at, recordHeaderBytes) ? 'zero' : 'magic';
   }
-  if (source.readUInt16BE(at + field.version) !== recordFormatVersion) return 'version';
+  const version = source.readUInt16BE(at + field.version);
+  if (version < oldestReadableRecordVersion || version > recordFormatVersion) return 'version';
   const kind = source.readUInt8(at + field.kind);
   if (!isKnownKind(kind)) return 'kind';
   const flags = source.readUInt8(at + field.flags);
-  if ((flags & ~knownRecordFlags) !== 0) return 'flags';
+  // Version 1 reserved the snappy bit; only version 2 data records use it.
+  if ((flags & ~(version === 1 ? RecordFlag.fua : knownRecordFlags)) !== 0) return 'flags';
+  if ((flags & RecordFlag.snappy) !== 0 && kind !== RecordKind.data) return 'flags';
   const header: RecordHeader = {
     kind,
     flags,
@@ -128,8 +137,9 @@ export function decodeRecordHeader(source: Buffer, at: number): RecordHeader | H
 function lengthsAreConsistent(header: RecordHeader): boolean {
   switch (header.kind) {
     case RecordKind.data:
+      // A compressed payload is stored only when it is smaller than the data.
       return (header.flags & RecordFlag.snappy) !== 0
-        ? header.payloadBytes > 0 && header.lengthBytes > 0
+        ? header.payloadBytes > 0 && header.payloadBytes < header.lengthBytes
         : header.payloadBytes === header.lengthBytes && header.lengthBytes > 0;
     case RecordKind.zeroes:
     case RecordKind.trim:

@@ -15,7 +15,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { NbdClient } from '../../transfer/nbd-client.js';
-import { RecordKind, logStart, nodeFileSystem, scanLog, volumePaths } from '../../storage/index.js';
+import { RecordKind, decodePayload, logStart, nodeFileSystem, scanLog, volumePaths } from '../../storage/index.js';
 import { startAppliance } from '../support/appliance.js';
 import { seededRandom } from '../support/seeded-random.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
@@ -165,7 +165,7 @@ function replayLog(volumeDirectory: string): Buffer {
   const image = Buffer.alloc(volumeSizeBytes);
   const log = volumePaths(volumeDirectory).log;
   scanLog(nodeFileSystem, log, { from: logStart(nodeFileSystem, log)!, expectedSequence: 1, withPayload: true }, ({ header, payload }) => {
-    if (header.kind === RecordKind.data) payload!.copy(image, header.offsetBytes);
+    if (header.kind === RecordKind.data) decodePayload(payload!, header.flags, header.lengthBytes).copy(image, header.offsetBytes);
     else if (header.kind === RecordKind.zeroes || header.kind === RecordKind.trim) image.fill(0, header.offsetBytes, header.offsetBytes + header.lengthBytes);
   });
   return image;
@@ -175,8 +175,9 @@ function replayLog(volumeDirectory: string): Buffer {
 function loggedWriteIds(volumeDirectory: string): Set<number> {
   const ids = new Set<number>();
   const log = volumePaths(volumeDirectory).log;
-  scanLog(nodeFileSystem, log, { from: logStart(nodeFileSystem, log)!, withPayload: true }, ({ header, payload }) => {
-    if (header.kind !== RecordKind.data || payload === null) return;
+  scanLog(nodeFileSystem, log, { from: logStart(nodeFileSystem, log)!, withPayload: true }, ({ header, payload: stored }) => {
+    if (header.kind !== RecordKind.data || stored === null) return;
+    const payload = decodePayload(stored, header.flags, header.lengthBytes);
     for (let offset = 0; offset + blockBytes <= payload.length; offset += blockBytes) {
       const block = (header.offsetBytes + offset) / blockBytes;
       const id = identify(payload.subarray(offset, offset + blockBytes), block);

@@ -31,9 +31,9 @@
 // on the wall clock, so a seed reproduces the operations and crash decisions, not every interleaving.
 
 import t from 'tap';
-import { KiB, MiB, StorageError, Volume, logStart, scanLog, storageLimits, volumePaths } from '../../storage/index.js';
+import { KiB, MiB, RecordFlag, StorageError, Volume, logStart, scanLog, storageLimits, volumePaths } from '../../storage/index.js';
 import { SimulatedFileSystem, type CrashOptions } from '../support/simulated-file-system.js';
-import { chance, pick, randomBytesFrom, randomInteger, seededRandom, type RandomSource } from '../support/seeded-random.js';
+import { chance, mixedBytesFrom, pick, randomBytesFrom, randomInteger, seededRandom, type RandomSource } from '../support/seeded-random.js';
 import { Session, VolumeModel, blockBytes, verifyRecoveredVolume, type RecoveryFindings } from '../support/volume-model.js';
 
 type TapTest = Parameters<Parameters<typeof t.test>[0]>[0];
@@ -170,7 +170,7 @@ function issueRandomOperation(session: Session, random: RandomSource): Promise<u
   const fua = chance(random, 0.15);
   const roll = random();
   if (roll < 0.75) {
-    const data = chance(random, 0.05) ? Buffer.alloc(lengthBytes) : randomBytesFrom(random, lengthBytes);
+    const data = chance(random, 0.05) ? Buffer.alloc(lengthBytes) : chance(random, 0.5) ? mixedBytesFrom(random, lengthBytes) : randomBytesFrom(random, lengthBytes);
     return session.write(offsetBytes, data, fua);
   }
   if (roll < 0.88) return session.writeZeroes(offsetBytes, lengthBytes, fua);
@@ -403,8 +403,9 @@ async function crashTearingNextRecord(
   await session.write(write.offsetBytes, write.data, false);
   void session.flush();
   const pendingWrites = () => fileSystem.pendingOperations(firstSegmentPath).filter((operation) => operation.kind === 'write');
-  const recordBytes = recordHeaderBytes + write.data.length;
-  const covers = () => pendingWrites().some((operation) => operation.offsetBytes <= recordOffsetBytes && operation.offsetBytes + operation.lengthBytes >= recordOffsetBytes + recordBytes);
+  // The batch goes out in one write, so the write holding the record's header holds all of it
+  // (whatever size its payload was stored at).
+  const covers = () => pendingWrites().some((operation) => operation.offsetBytes <= recordOffsetBytes && operation.offsetBytes + operation.lengthBytes >= recordOffsetBytes + recordHeaderBytes);
   await waitUntil(covers, 'the batch is written');
   if (pendingWrites().length !== 1) throw new Error('expected the record (in one block-aligned write) to be all that is pending');
   const keep = keepPiece(recordOffsetBytes);
@@ -448,6 +449,40 @@ t.test('a torn last record is dropped, recovery reports it, and appending resume
   t.same([...next.problems, ...reopened.findings.problems], [], 'after the next crash every invariant holds again');
   t.ok(reopened.findings.sessionEndSequence >= reopened.volume.recovery.nextSequence - 1, 'the log holds the records written after the tear');
   await volume.close();
+});
+
+// The same with compressed records (docs/formats/write-log.md): a record of several frames is
+// torn after its header; recovery drops it by its checksum over the stored bytes, and the
+// compressed records before and after it replay and read back.
+t.test('a torn compressed record is dropped, and compressed records around it replay', async (t) => {
+  const random = seededRandom(9);
+  let fileSystem = new SimulatedFileSystem();
+  let { volume, model } = await startVolume(t, fileSystem);
+  const session = new Session(volume, model);
+  await session.write(0, Buffer.alloc(16 * KiB, 'a compressed line\n'), true);
+  // One frame that compresses, two that do not: stored over 64 KiB, so the batch goes out on a
+  // worker thread and waits for its sync, where the crash can catch it.
+  const torn = { offsetBytes: 256 * KiB, data: Buffer.concat([Buffer.alloc(64 * KiB, 'a compressed line\n'), randomBytesFrom(random, 128 * KiB)]) };
+  const { survivor } = await crashTearingNextRecord(fileSystem, session, random, torn, (recordOffsetBytes) => (piece) => piece < recordOffsetBytes + recordHeaderBytes);
+  fileSystem = survivor;
+  let reopened = await reopen(fileSystem, model, session);
+  volume = reopened.volume;
+  t.same(reopened.findings.problems, [], 'every invariant holds');
+  t.match(volume.recovery.tear?.reason ?? '', /checksum/, 'the torn compressed record fails its checksum');
+  t.same(await volume.read(torn.offsetBytes, torn.data.length), Buffer.alloc(torn.data.length), 'the torn write is not in the image');
+
+  const next = new Session(volume, model);
+  await next.write(300 * KiB, mixedBytesFrom(random, 200 * KiB), false);
+  await next.flush();
+  await next.write(1 * MiB, Buffer.alloc(64 * KiB, 'another compressed line\n'), false);
+  fileSystem = await crash(next, fileSystem, random);
+  reopened = await reopen(fileSystem, model, next);
+  t.same([...next.problems, ...reopened.findings.problems], [], 'after the next crash every invariant holds again');
+  const flags: number[] = [];
+  const logDirectory = volumePaths(volumeDirectory).log;
+  scanLog(fileSystem, logDirectory, { from: logStart(fileSystem, logDirectory)!, withPayload: false }, ({ header }) => void flags.push(header.flags));
+  t.ok(flags.filter((flag) => (flag & RecordFlag.snappy) !== 0).length >= 2, 'the records around the tear are compressed ones');
+  await reopened.volume.close();
 });
 
 // The header of a record can straddle a sector boundary. When the sector holding its first bytes

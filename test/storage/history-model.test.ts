@@ -14,7 +14,7 @@
 import t, { type Test } from 'tap';
 import { MiB, Volume, nodeFileSystem } from '../../storage/index.js';
 import { indexLimits } from '../../storage/limits.js';
-import { chance, randomInteger, seededRandom, type RandomSource } from '../support/seeded-random.js';
+import { chance, mixedBytesFrom, randomBytesFrom, randomInteger, seededRandom, type RandomSource } from '../support/seeded-random.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 import { withPartialPageCache } from '../support/partial-page-cache.js';
 
@@ -62,12 +62,12 @@ function setIndexLimits(t: { teardown(callback: () => void): void }, windowRecor
   });
 }
 
+/** Zeroes, incompressible bytes, or bytes that compress in part, so the log holds compressed and raw records. */
 function randomData(random: RandomSource, lengthBytes: number): Buffer {
-  const data = Buffer.alloc(lengthBytes);
-  if (chance(random, 0.1)) return data; // all zero: logged as a zeroes record
-  const fill = randomInteger(random, 1, 255);
-  for (let index = 0; index < lengthBytes; index += 97) data[index] = (fill + index) & 0xff;
-  data[0] = fill;
+  if (chance(random, 0.1)) return Buffer.alloc(lengthBytes); // all zero: logged as a zeroes record
+  if (chance(random, 0.3)) return randomBytesFrom(random, lengthBytes);
+  const data = mixedBytesFrom(random, lengthBytes);
+  data[0] = randomInteger(random, 1, 255);
   return data;
 }
 
@@ -137,7 +137,8 @@ async function runSeed(t: Test, seed: number, operationCount: number): Promise<v
   for (let step = 0; step < operationCount; step++) {
     const roll = random();
     if (roll < 0.5) {
-      const lengthBytes = chance(random, 0.5) ? randomInteger(random, 1, 4) * 4096 : randomInteger(random, 1, 16 * 1024);
+      // Some writes span several 64 KiB frames of a compressed payload.
+      const lengthBytes = chance(random, 0.1) ? randomInteger(random, 64 * 1024, 256 * 1024) : chance(random, 0.5) ? randomInteger(random, 1, 4) * 4096 : randomInteger(random, 1, 16 * 1024);
       const offsetBytes = chance(random, 0.5) ? randomInteger(random, 0, volumeSizeBytes / 4096 - 4) * 4096 : randomInteger(random, 0, volumeSizeBytes - lengthBytes);
       const data = randomData(random, Math.min(lengthBytes, volumeSizeBytes - offsetBytes));
       await volume.write(offsetBytes, data, { fua: chance(random, 0.1) });

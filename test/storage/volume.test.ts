@@ -59,14 +59,14 @@ t.test('all-zero writes are logged without payload', async (t) => {
   await volume.write(0, Buffer.alloc(4096), { fua: true });
   t.same(await volume.read(0, 4096), Buffer.alloc(4096));
   await volume.close();
-  const records: Array<[number, number]> = [];
+  const records: Array<[number, number, boolean]> = [];
   const log = volumePaths(directory).log;
   scanLog(nodeFileSystem, log, { from: logStart(nodeFileSystem, log)!, withPayload: false }, (record) =>
-    records.push([record.header.kind, record.header.payloadBytes]),
+    records.push([record.header.kind, record.header.lengthBytes, record.header.payloadBytes > 0]),
   );
   t.same(records, [
-    [RecordKind.data, 4096],
-    [RecordKind.zeroes, 0],
+    [RecordKind.data, 4096, true],
+    [RecordKind.zeroes, 4096, false],
   ]);
 });
 

@@ -28,3 +28,26 @@ export function randomBytesFrom(random: RandomSource, lengthBytes: number): Buff
   for (; offset < lengthBytes; offset++) bytes[offset] = (random() * 256) >>> 0;
   return bytes;
 }
+
+/**
+ * Bytes that compress in part, as file and database blocks do: runs of 1 to 24 blocks of 4 KiB,
+ * each run of one kind (random bytes, a short random pattern repeated with changes, or zeroes),
+ * so a long write mixes frames that compress, frames that do not, and zero frames.
+ */
+export function mixedBytesFrom(random: RandomSource, lengthBytes: number): Buffer {
+  const bytes = Buffer.alloc(lengthBytes);
+  for (let start = 0; start < lengthBytes; ) {
+    const end = Math.min(lengthBytes, start + 4096 * randomInteger(random, 1, 24));
+    const roll = random();
+    if (roll < 0.3) {
+      randomBytesFrom(random, end - start).copy(bytes, start);
+    } else if (roll < 0.85) {
+      const pattern = randomBytesFrom(random, randomInteger(random, 1, 64));
+      for (let at = start; at < end; at += pattern.length) pattern.copy(bytes, at, 0, Math.min(pattern.length, end - at));
+      for (let change = 0; change < 8; change++) bytes[randomInteger(random, start, end - 1)] = randomInteger(random, 0, 255);
+    }
+    // else: zeroes
+    start = end;
+  }
+  return bytes;
+}

@@ -3,7 +3,7 @@
 // write it issued, its sequence number in the log, and which writes were acknowledged as durable;
 // after a crash and reopen, verifyRecoveredVolume checks the recovered volume against it.
 
-import { RecordKind, StorageError, scanLog, logStart, volumePaths, type FileSystem, type Volume } from '../../storage/index.js';
+import { RecordKind, StorageError, decodePayload, scanLog, logStart, volumePaths, type FileSystem, type Volume } from '../../storage/index.js';
 
 export const blockBytes = 4096;
 
@@ -309,8 +309,9 @@ export async function verifyRecoveredVolume(
   }
   const replay = Buffer.alloc(volumeSizeBytes);
   const newRecords: RecordSummary[] = [];
-  const scan = scanLog(fileSystem, logDirectory, { from: start, expectedSequence: 1, withPayload: true }, ({ header, payload }) => {
+  const scan = scanLog(fileSystem, logDirectory, { from: start, expectedSequence: 1, withPayload: true }, ({ header, payload: stored }) => {
     const { sequence, kind, offsetBytes, lengthBytes } = header;
+    const payload = kind === RecordKind.data && stored !== null ? decodePayload(stored, header.flags, lengthBytes) : stored;
     if (kind === RecordKind.data || kind === RecordKind.zeroes || kind === RecordKind.trim) {
       applyOperationToRange({ kind, offsetBytes, lengthBytes, data: payload }, 0, replay);
     }
