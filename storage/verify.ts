@@ -1,13 +1,17 @@
 // Internal verification of a volume: proof that what the appliance holds is self-consistent.
+// Expiry is held off while it runs.
 //
-// 1. Records: the log is scanned from its first record to the last durable one; every record's
-//    CRC-32C must hold and sequence numbers must follow each other. A record whose checksum
-//    fails but whose header is sound is reported and skipped; anything else stops the scan.
+// 1. Records: the log is scanned from the first record of the fine region (what is not packed)
+//    to the last durable one; every record's CRC-32C must hold and sequence numbers must follow
+//    each other. A record whose checksum fails but whose header is sound is reported and
+//    skipped; anything else stops the scan.
 // 2. Maps: the scan replays the records into a newest-wins extent map (for each byte, the last
 //    record that wrote it); the delta maps' answer at the same instant must name the same
-//    record for every byte.
-// 3. Image: the live image must equal the volume at that instant as the maps read it (record
-//    payloads, whose checksums step 1 proved). Ranges written while the check runs are skipped.
+//    record for every byte the fine region wrote, and a pack or the base image elsewhere. Every
+//    pack's records pass their CRC and are exactly the index's extents of their interval.
+// 3. Image: the live image must equal the volume at that instant as the history reads it (log
+//    records, packs and the base image, never the live image). Ranges written while the check
+//    runs are skipped.
 //
 // Memory: the replay keeps one extent per distinct written range of an 8 GiB address slice, and
 // each slice is one scan of the log; reports keep at most 1000 ranges and 100 bad records.
@@ -37,6 +41,8 @@ export interface VolumeVerifyReport {
   sequence: number;
   records: { scanned: number; bad: BadRecord[]; badCount: number; missing: number };
   maps: { mismatches: VerifyRange[]; mismatchBytes: number };
+  /** The packed history: packs and their records checked, and what differs (in words, at most 100). */
+  packs: { checked: number; records: number; problems: string[] };
   image: { mismatches: VerifyRange[]; mismatchBytes: number; checkedBytes: number; skippedBytes: number };
   ok: boolean;
 }
@@ -58,24 +64,33 @@ const imagePiecesInFlight = 4;
 export async function verifyVolume(volume: Volume, options: VerifyVolumeOptions = {}): Promise<VolumeVerifyReport> {
   const history = volume.history;
   if (history === null) throw new StorageError('EINVAL', `volume ${volume.config.name} keeps no history to verify against`);
+  return history.lifecycle.withoutExpiry(() => verifyHeldStill(volume, history, options));
+}
+
+async function verifyHeldStill(volume: Volume, history: NonNullable<Volume['history']>, options: VerifyVolumeOptions): Promise<VolumeVerifyReport> {
   await volume.flush();
+  const packed = history.lifecycle.packedRegion();
   const sequence = volume.stats().durableSequence;
   const sizeBytes = volume.sizeBytes;
   const report: VolumeVerifyReport = {
     sequence,
     records: { scanned: 0, bad: [], badCount: 0, missing: 0 },
     maps: { mismatches: [], mismatchBytes: 0 },
+    packs: { checked: 0, records: 0, problems: [] },
     image: { mismatches: [], mismatchBytes: 0, checkedBytes: 0, skippedBytes: 0 },
     ok: false,
   };
+  const packs = await history.lifecycle.verifyPacks();
+  report.packs = { checked: packs.packs, records: packs.records, problems: packs.problems.slice(0, reportedBadRecordsMax) };
   const view = await history.openView(sequence, 'verification', { fromLogOnly: true });
   const extentsAt = await history.extentResolver(sequence);
 
   for (let sliceStart = 0; sliceStart < sizeBytes; sliceStart += sliceBytes) {
     const sliceEnd = Math.min(sizeBytes, sliceStart + sliceBytes);
     const firstSlice = sliceStart === 0;
-    const replay = await replaySlice(volume, sequence, sliceStart, sliceEnd, firstSlice ? report : null, options);
-    const extents = await extentsAt(sliceStart, sliceEnd);
+    const replay = await replaySlice(volume, packed, sequence, sliceStart, sliceEnd, firstSlice ? report : null, options);
+    // Bytes the fine region did not write come from a pack or the base image: only the fine region's records are compared.
+    const extents = (await extentsAt(sliceStart, sliceEnd)).filter((extent) => extent.source.sequence >= packed.fineStartSequence);
     for (const range of differingExtents(replay, extents, sliceStart, sliceEnd)) {
       report.maps.mismatchBytes += range.endBytes - range.startBytes;
       if (report.maps.mismatches.length < reportedRangesMax) report.maps.mismatches.push(range);
@@ -100,7 +115,7 @@ export async function verifyVolume(volume: Volume, options: VerifyVolumeOptions 
     }
   };
   await Promise.all(Array.from({ length: imagePiecesInFlight }, worker));
-  report.ok = report.records.badCount === 0 && report.records.missing === 0 && report.maps.mismatchBytes === 0 && report.image.mismatchBytes === 0;
+  report.ok = report.records.badCount === 0 && report.records.missing === 0 && report.maps.mismatchBytes === 0 && report.packs.problems.length === 0 && report.image.mismatchBytes === 0;
   return report;
 }
 
@@ -110,6 +125,7 @@ export async function verifyVolume(volume: Volume, options: VerifyVolumeOptions 
  */
 async function replaySlice(
   volume: Volume,
+  packed: { fineStartSequence: number; fineStartPosition: LogPosition | null },
   sequence: number,
   sliceStart: number,
   sliceEnd: number,
@@ -122,9 +138,10 @@ async function replaySlice(
     flattened = flattenNewestWins([...flattened, ...buffered]);
     buffered = [];
   };
-  let position: LogPosition | null = logStart(volume.fileSystem, volume.paths.log);
-  let expectedSequence: number | undefined;
-  let lastSequence = 0;
+  // From the fine region's first record: what came before it is packed (and its segments may be gone).
+  let position: LogPosition | null = packed.fineStartPosition ?? logStart(volume.fileSystem, volume.paths.log);
+  let expectedSequence: number | undefined = packed.fineStartPosition === null ? undefined : packed.fineStartSequence;
+  let lastSequence = packed.fineStartSequence - 1;
   while (position !== null && lastSequence < sequence) {
     if (options.signal?.aborted === true) throw new StorageError('ECANCELED', 'verification cancelled');
     const result = scanLog(
@@ -134,7 +151,7 @@ async function replaySlice(
       ({ header, position: recordPosition }) => {
         lastSequence = header.sequence;
         if (report !== null) report.records.scanned++;
-        if (!changesData(header.kind)) return;
+        if (!changesData(header.kind) || header.sequence < packed.fineStartSequence) return;
         const startBytes = Math.max(header.offsetBytes, sliceStart);
         const endBytes = Math.min(header.offsetBytes + header.lengthBytes, sliceEnd);
         if (startBytes >= endBytes) return;

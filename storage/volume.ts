@@ -41,7 +41,7 @@ import { LogWriter } from './write-log/log-writer.js';
 import { PayloadEncoder, isAllZero } from './write-log/payload-codec.js';
 import { snappyCodec } from './write-log/snappy.js';
 import { RecordFlag, RecordKind, changesData, recordHeaderBytes } from './write-log/record.js';
-import { createSegment, openSegment, segmentHeaderBytes } from './write-log/segment.js';
+import { createSegment, listSegments, openSegment, segmentHeaderBytes } from './write-log/segment.js';
 import { defaultRetentionPolicy, type RetentionPolicy } from './retention/policy.js';
 import { changeRetentionPolicy, type RetentionPolicyChanges } from './retention/policy-changes.js';
 import { RetentionPolicyFile, type RetentionPolicyListener } from './retention/policy-file.js';
@@ -589,7 +589,7 @@ export class Volume implements BlockDevice {
       appliedSequence: this.appliedSequence,
       unappliedBytes: this.log.unappliedBytes,
       dirtyRegionCount: this.drl.dirtyRegionCount,
-      logBytes: (this.log.appendPosition.segmentNumber - 1) * this.config.segmentSizeBytes + this.log.appendPosition.offsetBytes,
+      logBytes: (this.log.appendPosition.segmentNumber - (listSegments(this.fileSystem, this.paths.log)[0] ?? 1)) * this.config.segmentSizeBytes + this.log.appendPosition.offsetBytes,
       failed: this.failure?.message ?? null,
     };
   }

@@ -365,6 +365,8 @@ export function intervalExtentsKey(chunk: number, lastSequence: number): Buffer 
   return key;
 }
 
+export const intervalExtentsRange = { gte: Buffer.from([Tag.intervalExtent]), lt: Buffer.from([Tag.intervalExtent + 1]) };
+
 export function decodeIntervalExtentsKey(key: Buffer): { chunk: number; lastSequence: number } {
   return { chunk: readUint64(key, 1), lastSequence: readUint64(key, 9) };
 }

@@ -24,7 +24,9 @@ import type { VolumePaths } from '../volume-config.js';
 import { listSegments, segmentFileName } from '../write-log/segment.js';
 import { computeKeptSet, isKept, nearestKept, oldestKept, type HoldForRetention, type KeptPoint, type KeptSet, type SnapshotForRetention } from './kept-points.js';
 import { finishPending, foldIntervals, foldWindows, mergeIntervals, packPath, packWindows, type OperationParts, type PackSpan } from './operations.js';
-import { parsePackFileName } from './pack-file.js';
+import { packFileNumber, parsePackFileName, readPackChunks, readPackHeader } from './pack-file.js';
+import { decodeIntervalExtentsKey, encodeChunkExtents, intervalExtentsKey, intervalExtentsRange } from '../index/map-keys.js';
+import type { LogPosition } from '../write-log/batch.js';
 import { boundaryAfter, boundaryAtOrBefore, reserveBytes, retainedTimes, type RetentionPolicy, type TierEvery } from './policy.js';
 import { measureFileSystem, measureHistoryBytes, type HistoryBytes } from './space.js';
 
@@ -252,11 +254,74 @@ export class HistoryLifecycle {
     await this.running;
   }
 
+  /** Hold expiry off while `task` runs (verification reads the index and the files as they are). */
+  async withoutExpiry<T>(task: () => Promise<T>): Promise<T> {
+    this.pausedCount++;
+    try {
+      await this.running;
+      return await task();
+    } finally {
+      this.pausedCount--;
+    }
+  }
+
+  private pausedCount = 0;
+
+  /** The packed region as the index has it now (verification checks it). */
+  packedRegion(): { horizonSequence: number; fineStartSequence: number; fineStartPosition: LogPosition | null; intervals: readonly IntervalInfo[] } {
+    const state = this.index.intervals.state;
+    return { horizonSequence: state.horizonSequence, fineStartSequence: state.fineStartSequence, fineStartPosition: state.fineStartPosition, intervals: this.index.intervals.intervals };
+  }
+
+  /**
+   * Check every pack: each record's CRC, the header's interval, and that the index's extents of
+   * the interval, chunk by chunk, are exactly the pack's records. Returns what differs, in words.
+   */
+  async verifyPacks(): Promise<{ packs: number; records: number; problems: string[] }> {
+    const { store, intervals, chunkBytes } = this.index.lifecycleAccess();
+    const problems: string[] = [];
+    let records = 0;
+    let packs = 0;
+    const indexedChunks = new Map<number, Set<number>>();
+    for await (const [key] of store.db.iterator(intervalExtentsRange)) {
+      const { chunk, lastSequence } = decodeIntervalExtentsKey(key);
+      if (!indexedChunks.has(lastSequence)) indexedChunks.set(lastSequence, new Set());
+      indexedChunks.get(lastSequence)!.add(chunk);
+    }
+    for (const lastSequence of indexedChunks.keys()) {
+      if (intervals.intervalEndingAt(lastSequence) === null) problems.push(`the index has extents of an interval ending at ${lastSequence}, which it does not list`);
+    }
+    for (const interval of intervals.intervals) {
+      if (interval.pack === 0) continue;
+      packs++;
+      const path = packPath({ paths: this.paths }, interval.pack);
+      try {
+        const header = readPackHeader(this.fileSystem, path, this.host.volumeId);
+        if (header.firstSequence !== interval.firstSequence || header.lastSequence !== interval.lastSequence) problems.push(`pack ${interval.pack} holds records ${header.firstSequence}-${header.lastSequence}, the index says ${interval.firstSequence}-${interval.lastSequence}`);
+        const chunksSeen = new Set<number>();
+        for await (const { chunk, records: chunkRecords } of readPackChunks(this.fileSystem, path, { fileNumber: packFileNumber(interval.pack), volumeId: this.host.volumeId, withData: false, chunkBytes })) {
+          records += chunkRecords.length;
+          chunksSeen.add(chunk);
+          const indexed = await store.db.get(intervalExtentsKey(chunk, interval.lastSequence));
+          const expected = encodeChunkExtents(chunkRecords.map((record) => ({ startBytes: record.startBytes, endBytes: record.endBytes, source: record.source })));
+          if (indexed === undefined || !indexed.equals(expected)) problems.push(`pack ${interval.pack}, chunk ${chunk}: the index's extents differ from the pack's records`);
+        }
+        for (const chunk of indexedChunks.get(interval.lastSequence) ?? []) {
+          if (!chunksSeen.has(chunk)) problems.push(`interval ending at ${interval.lastSequence}: the index has extents in chunk ${chunk}, its pack has none`);
+        }
+      } catch (error) {
+        problems.push(`pack ${interval.pack}: ${error instanceof Error ? error.message : String(error)}`);
+      }
+    }
+    return { packs, records, problems };
+  }
+
   private async runDue(): Promise<void> {
+    if (this.pausedCount > 0) return;
     try {
       await this.expireSnapshots();
       this.updatePressure();
-      for (let step = 0; step < 64 && !this.closed; step++) {
+      for (let step = 0; step < 64 && !this.closed && this.pausedCount === 0; step++) {
         await this.refreshKeptSet();
         const operation = await this.nextOperation();
         if (operation === null) {
@@ -290,9 +355,9 @@ export class HistoryLifecycle {
    * fits. Resolves true if room may have been made, false if nothing is left to expire.
    */
   async makeRoom(): Promise<boolean> {
+    this.underPressure = true; // a pass in progress stops throttling itself at once
     await this.running;
     const before = measureHistoryBytes(this.paths).totalBytes;
-    this.underPressure = true;
     await this.tick();
     const after = measureHistoryBytes(this.paths).totalBytes;
     if (after < before) return true;
@@ -411,7 +476,8 @@ export class HistoryLifecycle {
       if (run.length >= 2) {
         const endGrade = gradeOf.get(interval.lastDataSequence) ?? gradeOf.get(interval.lastSequence) ?? -1;
         const innerGrade = Math.max(...run.slice(0, -1).map((inner) => inner.endGrade));
-        if (endGrade > innerGrade || run.length >= lifecycleLimits.mergeRunIntervalsDue || this.underPressure) return run.slice(-lifecycleLimits.mergeRunIntervalsMax);
+        const tooMany = list.length > lifecycleLimits.intervalCountMax; // bound the index: merge any run whose inner points expired
+        if (endGrade > innerGrade || run.length >= lifecycleLimits.mergeRunIntervalsDue || this.underPressure || tooMany) return run.slice(-lifecycleLimits.mergeRunIntervalsMax);
       }
       run = [];
     }

@@ -13,9 +13,11 @@
 //      hold keeps it, until released.
 //   4. The live volume always equals the model's latest state.
 //   5. The lifecycle did its work: intervals were packed and merged, and the horizon moved.
+//   6. Verification passes at the end: the log's records, every pack against the index, the maps
+//      against a replay of the fine region, the live image against the history.
 
 import t, { type Test } from 'tap';
-import { MiB, StorageError, Volume, nodeFileSystem } from '../../storage/index.js';
+import { MiB, StorageError, Volume, nodeFileSystem, verifyVolume } from '../../storage/index.js';
 import { indexLimits } from '../../storage/limits.js';
 import { boundariesBetween, type RetentionPolicy } from '../../storage/retention/policy.js';
 import { chance, randomInteger, seededRandom, type RandomSource } from '../support/seeded-random.js';
@@ -307,6 +309,9 @@ async function runSeed(t: Test, seed: number, runtimeMs: number): Promise<void> 
   await volume.close();
   volume = await open();
   checks += await checkEverything(t, volume, model, random, `seed ${seed} end after restart`);
+  // 6. Verification agrees: the log, the packs, the maps and the live image.
+  const report = await verifyVolume(volume);
+  t.ok(report.ok, `seed ${seed}: verification passes (${report.packs.checked} packs, ${report.records.scanned} records; ${JSON.stringify({ missing: report.records.missing, maps: report.maps.mismatchBytes, packs: report.packs.problems, image: report.image.mismatchBytes })})`);
   const status = volume.history!.lifecycle.status();
   // 5. The lifecycle did its work.
   t.ok(work.packs > 0 && work.folds > 0, `seed ${seed}: intervals were packed (${work.packs}) and folded into the base image (${work.folds})`);
