@@ -64,6 +64,12 @@ export const storageLimits = {
    * pieces through one frame decompress it once.
    */
   decodedFrameCacheBytes: 4 * MiB,
+  /**
+   * The write path compresses records of at least this size; smaller ones go to the log as
+   * written (4 KiB writes cost 22% more CPU each compressed on the event loop) and are compressed
+   * when their interval is packed.
+   */
+  logCompressRecordBytesMin: 32 * KiB,
 
   /** Longest error or mark payload (JSON) kept in a log record. */
   metaPayloadBytesMax: 64 * KiB,

@@ -165,7 +165,7 @@ export class Volume implements BlockDevice {
       currentSegment: segment,
       appendOffsetBytes: checkpoint.position.offsetBytes,
       nextSequence: checkpoint.sequence + 1,
-      encoder: new PayloadEncoder(parts.logCompression === 'snappy' ? snappyCodec() : null),
+      encoder: new PayloadEncoder(parts.logCompression === 'snappy' ? snappyCodec() : null, { recordBytesMin: storageLimits.logCompressRecordBytesMin }),
       hooks: {
         onBatchSealed: (batch) => this.markRegions(batch),
         onBatchWritten: (batch) => this.applyBatch(batch),

@@ -87,9 +87,16 @@ export class PayloadEncoder {
   private failedStreak = 0;
   private framesToSkip = 0;
 
-  /** codec null: store everything as written (compression off). */
-  constructor(codec: SnappyCodec | null = snappyCodec()) {
+  private readonly recordBytesMin: number;
+
+  /**
+   * codec null: store everything as written (compression off). Records shorter than
+   * recordBytesMin are stored as written (the write path sets it high: small writes cost more CPU
+   * per byte than they save, and packs compress them later).
+   */
+  constructor(codec: SnappyCodec | null = snappyCodec(), options: { recordBytesMin?: number } = {}) {
     this.codec = codec;
+    this.recordBytesMin = Math.max(compressMinBytes, options.recordBytesMin ?? compressMinBytes);
   }
 
   get codecName(): string {
@@ -98,7 +105,7 @@ export class PayloadEncoder {
 
   encode(data: Buffer): EncodedPayload {
     const asWritten: EncodedPayload = { flags: 0, pieces: [data], storedBytes: data.length };
-    if (this.codec === null || data.length < compressMinBytes) return asWritten;
+    if (this.codec === null || data.length < this.recordBytesMin) return asWritten;
     const frameCount = frameCountOf(data.length);
     const table = Buffer.allocUnsafe((frameCount + 1) * tableEntryBytes);
     const pieces: Buffer[] = [table];
