@@ -319,6 +319,8 @@ export class HistoryLifecycle {
   private async runDue(): Promise<void> {
     if (this.pausedCount > 0) return;
     try {
+      // An operation that failed in its switch (an I/O error) is finished before anything else.
+      if (this.index.intervals.state.pending !== null) await finishPending(this.operationParts());
       await this.expireSnapshots();
       this.updatePressure();
       for (let step = 0; step < 64 && !this.closed && this.pausedCount === 0; step++) {
@@ -726,7 +728,7 @@ export class HistoryLifecycle {
       intervals,
       chunkBytes,
       reader: this.reader,
-      throttle: (bytes) => (atOpen || this.underPressure ? Promise.resolve() : this.throttle(bytes)),
+      throttle: (bytes) => (atOpen || (this.underPressure && !this.closed) ? Promise.resolve() : this.throttle(bytes)),
       stillWanted: async (pending) => this.holdsAllow(pending),
       beforeSwitch: async () => {
         this.index.noteSwitch();
@@ -741,6 +743,8 @@ export class HistoryLifecycle {
   private async throttle(bytes: number): Promise<void> {
     const rate = lifecycleLimits.ioBytesPerSecond;
     for (;;) {
+      // Closing: stop here; the operation is abandoned (writing) or redone at open (switching).
+      if (this.closed) throw new StorageError('ESHUTDOWN', `volume ${this.host.name} is closing`);
       const nowMs = performance.now();
       this.ioTokens = Math.min(rate, this.ioTokens + ((nowMs - this.ioRefilledAtMs) / 1000) * rate);
       this.ioRefilledAtMs = nowMs;
