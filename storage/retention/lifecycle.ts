@@ -39,6 +39,8 @@ export interface LifecycleHost {
   retentionPolicy(): RetentionPolicy;
   /** The oldest log segment the volume itself still needs (its checkpoints, unapplied records, appends). */
   oldestSegmentNeeded(): number;
+  /** The log segments before `firstRemaining` were deleted. */
+  segmentsDeleted(firstRemaining: number): void;
   snapshots(): SnapshotForRetention[];
   /** Delete a snapshot whose own expiry time has passed. */
   expireSnapshot(name: string): Promise<void>;
@@ -607,11 +609,14 @@ export class HistoryLifecycle {
     const { fineStartPosition } = this.index.intervals.state;
     if (fineStartPosition === null) return;
     const keepFrom = Math.min(fineStartPosition.segmentNumber, this.host.oldestSegmentNeeded(), this.index.resumeFrom.position.segmentNumber);
+    let deleted = false;
     for (const segmentNumber of listSegments(this.fileSystem, this.paths.log)) {
       if (segmentNumber >= keepFrom) break;
       this.fileSystem.remove(`${this.paths.log}/${segmentFileName(segmentNumber)}`);
       this.statistics.segmentsDeleted++;
+      deleted = true;
     }
+    if (deleted) this.host.segmentsDeleted(keepFrom);
   }
 
   private async deleteOrphanPacks(): Promise<void> {
@@ -780,11 +785,7 @@ export interface RetentionStatus {
   statistics: LifecycleStatistics;
 }
 
-/** Fold or pack fine windows once they span this long (or this many), unless space is short. */
-const foldSpanMicrosMin = 60_000_000;
-const foldWindowCountMin = 64;
-/** At most this many windows per operation (bounds one operation's time). */
-const foldWindowCountMax = 4096;
+const { foldSpanMicrosMin, foldWindowCountMin, foldWindowCountMax } = lifecycleLimits;
 
 
 /** The youngest intervals of a run, as many as keep the merge size-tiered (the oldest is at most twice the rest). */
