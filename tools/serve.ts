@@ -30,6 +30,8 @@ export interface ServeOptions {
   httpListen: string;
   defaultVolumeName: string;
   defaultVolumeSizeBytes: number;
+  /** Write-log segment size of the default volume when it is made (--segment-size). */
+  defaultVolumeSegmentSizeBytes?: number;
   logLevel: string;
   version: string;
   access?: ServeAccessOptions;
@@ -112,6 +114,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     dataDirectory: options.dataDirectory,
     defaultVolumeName: options.defaultVolumeName,
     defaultVolumeSizeBytes: options.defaultVolumeSizeBytes,
+    defaultVolumeSegmentSizeBytes: options.defaultVolumeSegmentSizeBytes,
     log,
     nbdUriBase: 'nbd://127.0.0.1:10809', // replaced below once the listener is bound
     tls: access.tls,
