@@ -70,9 +70,11 @@ export async function computeKeptSet(input: KeptSetInput): Promise<KeptSet> {
   const continuousFromSequence = Math.max(policyContinuous, input.pressureFloorSequence, input.horizonSequence);
   const bySequence = new Map<number, KeptPoint>();
   const add = async (sequence: number, point: Omit<KeptPoint, 'sequence'>): Promise<void> => {
-    if (sequence < input.horizonSequence || sequence >= continuousFromSequence) return;
+    if (sequence < input.horizonSequence) return;
+    // Compare the canonical sequence, as isKept does: a snapshot mark can be the continuous
+    // region's first record while the instant it shows (its last data record) lies just before.
     const canonical = await input.canonical(sequence);
-    if (canonical === null || canonical < input.horizonSequence) return;
+    if (canonical === null || canonical < input.horizonSequence || canonical >= continuousFromSequence) return;
     const existing = bySequence.get(canonical);
     if (existing === undefined) {
       bySequence.set(canonical, { ...point, sequence: canonical });

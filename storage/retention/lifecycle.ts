@@ -24,7 +24,7 @@ import type { VolumePaths } from '../volume-config.js';
 import { listSegments, segmentFileName } from '../write-log/segment.js';
 import { computeKeptSet, isKept, nearestKept, oldestKept, type HoldForRetention, type KeptPoint, type KeptSet, type SnapshotForRetention } from './kept-points.js';
 import { finishPending, foldIntervals, foldWindows, mergeIntervals, packPath, packWindows, type OperationParts, type PackSpan } from './operations.js';
-import { parsePackFileName } from './pack-file.js';
+import { packFileNumber, parsePackFileName } from './pack-file.js';
 import { boundaryAfter, boundaryAtOrBefore, reserveBytes, retainedTimes, type RetentionPolicy, type TierEvery } from './policy.js';
 import { measureFileSystem, measureHistoryBytes, type HistoryBytes } from './space.js';
 
@@ -406,6 +406,7 @@ export class HistoryLifecycle {
 
   /** The first fine window whose last record is after `sequence` (windowCount if none). */
   private async firstWindowEndingAfter(sequence: number): Promise<number> {
+    if (this.index.windowCount === 0) return 0; // nothing cut yet (a new volume): no window to ask the index for
     const window = await this.index.windowHolding(sequence + 1);
     return window ?? this.index.windowCount;
   }
@@ -506,6 +507,7 @@ export class HistoryLifecycle {
       for (const pack of state.obsoletePacks) {
         const path = packPath({ paths: this.paths }, pack);
         if (this.fileSystem.exists(path)) this.fileSystem.remove(path);
+        this.reader.forget(packFileNumber(pack));
       }
       await intervals.commit({ ...intervals.state, obsoletePacks: [] }, { add: [], remove: [] });
     }
@@ -522,6 +524,7 @@ export class HistoryLifecycle {
     for (const segmentNumber of listSegments(this.fileSystem, this.paths.log)) {
       if (segmentNumber >= keepFrom) break;
       this.fileSystem.remove(`${this.paths.log}/${segmentFileName(segmentNumber)}`);
+      this.reader.forget(segmentNumber);
       this.statistics.segmentsDeleted++;
     }
   }
