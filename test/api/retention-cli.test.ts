@@ -137,6 +137,10 @@ t.test('serve flags, retention show and set, restarts, and a volume made before 
   t.match(nonsense.stderr, /default volume vol0: retention policy: tier 1 \(hourly\): kept for 259200 s, not longer than keepAllSeconds \(8640000 s\)/, nonsense.stderr.trim());
   const badFlag = await run(process.execPath, [cliPath, 'serve', '--data', dataDirectory, '--http-listen', 'none', '--reserve', 'lots'], { timeoutMs: 30_000 });
   t.match(badFlag.stderr, /--reserve: "lots" is not a size/, 'a flag that does not parse is named');
+  const badSegment = await run(process.execPath, [cliPath, 'serve', '--data', path.join(dataDirectory, 'other'), '--http-listen', 'none', '--segment-size', '1M'], { timeoutMs: 30_000 });
+  t.equal(badSegment.code, 1, 'serve refuses a segment size out of bounds');
+  t.match(badSegment.stderr, /--segment-size: the segment size must be between 64 MiB and 4 GiB/, badSegment.stderr.trim());
+  t.notOk(fs.existsSync(path.join(dataDirectory, 'other')), 'and makes nothing');
 
   fs.rmSync(path.join(dataDirectory, 'volumes/vol0/retention.json'));
   appliance = await startAppliance(t, { dataDirectory });
