@@ -1,15 +1,17 @@
 // Retention end to end with real clients (issue 9, section 5). qemu-io writes patterns into a
 // 64 MiB volume; at several instants a snapshot and a copy saved with nbdcopy. The policy keeps
-// every write for 3 s, then a point every 2 s for 12 s and every 6 s for 30 s, so the engine packs
-// the fine windows into intervals, merges the 2 s intervals once their points expire, and folds the
-// oldest into the base image once two early snapshots are deleted (the test waits for each in the
-// retention figures). It proves:
+// every write for 2 s, then a point every second for 8 s and every 4 s for 16 s, so the engine
+// packs the fine windows into intervals, merges the 1 s intervals once their points expire, and
+// folds the oldest into the base image once two early snapshots are deleted (the test waits for
+// each in the retention figures). It proves:
 //   - every retained snapshot reads equal to its saved copy (qemu-img compare) once its history is
 //     packed, merged and folded, after an orderly restart, and after kill -9 while a pack is being
 //     written; so does the live volume after that crash;
 //   - an instant inside a packed interval (between two writes, no kept point showing the same data)
 //     is refused with 410 expired, and error.details names the kept instants on either side, which
 //     can be exported; instants of deleted snapshots older than the horizon are refused the same way;
+//   - the horizon moves past the deleted snapshots, and the oldest recoverable instant the API
+//     reports can be exported;
 //   - the engine reports no failed operation.
 
 import fs from 'node:fs';
@@ -21,12 +23,12 @@ import { temporaryDirectory } from '../support/temporary-directory.js';
 import { requireTools, run } from '../support/tools.js';
 
 const MiB = 1024 * 1024;
-const finestPeriodMicros = 2_000_000;
+const finestPeriodMicros = 1_000_000;
 const policy = {
-  keepAllSeconds: 3,
+  keepAllSeconds: 2,
   tiers: [
-    { every: 2, keepSeconds: 12 },
-    { every: 6, keepSeconds: 30 },
+    { every: 1, keepSeconds: 8 },
+    { every: 4, keepSeconds: 16 },
   ],
   maxHistoryBytes: 1024 * MiB,
   reserve: { percent: 0 },
@@ -47,8 +49,9 @@ t.test('retention with qemu-io and qemu-img: packed, merged, folded, restarted, 
   const put = await apiRequest(appliance, 'PUT', '/api/v1/volumes/vol0/retention', policy);
   t.equal(put.status, 200, `the policy: ${JSON.stringify(put.json)}`);
 
-  // 1. Six rounds, each inside one 2 s period: a write, an instant noted, a second write, then a
-  //    snapshot and a copy. The noted instant shows data no kept point shows.
+  // 1. Six rounds, each starting a period of the finest tier: a write, an instant noted, a second
+  //    write in the same period, then a snapshot and a copy. The noted instant shows data no kept
+  //    point shows.
   const saved: Saved[] = [];
   const between: Array<{ micros: number; round: number }> = [];
   for (let round = 0; round < 6; round++) {
@@ -59,9 +62,9 @@ t.test('retention with qemu-io and qemu-img: packed, merged, folded, restarted, 
     if (Math.floor(micros / finestPeriodMicros) === Math.floor((Date.now() * 1000) / finestPeriodMicros)) between.push({ micros, round });
     saved.push(await snapshotAndCopy(t, appliance, `round-${round}`, directory));
   }
-  t.ok(between.length > 0, 'an instant between two writes of one 2 s period, noted');
-  // Writes across several 2 s points and a 6 s point, with no snapshot: once the 2 s points
-  // expire, their intervals merge into the one the 6 s point closes.
+  t.ok(between.length > 0, 'an instant between two writes of one period of the finest tier, noted');
+  // Writes across several 1 s points and a 4 s point, with no snapshot: once the 1 s points
+  // expire, their intervals merge into the one the 4 s point closes.
   for (let step = 0; step < 16; step++) {
     await qemuIo(t, appliance, [`write -P ${0x50 + step} ${20 * MiB + step * 512 * 1024} 1M`]);
     await new Promise((resolve) => setTimeout(resolve, 500));
@@ -75,10 +78,13 @@ t.test('retention with qemu-io and qemu-img: packed, merged, folded, restarted, 
     const figures = await retentionFigures(appliance);
     const { packs, merges, folds } = figures.statistics;
     return packs > 0 && merges > 0 && folds > 0 && figures.oldestRecoverableMicros > saved[1]!.micros;
-  }, 120_000);
+  }, 75_000);
   const figures = await retentionFigures(appliance);
-  t.ok(folded, `packed, merged and folded past the deleted snapshots: ${JSON.stringify({ ...figures.statistics, intervalCount: figures.intervalCount, oldestRecoverableMicros: figures.oldestRecoverableMicros })}`);
+  t.ok(folded, `packed, merged and folded past the deleted snapshots: ${JSON.stringify({ ...figures.statistics, intervalCount: figures.intervalCount, oldestRecoverableMicros: figures.oldestRecoverableMicros, deleted: saved.slice(0, 2).map((snapshot) => snapshot.micros) })}`);
   t.ok(figures.intervalCount > 0, `history between the kept points is in packed intervals (${figures.intervalCount})`);
+  const oldest = await apiRequest(appliance, 'POST', '/api/v1/exports', { volume: 'vol0', at: figures.oldestRecoverableMicros });
+  t.equal(oldest.status, 201, `the oldest recoverable instant the API reports can be exported: ${JSON.stringify(oldest.json)}`);
+  if (oldest.status === 201) await apiRequest(appliance, 'DELETE', `/api/v1/exports/${encodeURIComponent(oldest.json.name as string)}?force=true`);
 
   // 3. What is kept verifies; what is not is refused, naming the kept instants around it.
   const retained = [...saved.slice(2), afterStream];
@@ -142,7 +148,7 @@ async function checkEverything(t: Test, appliance: Appliance, when: string, reta
       if (kept === null) continue;
       const exported = await apiRequest(appliance, 'POST', '/api/v1/exports', { volume: 'vol0', sequence: kept.sequence });
       t.equal(exported.status, 201, `${when}: the nearest kept instant (sequence ${kept.sequence}) can be exported: ${JSON.stringify(exported.json)}`);
-      if (exported.status === 201) await apiRequest(appliance, 'DELETE', `/api/v1/exports/${encodeURIComponent(exported.json.name as string)}`);
+      if (exported.status === 201) await apiRequest(appliance, 'DELETE', `/api/v1/exports/${encodeURIComponent(exported.json.name as string)}?force=true`);
     }
   }
   for (const snapshot of deleted) {
@@ -165,10 +171,10 @@ async function snapshotAndCopy(t: Test, appliance: Appliance, name: string, dire
   return { name, micros: snapshot.json.micros as number, copy };
 }
 
-/** Sleep until 250 ms into the next 2 s period, so a round's writes share one period. */
+/** Sleep until 100 ms into the next period of the finest tier, so a round's writes share one period. */
 async function sleepUntilPeriodStart(): Promise<void> {
   const nowMicros = Date.now() * 1000;
-  const nextMicros = (Math.floor(nowMicros / finestPeriodMicros) + 1) * finestPeriodMicros + 250_000;
+  const nextMicros = (Math.floor(nowMicros / finestPeriodMicros) + 1) * finestPeriodMicros + 100_000;
   await new Promise((resolve) => setTimeout(resolve, (nextMicros - nowMicros) / 1000));
 }
 
