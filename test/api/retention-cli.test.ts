@@ -95,7 +95,9 @@ t.test('serve flags, retention show and set, restarts, and a volume made before 
     'show reads like a sentence',
   );
   const shownJson = await cli(appliance, ['retention', 'show', 'vol0', '--json']);
-  t.same(JSON.parse(shownJson.stdout), { policy: fromFlags }, 'show --json: the volume\'s retention object');
+  const shownRetention = JSON.parse(shownJson.stdout) as { policy: RetentionPolicy; status?: { oldestRecoverableMicros: number } };
+  t.same(shownRetention.policy, fromFlags, 'show --json: the volume\'s retention object, its policy ...');
+  t.type(shownRetention.status?.oldestRecoverableMicros, 'number', '... and the engine\'s figures');
 
   const set = await cli(appliance, ['retention', 'set', 'vol0', '--daily', '60d', '--monthly', 'none', '--weekly', '12w', '--reserve', '5%']);
   t.equal(set.code, 0, set.stderr);
