@@ -75,6 +75,31 @@ export const retentionPolicySchema = {
   },
 } as const;
 
+/** The lifecycle engine's live figures (storage/retention/lifecycle.ts, RetentionStatus). */
+export const retentionStatusSchema = {
+  type: 'object',
+  properties: {
+    oldestRecoverableMicros: { type: 'integer', description: 'the oldest instant that can still be read (the horizon, or the volume\'s creation)' },
+    protectionWindowSeconds: { type: 'integer', description: 'from the oldest recoverable instant to now' },
+    continuousFromMicros: { type: 'integer', description: 'every instant from here to now is kept' },
+    tierStartsMicros: { type: 'array', items: { type: 'integer' }, description: 'where each tier\'s points begin, finest tier first' },
+    keptPointCount: { type: 'integer', description: 'kept points older than the continuous region (tier points, snapshots, held instants)' },
+    intervalCount: { type: 'integer', description: 'packed intervals between kept points' },
+    historyBytes: { type: 'object', description: 'allocated bytes of the log, the packs, the base image and the index, and their total', additionalProperties: { type: 'integer' } },
+    maxHistoryBytes: { type: 'integer' },
+    fileSystem: { type: 'object', additionalProperties: { type: 'integer' }, description: 'sizeBytes, freeBytes and reserveBytes of the data folder\'s file system' },
+    projectedHistoryBytes: { type: 'integer', description: 'what the policy would keep at the current write rate' },
+    logBytesPerSecond: { type: 'integer' },
+    underPressure: { type: 'boolean', description: 'history is being expired early to stay under the cap and the reserve' },
+    degradedReasons: { type: 'array', items: { type: 'string' } },
+    statistics: {
+      type: 'object',
+      description: 'since the appliance started: operations (packs, merges, folds), reclaimed bytes, segments deleted, seconds spent, failures',
+      additionalProperties: { type: ['integer', 'number', 'string', 'null'] },
+    },
+  },
+} as const;
+
 export const volumeSchema = {
   type: 'object',
   required: ['name', 'sizeBytes', 'createdMicros'],
@@ -104,9 +129,9 @@ export const volumeSchema = {
     },
     retention: {
       type: 'object',
-      description: "the retention policy in force; the lifecycle engine's live figures join it here",
+      description: "the retention policy in force, and the lifecycle engine's live figures (status)",
       required: ['policy'],
-      properties: { policy: retentionPolicySchema },
+      properties: { policy: retentionPolicySchema, status: retentionStatusSchema },
     },
   },
 } as const;

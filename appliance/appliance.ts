@@ -28,6 +28,8 @@ export interface ApplianceOptions {
   defaultVolumeSizeBytes: number;
   /** How volumes store data records in their logs; snappy when absent. */
   logCompression?: LogCompression;
+  /** Write-log segment size of the default volume when it is made (serve --segment-size); the storage default when absent. */
+  defaultVolumeSegmentSizeBytes?: number;
   log: Logger;
   /** How clients reach the NBD server, for export URIs (e.g. nbd://127.0.0.1:10809). */
   nbdUriBase: string;
@@ -106,8 +108,8 @@ export class Appliance {
     const retention = options.defaultVolumeRetention ?? {};
     try {
       if (this.store.list().length === 0) {
-        await this.store.create({ name, sizeBytes: options.defaultVolumeSizeBytes, retention });
-        this.log.info({ volume: name, sizeBytes: options.defaultVolumeSizeBytes }, 'created the default volume');
+        await this.store.create({ name, sizeBytes: options.defaultVolumeSizeBytes, segmentSizeBytes: options.defaultVolumeSegmentSizeBytes, retention });
+        this.log.info({ volume: name, sizeBytes: options.defaultVolumeSizeBytes, segmentSizeBytes: this.store.config(name).segmentSizeBytes }, 'created the default volume');
       } else if (!retentionChangesAreEmpty(retention)) {
         await this.applyRetentionFlags(name, retention);
       }

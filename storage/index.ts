@@ -14,7 +14,7 @@ export { dirtyBitmapContext, dirtyBitmapPrefix } from './point-in-time/dirty-bit
 export type { SnapshotRecord } from './index/delta-map-index.js';
 export { VolumeStore } from './volume-store.js';
 export { verifyVolume, type VolumeVerifyReport, type BadRecord } from './verify.js';
-export { validateVolumeName, validateVolumeSize, volumePaths, type VolumeConfig } from './volume-config.js';
+export { validateSegmentSize, validateVolumeName, validateVolumeSize, volumePaths, type VolumeConfig } from './volume-config.js';
 export {
   retentionFormatVersion,
   retentionLimits,

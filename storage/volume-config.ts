@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { StorageError } from './errors.js';
 import { readWholeFile, writeFileAtomic, type FileSystem } from './io/file-system.js';
-import { storageLimits } from './limits.js';
+import { GiB, MiB, storageLimits } from './limits.js';
 
 /**
  * 2: the log may hold version 2 records (compressed payloads, docs/formats/write-log.md) and the
@@ -65,6 +65,16 @@ export function validateVolumeSize(sizeBytes: number): string | null {
   if (sizeBytes % storageLimits.volumeSizeAlignmentBytes !== 0) {
     return `the size must be a multiple of ${storageLimits.volumeSizeAlignmentBytes} bytes`;
   }
+  return null;
+}
+
+/** Why a write-log segment size is refused, in words; null when it is sound. */
+export function validateSegmentSize(segmentSizeBytes: number): string | null {
+  const { segmentSizeBytesMin, segmentSizeBytesMax, volumeSizeAlignmentBytes } = storageLimits;
+  if (!Number.isSafeInteger(segmentSizeBytes) || segmentSizeBytes < segmentSizeBytesMin || segmentSizeBytes > segmentSizeBytesMax) {
+    return `the segment size must be between ${segmentSizeBytesMin / MiB} MiB and ${segmentSizeBytesMax / GiB} GiB`;
+  }
+  if (segmentSizeBytes % volumeSizeAlignmentBytes !== 0) return `the segment size must be a multiple of ${volumeSizeAlignmentBytes} bytes`;
   return null;
 }
 

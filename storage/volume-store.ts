@@ -7,7 +7,7 @@ import type { FileSystem } from './io/file-system.js';
 import { nodeFileSystem } from './io/node-file-system.js';
 import { assertStorageLimits, storageLimits } from './limits.js';
 import { Volume, type CreateVolumeOptions, type OpenVolumeOptions } from './volume.js';
-import { readVolumeConfig, validateVolumeName, validateVolumeSize, volumePaths, type VolumeConfig } from './volume-config.js';
+import { readVolumeConfig, validateSegmentSize, validateVolumeName, validateVolumeSize, volumePaths, type VolumeConfig } from './volume-config.js';
 
 export class VolumeStore {
   readonly dataDirectory: string;
@@ -54,6 +54,8 @@ export class VolumeStore {
     this.requireValidName(options.name);
     const sizeProblem = validateVolumeSize(options.sizeBytes);
     if (sizeProblem !== null) throw new StorageError('EINVAL', sizeProblem);
+    const segmentProblem = options.segmentSizeBytes === undefined ? null : validateSegmentSize(options.segmentSizeBytes);
+    if (segmentProblem !== null) throw new StorageError('EINVAL', segmentProblem);
     if (this.list().includes(options.name)) throw new StorageError('EEXIST', `a volume named ${options.name} already exists`);
     if (this.list().length >= storageLimits.volumeCountMax) {
       throw new StorageError('EINVAL', `a data folder holds at most ${storageLimits.volumeCountMax} volumes`);

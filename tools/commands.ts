@@ -2,7 +2,7 @@
 
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { VolumeStore, validateVolumeName } from '../storage/index.js';
+import { VolumeStore, validateSegmentSize, validateVolumeName } from '../storage/index.js';
 import { inspectLog } from './log-inspect.js';
 import { serve, serveDefaults } from './serve.js';
 import { runTlsCommand } from './tls-certificates.js';
@@ -48,6 +48,8 @@ Options:
   --nbd-socket PATH       also serve NBD on this unix socket
   --http-listen HOST:PORT REST API and console (default ${serveDefaults.httpListen}; "none" to disable)
   --volume-size SIZE      size of the default volume made on first start (default 1G)
+  --segment-size SIZE     its write-log segment size, 64M to 4G (default 256M); a small data disk
+                          wants small segments: space is taken and given back a segment at a time
   --default-volume NAME   name of that volume and of the default export (default ${serveDefaults.defaultVolumeName})
   --log-level LEVEL       trace, debug, info, warn, error (default ${serveDefaults.logLevel})
   --log-compression MODE  snappy (compress logged data where it saves 1/8 or more) or off
@@ -206,6 +208,7 @@ async function runServe(argv: string[]): Promise<number> {
       'nbd-socket': { type: 'string' },
       'http-listen': { type: 'string', default: serveDefaults.httpListen },
       'volume-size': { type: 'string', default: '1G' },
+      'segment-size': { type: 'string' },
       'default-volume': { type: 'string', default: serveDefaults.defaultVolumeName },
       'log-level': { type: 'string', default: serveDefaults.logLevel },
       'log-compression': { type: 'string', default: serveDefaults.logCompression },
@@ -229,6 +232,9 @@ async function runServe(argv: string[]): Promise<number> {
   if (nameProblem !== null) throw new Error(`--default-volume: ${nameProblem}`);
   const logCompression = values['log-compression'];
   if (logCompression !== 'snappy' && logCompression !== 'off') throw new Error(`--log-compression is snappy or off, not "${logCompression}"`);
+  const segmentSizeBytes = values['segment-size'] === undefined ? undefined : parseSize(values['segment-size']);
+  const segmentProblem = segmentSizeBytes === undefined ? null : validateSegmentSize(segmentSizeBytes);
+  if (segmentProblem !== null) throw new Error(`--segment-size: ${segmentProblem}`);
   await serve({
     dataDirectory: values.data,
     nbdListen: values['nbd-listen'],
@@ -236,6 +242,7 @@ async function runServe(argv: string[]): Promise<number> {
     httpListen: values['http-listen'],
     defaultVolumeName: values['default-volume'],
     defaultVolumeSizeBytes: parseSize(values['volume-size']),
+    defaultVolumeSegmentSizeBytes: segmentSizeBytes,
     logLevel: values['log-level'],
     logCompression,
     version,

@@ -30,6 +30,8 @@ export interface ServeOptions {
   httpListen: string;
   defaultVolumeName: string;
   defaultVolumeSizeBytes: number;
+  /** Write-log segment size of the default volume when it is made (--segment-size). */
+  defaultVolumeSegmentSizeBytes?: number;
   logLevel: string;
   /** How volumes store data records in their logs (storage OpenVolumeOptions.logCompression). */
   logCompression?: LogCompression;
@@ -116,6 +118,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     defaultVolumeName: options.defaultVolumeName,
     defaultVolumeSizeBytes: options.defaultVolumeSizeBytes,
     logCompression: options.logCompression ?? serveDefaults.logCompression,
+    defaultVolumeSegmentSizeBytes: options.defaultVolumeSegmentSizeBytes,
     log,
     nbdUriBase: 'nbd://127.0.0.1:10809', // replaced below once the listener is bound
     tls: access.tls,

@@ -80,7 +80,7 @@ async function describe(volume: Volume) {
     snapshotCount: history?.snapshots().length ?? 0,
     failed: stats.failed,
     statistics: { ...stats },
-    retention: { policy: volume.retentionPolicy },
+    retention: { policy: volume.retentionPolicy, ...(history === null ? {} : { status: history.lifecycle.status() }) },
     ...(history === null
       ? {}
       : {

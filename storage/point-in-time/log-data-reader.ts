@@ -17,6 +17,8 @@ import { segmentFileName } from '../write-log/segment.js';
 interface OpenSegmentReader {
   handle: FileHandle;
   readsInFlight: number;
+  /** The file was deleted: close the handle when the last read ends (the file system frees it only then). */
+  closeWhenIdle: boolean;
 }
 
 export class LogDataReader {
@@ -45,7 +47,26 @@ export class LogDataReader {
     const reading = readRecordData(stored, fromBase ? startBytes : startBytes - source.volumeOffsetBytes, target, this.frames);
     if (reading === null) return null;
     segment.readsInFlight++;
-    return reading.finally(() => segment.readsInFlight--);
+    return reading.finally(() => {
+      segment.readsInFlight--;
+      if (segment.closeWhenIdle && segment.readsInFlight === 0) this.closeSegment(source.segmentNumber, segment);
+    });
+  }
+
+  /**
+   * The file was deleted (a segment or a pack expiry made unnecessary): close its handle now, or
+   * when the reads using it end. A kept handle would hold the file's blocks on the file system.
+   */
+  forget(fileNumber: number): void {
+    const segment = this.segments.get(fileNumber);
+    if (segment === undefined) return;
+    segment.closeWhenIdle = true;
+    if (segment.readsInFlight === 0) this.closeSegment(fileNumber, segment);
+  }
+
+  private closeSegment(fileNumber: number, segment: OpenSegmentReader): void {
+    segment.handle.close();
+    if (this.segments.get(fileNumber) === segment) this.segments.delete(fileNumber);
   }
 
   close(): void {
@@ -68,7 +89,7 @@ export class LogDataReader {
         break;
       }
     }
-    segment = { handle: this.fileSystem.open(this.pathOf(segmentNumber), { readOnly: true }), readsInFlight: 0 };
+    segment = { handle: this.fileSystem.open(this.pathOf(segmentNumber), { readOnly: true }), readsInFlight: 0, closeWhenIdle: false };
     this.segments.set(segmentNumber, segment);
     return segment;
   }

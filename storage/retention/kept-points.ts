@@ -73,8 +73,14 @@ export async function computeKeptSet(input: KeptSetInput): Promise<KeptSet> {
   const bySequence = new Map<number, KeptPoint>();
   const add = async (sequence: number, point: Omit<KeptPoint, 'sequence'>): Promise<void> => {
     if (sequence < input.horizonSequence) return;
+    // Compare the canonical sequence, as isKept does: a snapshot mark can be the continuous
+    // region's first record while the instant it shows (its last data record) lies just before.
     const canonical = await input.canonical(sequence);
     if (canonical === null || canonical < input.horizonSequence || canonical >= continuousFromSequence) return;
+    // Space pressure gives up unpinned points below its floor, which relievePressureStep sets just
+    // past a kept point's canonical sequence: compared raw, a snapshot mark right after its last
+    // write sits at the floor and was never given up.
+    if (!point.pinned && canonical < input.pressureFloorSequence) return;
     const existing = bySequence.get(canonical);
     if (existing === undefined) {
       bySequence.set(canonical, { ...point, sequence: canonical });
@@ -90,16 +96,13 @@ export async function computeKeptSet(input: KeptSetInput): Promise<KeptSet> {
   };
   for (const point of times.points) {
     if (point.micros < input.createdMicros || point.micros >= input.nowMicros) continue;
-    const sequence = await input.sequenceAt(point.micros);
-    if (sequence >= input.pressureFloorSequence) await add(sequence, { micros: point.micros, grade: point.tier, pinned: false, reasons: [tierName(point.tier)] });
+    await add(await input.sequenceAt(point.micros), { micros: point.micros, grade: point.tier, pinned: false, reasons: [tierName(point.tier)] });
   }
   for (const snapshot of input.snapshots) {
     if (snapshot.expiresMicros !== 0 && snapshot.expiresMicros <= input.nowMicros) continue;
-    if (!snapshot.pinned && snapshot.sequence < input.pressureFloorSequence) continue;
     await add(snapshot.sequence, { micros: snapshot.micros, grade: -1, pinned: snapshot.pinned, reasons: [`snapshot ${snapshot.name}`] });
   }
   for (const hold of input.holds) {
-    if (hold.sequence < input.pressureFloorSequence) continue;
     await add(hold.sequence, { micros: 0, grade: -1, pinned: false, reasons: [`held: ${hold.description}`] });
   }
   const points = [...bySequence.values()].sort((left, right) => left.sequence - right.sequence);

@@ -494,6 +494,7 @@ export class HistoryLifecycle {
 
   /** The first fine window whose last record is after `sequence` (windowCount if none). */
   private async firstWindowEndingAfter(sequence: number): Promise<number> {
+    if (this.index.windowCount === 0) return 0; // nothing cut yet (a new volume): no window to ask the index for
     const window = await this.index.windowHolding(sequence + 1);
     return window ?? this.index.windowCount;
   }
@@ -596,6 +597,7 @@ export class HistoryLifecycle {
       for (const pack of state.obsoletePacks) {
         const path = packPath({ paths: this.paths }, pack);
         if (this.fileSystem.exists(path)) this.fileSystem.remove(path);
+        this.reader.forget(packFileNumber(pack));
       }
       await intervals.commit({ ...intervals.state, obsoletePacks: [] }, { add: [], remove: [] });
     }
@@ -613,6 +615,7 @@ export class HistoryLifecycle {
     for (const segmentNumber of listSegments(this.fileSystem, this.paths.log)) {
       if (segmentNumber >= keepFrom) break;
       this.fileSystem.remove(`${this.paths.log}/${segmentFileName(segmentNumber)}`);
+      this.reader.forget(segmentNumber);
       this.statistics.segmentsDeleted++;
       deleted = true;
     }

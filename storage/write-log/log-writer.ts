@@ -514,15 +514,18 @@ export class LogWriter {
     return this.spare!.ready;
   }
 
-  /** Ask for room (once for every writer waiting), then prepare the spare again; ENOSPC when none can be made. */
+  /**
+   * Ask for room (once for every writer waiting), then prepare the spare again; ENOSPC when none
+   * can be made. The spare is tried again even when this request freed nothing: room may have been
+   * made meanwhile (by the lifecycle's own pass, or by anyone), and a stale ENOSPC must not stick.
+   */
   private makeRoomForSpare(error: StorageError): Promise<void> {
     this.roomMaking ??= (async () => {
       try {
-        const attemptedAtMs = this.spare!.attemptedAtMs;
-        // Nothing left to expire: the disk may still free up by itself (try again after the delay).
-        if (!(await this.hooks.makeRoom!()) && performance.now() - attemptedAtMs < spareRetryDelayMs) throw error;
+        const madeRoom = await this.hooks.makeRoom!();
         this.prepareSpare();
         await this.spare!.ready;
+        if (!madeRoom && this.spare!.error !== null) throw error;
       } finally {
         this.roomMaking = null;
       }

@@ -95,7 +95,9 @@ t.test('serve flags, retention show and set, restarts, and a volume made before 
     'show reads like a sentence',
   );
   const shownJson = await cli(appliance, ['retention', 'show', 'vol0', '--json']);
-  t.same(JSON.parse(shownJson.stdout), { policy: fromFlags }, 'show --json: the volume\'s retention object');
+  const shownRetention = JSON.parse(shownJson.stdout) as { policy: RetentionPolicy; status?: { oldestRecoverableMicros: number } };
+  t.same(shownRetention.policy, fromFlags, 'show --json: the volume\'s retention object, its policy ...');
+  t.type(shownRetention.status?.oldestRecoverableMicros, 'number', '... and the engine\'s figures');
 
   const set = await cli(appliance, ['retention', 'set', 'vol0', '--daily', '60d', '--monthly', 'none', '--weekly', '12w', '--reserve', '5%']);
   t.equal(set.code, 0, set.stderr);
@@ -137,6 +139,10 @@ t.test('serve flags, retention show and set, restarts, and a volume made before 
   t.match(nonsense.stderr, /default volume vol0: retention policy: tier 1 \(hourly\): kept for 259200 s, not longer than keepAllSeconds \(8640000 s\)/, nonsense.stderr.trim());
   const badFlag = await run(process.execPath, [cliPath, 'serve', '--data', dataDirectory, '--http-listen', 'none', '--reserve', 'lots'], { timeoutMs: 30_000 });
   t.match(badFlag.stderr, /--reserve: "lots" is not a size/, 'a flag that does not parse is named');
+  const badSegment = await run(process.execPath, [cliPath, 'serve', '--data', path.join(dataDirectory, 'other'), '--http-listen', 'none', '--segment-size', '1M'], { timeoutMs: 30_000 });
+  t.equal(badSegment.code, 1, 'serve refuses a segment size out of bounds');
+  t.match(badSegment.stderr, /--segment-size: the segment size must be between 64 MiB and 4 GiB/, badSegment.stderr.trim());
+  t.notOk(fs.existsSync(path.join(dataDirectory, 'other')), 'and makes nothing');
 
   fs.rmSync(path.join(dataDirectory, 'volumes/vol0/retention.json'));
   appliance = await startAppliance(t, { dataDirectory });

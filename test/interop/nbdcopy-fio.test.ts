@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { startAppliance } from '../support/appliance.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
-import { requireTools, run } from '../support/tools.js';
+import { parseFioJson, requireTools, run } from '../support/tools.js';
 
 t.test('nbdcopy --connections 4 into the export and back out is byte-exact', async (t) => {
   if (!requireTools(t, ['nbdcopy'])) return;
@@ -63,8 +63,3 @@ t.test('fio random writes with crc32c verification, then a mixed workload', asyn
   t.equal(mixed.code, 0, mixed.stderr);
   t.equal((parseFioJson(mixed.stdout) as { jobs: Array<{ error: number }> }).jobs[0]!.error, 0);
 });
-
-/** fio's nbd engine prints a line before the JSON document. */
-function parseFioJson(stdout: string): unknown {
-  return JSON.parse(stdout.slice(stdout.indexOf('{')));
-}

@@ -20,6 +20,7 @@ const packageOf: Record<string, string> = {
   'qemu-system-x86_64': 'qemu-system-x86',
   cpio: 'cpio',
   debugfs: 'e2fsprogs',
+  'mkfs.ext4': 'e2fsprogs',
 };
 
 export function hasTool(name: string): boolean {
@@ -62,4 +63,9 @@ export function run(command: string, args: string[], options: { timeoutMs?: numb
  */
 export function runNbdsh(args: string[], script: string): Promise<RunResult> {
   return run('nbdsh', [...args, '-c', script], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` } });
+}
+
+/** fio's JSON output (its nbd engine prints a line before the document). */
+export function parseFioJson(stdout: string): unknown {
+  return JSON.parse(stdout.slice(stdout.indexOf('{')));
 }
