@@ -174,6 +174,7 @@ export class Volume implements BlockDevice {
         onBatchWritten: (batch) => this.applyBatch(batch),
         onFailure: (error) => this.fail(error),
         makeRoom: async () => (this.history === null ? false : this.history.lifecycle.makeRoom()),
+        beforeNewSegment: async () => this.history?.lifecycle.beforeNewSegment(),
       },
     });
     this.scheduleCleaning();
@@ -382,6 +383,7 @@ export class Volume implements BlockDevice {
       name: this.config.name,
       createdMicros: this.config.createdMicros,
       volumeId: Buffer.from(this.config.volumeId, 'hex'),
+      segmentSizeBytes: this.config.segmentSizeBytes,
       retentionPolicy: () => this.retentionPolicy,
       oldestSegmentNeeded: () => this.oldestSegmentNeeded(),
       segmentsDeleted: (firstRemaining) => {

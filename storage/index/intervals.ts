@@ -35,6 +35,8 @@ export interface LifecycleTarget {
   /** The oldest kept instant: the volume just after this record (0: as created). The base image holds it. */
   horizonSequence: number;
   horizonMicros: number;
+  /** The horizon's last data-changing record: every sequence from it to the horizon shows the base image. */
+  horizonDataSequence: number;
   /** Windows from fineStartWindow on are kept whole; their first record is fineStartSequence. */
   fineStartWindow: number;
   fineStartSequence: number;
@@ -68,6 +70,7 @@ export function initialLifecycleState(createdMicros: number, firstPosition: LogP
   return {
     horizonSequence: 0,
     horizonMicros: createdMicros,
+    horizonDataSequence: 0,
     fineStartWindow: 0,
     fineStartSequence: 1,
     fineStartPosition: firstPosition,
@@ -92,6 +95,7 @@ export class IntervalStore {
   static async load(store: MapStore, createdMicros: number, firstPosition: LogPosition): Promise<IntervalStore> {
     const value = await store.db.get(lifecycleKey);
     const state = value === undefined ? initialLifecycleState(createdMicros, firstPosition) : (JSON.parse(value.toString('utf8')) as LifecycleState);
+    state.horizonDataSequence ??= state.horizonSequence;
     const list: IntervalInfo[] = [];
     for await (const [, interval] of store.db.iterator(intervalRange)) list.push(JSON.parse(interval.toString('utf8')) as IntervalInfo);
     return new IntervalStore(store, state, list);

@@ -31,6 +31,7 @@ export interface HistoryVolume extends ViewSource {
   readonly name: string;
   readonly createdMicros: number;
   readonly volumeId: Buffer;
+  readonly segmentSizeBytes: number;
   retentionPolicy(): RetentionPolicy;
   /** The oldest log segment the volume itself still needs (checkpoints, unapplied records, appends). */
   oldestSegmentNeeded(): number;
@@ -82,6 +83,7 @@ export class VolumeHistory {
     const host: LifecycleHost = {
       name: volume.name,
       sizeBytes: files.sizeBytes,
+      segmentSizeBytes: volume.segmentSizeBytes,
       volumeId: volume.volumeId,
       createdMicros: volume.createdMicros,
       retentionPolicy: () => volume.retentionPolicy(),

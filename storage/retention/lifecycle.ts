@@ -34,6 +34,7 @@ import { measureFileSystem, measureHistoryBytes, type HistoryBytes } from './spa
 export interface LifecycleHost {
   readonly name: string;
   readonly sizeBytes: number;
+  readonly segmentSizeBytes: number;
   readonly volumeId: Buffer;
   readonly createdMicros: number;
   retentionPolicy(): RetentionPolicy;
@@ -182,11 +183,26 @@ export class HistoryLifecycle {
     return this.keptSetValue;
   }
 
+  /**
+   * The canonical form of an instant (its last data record), or null when it is gone. Whatever
+   * shows the volume the base image holds is the horizon itself, the oldest kept instant.
+   */
   private async canonical(sequence: number): Promise<number | null> {
-    const intervals = this.index.intervals;
-    if (sequence < intervals.state.horizonSequence) return null;
-    if (sequence <= intervals.packedThroughSequence) return intervals.canonicalShowing(sequence);
-    return this.index.lastDataSequence(sequence);
+    const { state, packedThroughSequence } = this.index.intervals;
+    const effectiveHorizon = this.effectiveHorizon();
+    let canonical: number | null;
+    if (sequence <= packedThroughSequence) canonical = this.index.intervals.canonicalShowing(sequence);
+    else canonical = await this.index.lastDataSequence(sequence);
+    if (canonical === null) return null;
+    if (canonical >= state.horizonDataSequence && canonical <= state.horizonSequence) return state.horizonSequence;
+    return canonical < effectiveHorizon ? null : canonical;
+  }
+
+  /** The horizon, or where a fold in progress moves it (the instants before are being overwritten in the base image). */
+  private effectiveHorizon(): number {
+    const { state } = this.index.intervals;
+    const pending = state.pending;
+    return pending !== null && pending.kind === 'fold' && pending.phase === 'switching' ? Math.max(state.horizonSequence, pending.target.horizonDataSequence) : state.horizonSequence;
   }
 
   /** Windows end at the finest tier's boundaries, so every tier point is a window's end. */
@@ -320,38 +336,68 @@ export class HistoryLifecycle {
 
   private async runDue(): Promise<void> {
     if (this.pausedCount > 0) return;
+    let failuresInARow = 0;
     try {
       // An operation that failed in its switch (an I/O error) is finished before anything else.
       if (this.index.intervals.state.pending !== null) await finishPending(this.operationParts());
       await this.expireSnapshots();
-      this.updatePressure();
-      for (let step = 0; step < 64 && !this.closed && this.pausedCount === 0; step++) {
+    } catch (error) {
+      this.noteFailure(error);
+      return;
+    }
+    this.updatePressure();
+    for (let step = 0; step < 64 && !this.closed && this.pausedCount === 0; step++) {
+      try {
         await this.refreshKeptSet();
+        // Under space pressure, folding frees the most and needs no new space: give up the oldest
+        // kept history first when nothing can be folded yet, before packing or merging.
+        if (this.underPressure && !(await this.foldIsDue()) && (await this.relievePressureStep())) await this.refreshKeptSet();
         const operation = await this.nextOperation();
         if (operation === null) {
           if (this.underPressure && (await this.relievePressureStep())) continue;
           break;
         }
-        const before = measureHistoryBytes(this.paths).totalBytes;
-        const startedMs = performance.now();
-        await operation.run();
-        await this.housekeeping();
-        const seconds = (performance.now() - startedMs) / 1000;
-        if (operation.kind === 'fold') this.statistics.expirySeconds += seconds;
-        else this.statistics.compactionSeconds += seconds;
-        const reclaimed = Math.max(0, before - measureHistoryBytes(this.paths).totalBytes);
-        this.statistics.reclaimedBytes += reclaimed;
-        if (operation.kind === 'fold') {
-          this.emit({ type: 'history-expired', volume: this.host.name, reason: this.underPressure ? 'space' : 'policy', horizonMicros: this.index.intervals.state.horizonMicros, reclaimedBytes: reclaimed });
-        }
-        this.updatePressure();
+        await this.runOperation(operation);
+        failuresInARow = 0;
+        this.statistics.lastFailure = null;
+      } catch (error) {
+        this.noteFailure(error);
+        // Go on with what else is due (space pressure must not stop at one failure), but not forever.
+        if (++failuresInARow >= 3) break;
       }
-      this.checkAlerts();
-    } catch (error) {
-      this.statistics.operationFailures++;
-      this.statistics.lastFailure = error instanceof Error ? error.message : String(error);
-      this.emit({ type: 'lifecycle-failed', volume: this.host.name, message: this.statistics.lastFailure });
+      this.updatePressure();
     }
+    this.checkAlerts();
+  }
+
+  private async runOperation(operation: { kind: 'fold' | 'pack' | 'merge'; run: () => Promise<void> }): Promise<void> {
+    const before = measureHistoryBytes(this.paths).totalBytes;
+    const startedMs = performance.now();
+    await operation.run();
+    await this.housekeeping();
+    const seconds = (performance.now() - startedMs) / 1000;
+    if (operation.kind === 'fold') this.statistics.expirySeconds += seconds;
+    else this.statistics.compactionSeconds += seconds;
+    this.statistics[operation.kind === 'fold' ? 'folds' : operation.kind === 'pack' ? 'packs' : 'merges']++;
+    const reclaimed = Math.max(0, before - measureHistoryBytes(this.paths).totalBytes);
+    this.statistics.reclaimedBytes += reclaimed;
+    if (operation.kind === 'fold') {
+      this.emit({ type: 'history-expired', volume: this.host.name, reason: this.underPressure ? 'space' : 'policy', horizonMicros: this.index.intervals.state.horizonMicros, reclaimedBytes: reclaimed });
+    }
+  }
+
+  private noteFailure(error: unknown): void {
+    this.statistics.operationFailures++;
+    this.statistics.lastFailure = error instanceof Error ? error.message : String(error);
+    this.emit({ type: 'lifecycle-failed', volume: this.host.name, message: this.statistics.lastFailure });
+  }
+
+  /** Is there something older than the oldest kept instant to fold now? */
+  private async foldIsDue(): Promise<boolean> {
+    const horizonTarget = oldestKept(this.keptSetValue!);
+    const intervals = this.index.intervals.intervals;
+    if (intervals.length > 0) return intervals[0]!.lastSequence <= horizonTarget || intervals[0]!.lastDataSequence <= horizonTarget;
+    return (await this.windowsToFold(horizonTarget)) !== null;
   }
 
   /**
@@ -378,31 +424,24 @@ export class HistoryLifecycle {
     const set = this.keptSetValue!;
     const intervals = this.index.intervals;
     const horizonTarget = oldestKept(set);
-    // 1. Fold what is older than the oldest kept instant.
-    const foldable = intervals.intervals.filter((interval) => interval.lastSequence <= horizonTarget).slice(0, lifecycleLimits.mergeRunIntervalsMax);
-    if (foldable.length > 0) {
-      this.statistics.folds++;
-      return { kind: 'fold', run: () => foldIntervals(this.operationParts(), foldable) };
+    // 1. Fold what is older than the oldest kept instant: every interval whose end shows an
+    //    instant at or before it (its last data record is the kept point's, or older).
+    const foldable: IntervalInfo[] = [];
+    for (const interval of intervals.intervals) {
+      if (foldable.length >= lifecycleLimits.mergeRunIntervalsMax || (interval.lastSequence > horizonTarget && interval.lastDataSequence > horizonTarget)) break;
+      foldable.push(interval);
     }
+    if (foldable.length > 0) return { kind: 'fold', run: () => foldIntervals(this.operationParts(), foldable) };
     if (intervals.intervals.length === 0) {
       const fold = await this.windowsToFold(horizonTarget);
-      if (fold !== null) {
-        this.statistics.folds++;
-        return { kind: 'fold', run: () => foldWindows(this.operationParts(), fold.toWindow, fold.target) };
-      }
+      if (fold !== null) return { kind: 'fold', run: () => foldWindows(this.operationParts(), fold.toWindow, fold.target) };
     }
     // 2. Pack fine windows older than the continuous region.
     const pack = await this.spansToPack(set);
-    if (pack !== null) {
-      this.statistics.packs++;
-      return { kind: 'pack', run: () => packWindows(this.operationParts(), pack.spans, pack.target) };
-    }
+    if (pack !== null) return { kind: 'pack', run: () => packWindows(this.operationParts(), pack.spans, pack.target) };
     // 3. Merge runs of intervals whose inner points expired.
     const run = this.runToMerge(set);
-    if (run !== null) {
-      this.statistics.merges++;
-      return { kind: 'merge', run: () => mergeIntervals(this.operationParts(), run) };
-    }
+    if (run !== null) return { kind: 'merge', run: () => mergeIntervals(this.operationParts(), run) };
     return null;
   }
 
@@ -420,7 +459,18 @@ export class HistoryLifecycle {
     toWindow = Math.min(toWindow, fineStartWindow + foldWindowCountMax);
     const end = await this.index.mapInfo({ level: 0, index: toWindow - 1 });
     const target = await this.fineStartAfter(toWindow, end.lastSequence);
-    return { toWindow, target: { ...target, horizonSequence: end.lastSequence, horizonMicros: end.lastMicros || this.index.intervals.state.horizonMicros } };
+    const state = this.index.intervals.state;
+    const lastData = await this.index.lastDataSequence(end.lastSequence);
+    const folded = lastData > state.horizonSequence;
+    return {
+      toWindow,
+      target: {
+        ...target,
+        horizonSequence: end.lastSequence,
+        horizonMicros: folded ? await this.index.microsOf(end.lastSequence) : state.horizonMicros,
+        horizonDataSequence: folded ? lastData : state.horizonDataSequence,
+      },
+    };
   }
 
   /** The spans to pack: from the fine start to the newest kept point older than the continuous region. */
@@ -464,7 +514,8 @@ export class HistoryLifecycle {
       spans.push(await this.packSpan(from, cut.sequence, cut.grade));
       from = cut.sequence;
     }
-    return { spans, target: { ...(await this.fineStartAfter(toWindow, packEnd)), horizonSequence: intervals.state.horizonSequence, horizonMicros: intervals.state.horizonMicros } };
+    const { horizonSequence, horizonMicros, horizonDataSequence } = intervals.state;
+    return { spans, target: { ...(await this.fineStartAfter(toWindow, packEnd)), horizonSequence, horizonMicros, horizonDataSequence } };
   }
 
   /** A run of intervals to merge: inner points all expired, and closed by a coarser kept point, long, or under pressure. */
@@ -481,7 +532,9 @@ export class HistoryLifecycle {
         const endGrade = gradeOf.get(interval.lastDataSequence) ?? gradeOf.get(interval.lastSequence) ?? -1;
         const innerGrade = Math.max(...run.slice(0, -1).map((inner) => inner.endGrade));
         const tooMany = list.length > lifecycleLimits.intervalCountMax; // bound the index: merge any run whose inner points expired
-        if (endGrade > innerGrade || run.length >= lifecycleLimits.mergeRunIntervalsDue || this.underPressure || tooMany) return run.slice(-lifecycleLimits.mergeRunIntervalsMax);
+        // A snapshot or hold (grade -1) closes its run until it is deleted: the points inside will not come back.
+        const closed = endGrade > innerGrade || endGrade === -1;
+        if (closed || run.length >= lifecycleLimits.mergeRunIntervalsDue || this.underPressure || tooMany) return run.slice(-lifecycleLimits.mergeRunIntervalsMax);
       }
       run = [];
     }
@@ -537,7 +590,7 @@ export class HistoryLifecycle {
   }
 
   /** The fine region's new start once windows before `toWindow` (ending at `lastSequence`) are packed or folded. */
-  private async fineStartAfter(toWindow: number, lastSequence: number): Promise<Omit<LifecycleTarget, 'horizonSequence' | 'horizonMicros'>> {
+  private async fineStartAfter(toWindow: number, lastSequence: number): Promise<Omit<LifecycleTarget, 'horizonSequence' | 'horizonMicros' | 'horizonDataSequence'>> {
     const { store } = this.index.lifecycleAccess();
     return { fineStartWindow: toWindow, fineStartSequence: lastSequence + 1, fineStartPosition: await store.windowEndPosition(toWindow - 1) };
   }
@@ -552,17 +605,32 @@ export class HistoryLifecycle {
   }
 
   private updatePressure(): void {
-    const { history, capBytes, freeBytes, reserveBytes: reserve, fileSystemSizeBytes } = this.measure();
-    const over = history.totalBytes > capBytes || freeBytes < reserve;
-    // Hysteresis: pressure ends with room for a little more than one more segment of slack.
-    const slack = Math.min(capBytes / 20, fileSystemSizeBytes / 50);
-    const relieved = history.totalBytes + slack <= capBytes && freeBytes >= reserve + slack;
+    const { history, capBytes, freeBytes, reserveBytes: reserve } = this.measure();
+    // What is about to be taken: the base image at the first fold (allocated whole, so a fold
+    // never runs out of room halfway), and the log's next segment.
+    const comingBytes = (this.fileSystem.exists(this.paths.base) ? 0 : this.host.sizeBytes) + this.host.segmentSizeBytes;
+    const over = history.totalBytes + comingBytes > capBytes || freeBytes - comingBytes < reserve;
+    // Hysteresis: pressure ends with one more segment of room.
+    const slackBytes = this.host.segmentSizeBytes;
+    const relieved = history.totalBytes + comingBytes + slackBytes <= capBytes && freeBytes - comingBytes - slackBytes >= reserve;
     if (over) this.underPressure = true;
     else if (relieved && this.underPressure) {
       this.underPressure = false;
       this.pressureFloorSequence = 0;
       this.pressureWindowStep = 1;
     }
+  }
+
+  /** The log is about to take a new segment: if that would break the cap or the reserve, expire first. */
+  async beforeNewSegment(): Promise<void> {
+    if (this.closed) return;
+    try {
+      this.updatePressure();
+    } catch (error) {
+      this.noteFailure(error); // measuring failed: the segment is made anyway, the next pass measures again
+      return;
+    }
+    if (this.underPressure) await this.tick();
   }
 
   /** Under pressure with nothing due: give up the oldest kept history not yet given up. Returns false if nothing is left. */

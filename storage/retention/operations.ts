@@ -84,7 +84,14 @@ export async function mergeIntervals(parts: OperationParts, run: readonly Interv
 export async function foldIntervals(parts: OperationParts, oldest: readonly IntervalInfo[]): Promise<void> {
   const last = oldest[oldest.length - 1]!;
   assert(oldest[0]!.firstSequence === parts.intervals.state.horizonSequence + 1, 'folding starts at the horizon');
-  const target: LifecycleTarget = { ...pickTarget(parts.intervals.state), horizonSequence: last.lastSequence, horizonMicros: last.lastMicros || parts.intervals.state.horizonMicros };
+  const state = parts.intervals.state;
+  const withData = [...oldest].reverse().find((interval) => interval.lastDataSequence >= interval.firstSequence);
+  const target: LifecycleTarget = {
+    ...pickTarget(state),
+    horizonSequence: last.lastSequence,
+    horizonMicros: withData?.lastMicros ?? state.horizonMicros,
+    horizonDataSequence: withData?.lastDataSequence ?? state.horizonDataSequence,
+  };
   await runOperation(parts, { kind: 'fold', remove: [...oldest], foldWindows: null, target }, 0, async () => []);
 }
 
@@ -342,8 +349,8 @@ function removePackFile(parts: OperationParts, packNumber: number): void {
 }
 
 function pickTarget(state: LifecycleState): LifecycleTarget {
-  const { horizonSequence, horizonMicros, fineStartWindow, fineStartSequence, fineStartPosition } = state;
-  return { horizonSequence, horizonMicros, fineStartWindow, fineStartSequence, fineStartPosition };
+  const { horizonSequence, horizonMicros, horizonDataSequence, fineStartWindow, fineStartSequence, fineStartPosition } = state;
+  return { horizonSequence, horizonMicros, horizonDataSequence, fineStartWindow, fineStartSequence, fineStartPosition };
 }
 
 function firstNonZero(run: readonly IntervalInfo[]): number {

@@ -37,6 +37,8 @@ export interface LogWriterHooks {
    * is left to expire (the write fails with ENOSPC). Absent: the write fails at once.
    */
   makeRoom?(): Promise<boolean>;
+  /** A new segment is about to be made (room for it under the history's cap and reserve is made first). */
+  beforeNewSegment?(): Promise<void>;
 }
 
 export interface LogWriterOptions {
@@ -485,6 +487,7 @@ export class LogWriter {
     const { fileSystem, logDirectory, volumeId, segmentSizeBytes, clock } = this.options;
     const segmentNumber = this.currentSegment.segmentNumber + 1;
     this.spare = new SpareSegment(async () => {
+      await this.hooks.beforeNewSegment?.();
       const segment = await createSegment(fileSystem, logDirectory, { segmentNumber, segmentSizeBytes, volumeId, createdMicros: clock.now() });
       if (this.closing) {
         segment.handle.close();
