@@ -263,14 +263,14 @@ export class HistoryLifecycle {
           if (this.underPressure && (await this.relievePressureStep())) continue;
           break;
         }
-        const before = measureHistoryBytes(this.paths).totalBytes;
+        const before = measureHistoryBytes(this.fileSystem, this.paths).totalBytes;
         const startedMs = performance.now();
         await operation.run();
         await this.housekeeping();
         const seconds = (performance.now() - startedMs) / 1000;
         if (operation.kind === 'fold') this.statistics.expirySeconds += seconds;
         else this.statistics.compactionSeconds += seconds;
-        const reclaimed = Math.max(0, before - measureHistoryBytes(this.paths).totalBytes);
+        const reclaimed = Math.max(0, before - measureHistoryBytes(this.fileSystem, this.paths).totalBytes);
         this.statistics.reclaimedBytes += reclaimed;
         if (operation.kind === 'fold') {
           this.emit({ type: 'history-expired', volume: this.host.name, reason: this.underPressure ? 'space' : 'policy', horizonMicros: this.index.intervals.state.horizonMicros, reclaimedBytes: reclaimed });
@@ -291,16 +291,16 @@ export class HistoryLifecycle {
    */
   async makeRoom(): Promise<boolean> {
     await this.running;
-    const before = measureHistoryBytes(this.paths).totalBytes;
+    const before = measureHistoryBytes(this.fileSystem, this.paths).totalBytes;
     this.underPressure = true;
     await this.tick();
-    const after = measureHistoryBytes(this.paths).totalBytes;
+    const after = measureHistoryBytes(this.fileSystem, this.paths).totalBytes;
     if (after < before) return true;
     // Nothing ran: push the floor forward and try again, a few times.
     for (let attempt = 0; attempt < 4; attempt++) {
       if (!(await this.relievePressureStep())) return false;
       await this.tick();
-      if (measureHistoryBytes(this.paths).totalBytes < before) return true;
+      if (measureHistoryBytes(this.fileSystem, this.paths).totalBytes < before) return true;
     }
     return false;
   }
@@ -475,8 +475,8 @@ export class HistoryLifecycle {
 
   private measure(): { history: HistoryBytes; capBytes: number; fileSystemSizeBytes: number; freeBytes: number; reserveBytes: number } {
     const policy = this.host.retentionPolicy();
-    const history = measureHistoryBytes(this.paths);
-    const space = measureFileSystem(this.paths.directory);
+    const history = measureHistoryBytes(this.fileSystem, this.paths);
+    const space = measureFileSystem(this.fileSystem, this.paths.directory);
     return { history, capBytes: policy.maxHistoryBytes, fileSystemSizeBytes: space.sizeBytes, freeBytes: space.freeBytes, reserveBytes: reserveBytes(policy, space.sizeBytes) };
   }
 
