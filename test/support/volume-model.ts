@@ -484,7 +484,7 @@ export async function verifyRecoveredVolume(
 }
 
 /** The sequence number of the log's first record (null: the log is empty). */
-function firstLogSequence(fileSystem: FileSystem, logDirectory: string, start: LogPosition): number | null {
+export function firstLogSequence(fileSystem: FileSystem, logDirectory: string, start: LogPosition): number | null {
   let first: number | null = null;
   scanLog(fileSystem, logDirectory, { from: start, withPayload: false, toSequence: 0 }, ({ header }) => void (first ??= header.sequence));
   return first;
