@@ -102,7 +102,11 @@ export class HistoryLifecycle {
 
   /** At open, before the volume serves: finish an interrupted operation, delete what nothing names. */
   async recover(): Promise<void> {
+    // The packs folder's own entry must be durable before a pack in it is named by the index
+    // (syncing the folder makes its files' entries durable, not its own): a power loss would take
+    // the folder and every pack in it. Synced at every open, as an earlier one may have made it.
     this.fileSystem.mkdirp(this.paths.packs);
+    await this.fileSystem.syncDirectory(this.paths.directory);
     await finishPending(this.operationParts(true));
     await this.deleteOrphanPacks();
     await this.housekeeping();
@@ -254,6 +258,9 @@ export class HistoryLifecycle {
 
   private async runDue(): Promise<void> {
     try {
+      // A switch that failed (a base image sync, say) stays pending: redo it before anything else,
+      // as open would; every later operation waits for it ("one lifecycle operation at a time").
+      await finishPending(this.operationParts());
       await this.expireSnapshots();
       this.updatePressure();
       for (let step = 0; step < 64 && !this.closed; step++) {

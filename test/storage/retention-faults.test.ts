@@ -43,7 +43,7 @@ import { SimulatedFileSystem, type CrashOptions } from '../support/simulated-fil
 import { SimulatedIndexDatabases } from '../support/simulated-index-databases.js';
 import { chance, mixedBytesFrom, pick, randomBytesFrom, randomInteger, seededRandom, type RandomSource } from '../support/seeded-random.js';
 import { installVirtualClock, type VirtualClock } from '../support/virtual-clock.js';
-import { Session, VolumeModel, firstLogSequence, verifyRecoveredVolume } from '../support/volume-model.js';
+import { Session, VolumeModel, firstLogSequence, verifyRecoveredVolume, type VolumeVersions } from '../support/volume-model.js';
 
 type TapTest = Parameters<Parameters<typeof t.test>[0]>[0];
 
@@ -241,8 +241,8 @@ interface ModelSnapshot {
   state: Buffer | null;
 }
 
-function snapshotState(model: VolumeModel, snapshot: ModelSnapshot): Buffer {
-  return snapshot.state ?? model.versions!.stateThrough(snapshot.sequence);
+function snapshotState(versions: VolumeVersions, snapshot: ModelSnapshot): Buffer {
+  return snapshot.state ?? versions.stateThrough(snapshot.sequence);
 }
 
 /**
@@ -299,8 +299,7 @@ async function expectInstant(
 }
 
 /** Invariants 2 and 3: kept instants, snapshots, the engine's kept points, the newest view. */
-async function checkKeptInstants(volume: Volume, model: VolumeModel, snapshots: readonly ModelSnapshot[], clock: VirtualClock, random: RandomSource, problems: string[]): Promise<number> {
-  const versions = model.versions!;
+async function checkKeptInstants(volume: Volume, versions: VolumeVersions, snapshots: readonly ModelSnapshot[], clock: VirtualClock, random: RandomSource, problems: string[]): Promise<number> {
   const history = volume.history!;
   let checks = 0;
   const live = await volume.read(0, volumeSizeBytes);
@@ -324,7 +323,7 @@ async function checkKeptInstants(volume: Volume, model: VolumeModel, snapshots: 
   }
   for (const snapshot of snapshots) {
     if (snapshot.deleted) continue;
-    if (await expectInstant(volume, { snapshot: snapshot.name }, snapshotState(model, snapshot), `snapshot ${snapshot.name}${snapshot.pinned ? ' (pinned)' : ''}`, problems)) checks++;
+    if (await expectInstant(volume, { snapshot: snapshot.name }, snapshotState(versions, snapshot), `snapshot ${snapshot.name}${snapshot.pinned ? ' (pinned)' : ''}`, problems)) checks++;
   }
   // Whatever the engine itself keeps must read right too.
   for (const point of history.lifecycle.keptSet?.points ?? []) {
@@ -374,6 +373,23 @@ function checkIndexAndFiles(volume: Volume, fileSystem: SimulatedFileSystem): st
   if (segments[0]! > neededFrom) problems.push(`segment ${neededFrom} holds records of the fine region and is gone`);
   for (let at = 1; at < segments.length; at++) if (segments[at] !== segments[at - 1]! + 1) problems.push(`segment ${segments[at - 1]! + 1} is missing from the log`);
   return problems;
+}
+
+/** Invariants 1 to 4 after a reopen; the model then describes the recovered volume. */
+async function checkRecovered(
+  machine: Machine,
+  volume: Volume,
+  model: VolumeModel,
+  session: Session,
+  snapshots: readonly ModelSnapshot[],
+  clock: VirtualClock,
+  random: RandomSource,
+): Promise<{ problems: string[]; checks: number }> {
+  const problems = [...session.problems];
+  problems.push(...(await verifyRecoveredVolume(machine.fileSystem, volumeDirectory, volume, model, session)).problems);
+  problems.push(...checkIndexAndFiles(volume, machine.fileSystem));
+  const checks = await checkKeptInstants(volume, model.versions!, snapshots, clock, random, problems);
+  return { problems, checks };
 }
 
 // ---- the crash fuzz ----
@@ -498,11 +514,8 @@ async function fuzzSeed(t: TapTest, seed: number, cycleCount: number, clock: Vir
     }
 
     volume = await openVolume(machine);
-    const problems = [...session.problems];
-    const findings = await verifyRecoveredVolume(machine.fileSystem, volumeDirectory, volume, model, session);
-    problems.push(...findings.problems);
-    problems.push(...checkIndexAndFiles(volume, machine.fileSystem));
-    totals.checks += await checkKeptInstants(volume, model, snapshots, clock, random, problems);
+    const { problems, checks } = await checkRecovered(machine, volume, model, session, snapshots, clock, random);
+    totals.checks += checks;
     const state = indexOf(volume).intervals.state;
     if (state.horizonSequence > horizon) totals.horizonMoves++;
     horizon = state.horizonSequence;
@@ -579,3 +592,183 @@ t.test('crash fuzz of the lifecycle: after every crash and reopen nothing kept o
   }
 });
 
+
+// ---- chosen faults ----
+
+interface Setup {
+  machine: Machine;
+  volume: Volume;
+  model: VolumeModel;
+  session: Session;
+  clock: VirtualClock;
+  random: RandomSource;
+}
+
+/**
+ * A volume whose policy was given at creation (so nothing but the lifecycle writes in its folder
+ * after open), opened with history on a machine that is never crashed at a chosen point.
+ */
+async function startSetup(t: TapTest, seed: number, tiers: RetentionPolicy['tiers'] = policy.tiers): Promise<Setup> {
+  setTestLimits(t);
+  const clock = useVirtualClock(t);
+  const random = seededRandom(seed);
+  const machine = newMachine(seededRandom(seed + 1), new CrashPoint());
+  machine.fileSystem.mkdirp(volumesDirectory);
+  await machine.fileSystem.syncDirectory('/');
+  const retention = { ...policy, clearTiers: true, tiers: tiers.map((tier) => ({ every: tier.every, keepSeconds: tier.keepSeconds })) };
+  await Volume.create(volumeDirectory, { name: 'kept', sizeBytes: volumeSizeBytes, regionSizeBytes, segmentSizeBytes, retention }, machine.fileSystem);
+  await machine.fileSystem.syncDirectory(volumesDirectory);
+  const volume = await openVolume(machine);
+  const model = new VolumeModel(volumeSizeBytes, { versions: true });
+  return { machine, volume, model, session: new Session(volume, model), clock, random };
+}
+
+/** Writes spread over `seconds` seconds of the clock (a few per 400 ms), then the windows cut. */
+async function writeForSeconds(setup: Setup, seconds: number): Promise<void> {
+  const { session, clock, random, volume } = setup;
+  for (let step = 0; step < seconds * 2.5; step++) {
+    clock.advanceMs(400);
+    for (let write = 0; write < 3; write++) {
+      const lengthBytes = randomInteger(random, 1, 16) * 4 * KiB;
+      await session.write(randomInteger(random, 0, (volumeSizeBytes - lengthBytes) / 4096) * 4096, randomBytesFrom(random, lengthBytes), false);
+    }
+  }
+  await session.flush();
+  volume.history!.cutIfDue();
+  await volume.history!.settled();
+  await sleep(5);
+  await volume.history!.settled();
+}
+
+/** A lifecycle pass; returns the failures it counted. */
+async function lifecyclePass(volume: Volume): Promise<number> {
+  const before = volume.history!.lifecycle.statistics.operationFailures;
+  await volume.history!.lifecycle.tick();
+  return volume.history!.lifecycle.statistics.operationFailures - before;
+}
+
+/** Everything checked now, on the running volume (no crash): kept instants and the index against the files. */
+async function checkRunning(t: TapTest, setup: Setup, what: string): Promise<void> {
+  const problems: string[] = [];
+  const written = setup.session.appendedOperations().filter((operation) => operation.resolved);
+  const versions = setup.model.versions!.withRecords(written.map((operation) => ({ ...operation, sequence: operation.sequence! })));
+  await checkKeptInstants(setup.volume, versions, [], setup.clock, setup.random, problems);
+  t.same(problems, [], `${what}: every kept instant reads as the model says`);
+}
+
+/** Crash (power loss unless told), reopen, check everything; the setup goes on with the new volume. */
+async function crashAndCheck(t: TapTest, setup: Setup, options: CrashOptions, what: string): Promise<boolean> {
+  setup.session.markCrashed();
+  setup.machine = crashMachine(setup.machine, setup.random, options, new CrashPoint());
+  await withinMs(setup.volume.close().catch(() => undefined), 20_000, 'closing the crashed volume');
+  await withinMs(setup.session.settle(), 20_000, 'settling the crashed session');
+  const opened = await openVolume(setup.machine).then(
+    (volume) => ({ volume, error: null }),
+    (error: unknown) => ({ volume: null, error }),
+  );
+  t.equal(opened.error, null, `${what}: the volume reopens`, { error: String(opened.error) });
+  if (opened.volume === null) return false;
+  setup.volume = opened.volume;
+  const { problems } = await checkRecovered(setup.machine, setup.volume, setup.model, setup.session, [], setup.clock, setup.random);
+  t.same(problems, [], `${what}: after the crash nothing kept or acknowledged is lost, and the index agrees with the files`);
+  setup.session = new Session(setup.volume, setup.model);
+  return true;
+}
+
+function intervalCount(volume: Volume): number {
+  return indexOf(volume).intervals.intervals.length;
+}
+
+function packFiles(fileSystem: SimulatedFileSystem): string[] {
+  return fileSystem.exists(paths.packs) ? fileSystem.list(paths.packs) : [];
+}
+
+t.test('a power loss right after the first packs are switched in loses none of them', async (t) => {
+  // Points kept for a minute and no write before the first one: nothing folds (a fold makes the
+  // base image, which syncs the volume's folder).
+  const setup = await startSetup(t, 51, [{ every: 1, keepSeconds: 60 }]);
+  setup.clock.advanceMs(1000 - (Date.now() % 1000) + 100);
+  await writeForSeconds(setup, 5);
+  t.equal(indexOf(setup.volume).intervals.state.horizonSequence, 0, 'nothing was folded');
+  t.equal(await lifecyclePass(setup.volume), 0, 'the pass succeeds');
+  t.ok(intervalCount(setup.volume) > 0, 'windows older than the keep-all region were packed');
+  // Only what was made durable survives: the packs, their folder's entries, and the folder itself.
+  await crashAndCheck(t, setup, { keepProbability: 0, tearProbability: 0 }, 'a power loss keeping nothing unsynced');
+  await setup.volume.close();
+});
+
+t.test('a failing sync of a new pack fails the pack operation cleanly; the next pass packs, and nothing kept is lost', async (t) => {
+  const setup = await startSetup(t, 52);
+  await writeForSeconds(setup, 5);
+  setup.machine.fileSystem.failDatasyncs({ count: 1, pathMatches: (filePath) => filePath.endsWith('.pack') });
+  t.equal(await lifecyclePass(setup.volume), 1, 'the pass counts the failure');
+  t.equal(intervalCount(setup.volume), 0, 'nothing was switched in');
+  t.same(packFiles(setup.machine.fileSystem), [], 'the abandoned packs are deleted');
+  t.equal(indexOf(setup.volume).intervals.state.pending, null, 'no operation is left pending');
+  t.equal(setup.volume.stats().failed, null, 'the volume does not fail');
+  t.equal((await setup.session.write(0, randomBytesFrom(setup.random, 8 * KiB), true)).error, null, 'host writes go on');
+  await checkRunning(t, setup, 'after the failed pass');
+  t.equal(await lifecyclePass(setup.volume), 0, 'the next pass succeeds');
+  t.ok(intervalCount(setup.volume) > 0, 'and packs');
+  await checkRunning(t, setup, 'after the retried pass');
+  await crashAndCheck(t, setup, {}, 'a power loss after the retry');
+  await setup.volume.close();
+});
+
+t.test('a failing sync of the base image fails the fold; the fold is redone by the next pass, and nothing kept is lost', async (t) => {
+  const setup = await startSetup(t, 53);
+  await writeForSeconds(setup, 4);
+  t.equal(await lifecyclePass(setup.volume), 0, 'packing succeeds');
+  await writeForSeconds(setup, 12); // the oldest points leave every tier: a fold is due
+  setup.machine.fileSystem.failDatasyncs({ count: 1, pathMatches: (filePath) => filePath === paths.base });
+  const horizonBefore = indexOf(setup.volume).intervals.state.horizonSequence;
+  t.ok((await lifecyclePass(setup.volume)) >= 1, 'the pass counts the failure');
+  t.equal(indexOf(setup.volume).intervals.state.horizonSequence, horizonBefore, 'the horizon did not move');
+  t.equal(setup.volume.stats().failed, null, 'the volume does not fail');
+  t.equal((await setup.session.write(0, randomBytesFrom(setup.random, 8 * KiB), true)).error, null, 'host writes go on');
+  await checkRunning(t, setup, 'after the failed fold');
+  t.equal(await lifecyclePass(setup.volume), 0, 'the next pass succeeds');
+  t.ok(indexOf(setup.volume).intervals.state.horizonSequence > horizonBefore, 'the fold was done: the horizon moved');
+  t.equal(indexOf(setup.volume).intervals.state.pending, null, 'no operation is left pending');
+  await checkRunning(t, setup, 'after the redone fold');
+  await crashAndCheck(t, setup, {}, 'a power loss after the redone fold');
+  await setup.volume.close();
+});
+
+t.test('a full disk while packing fails the operation; host writes go on in the log, nothing kept is lost, and the pass succeeds once there is room', async (t) => {
+  const setup = await startSetup(t, 54);
+  await writeForSeconds(setup, 5);
+  setup.machine.fileSystem.setSpaceBudget(16 * KiB);
+  t.equal(await lifecyclePass(setup.volume), 1, 'the pass counts the failure');
+  t.equal(intervalCount(setup.volume), 0, 'nothing was switched in');
+  t.same(packFiles(setup.machine.fileSystem), [], 'the abandoned packs are deleted');
+  const writes = await Promise.all(Array.from({ length: 8 }, (_, index) => setup.session.write(index * 64 * KiB, randomBytesFrom(setup.random, 64 * KiB), index === 7)));
+  t.same(
+    writes.map((write) => write.error),
+    Array(8).fill(null),
+    'host writes that fit the log segment are taken',
+  );
+  await checkRunning(t, setup, 'on the full disk');
+  setup.machine.fileSystem.setSpaceBudget(null);
+  t.equal(await lifecyclePass(setup.volume), 0, 'with room again the pass succeeds');
+  t.ok(intervalCount(setup.volume) > 0, 'and packs');
+  await crashAndCheck(t, setup, { process: true }, 'a kill -9 after it');
+  await setup.volume.close();
+});
+
+t.test('a full disk when the first fold makes the base image: the fold fails, the volume reopens, and the fold is done once there is room', async (t) => {
+  const setup = await startSetup(t, 55);
+  await writeForSeconds(setup, 4);
+  t.equal(await lifecyclePass(setup.volume), 0, 'packing succeeds');
+  await writeForSeconds(setup, 12);
+  setup.machine.fileSystem.setSpaceBudget(1 * MiB); // less than the base image (the volume's size)
+  t.ok((await lifecyclePass(setup.volume)) >= 1, 'the fold fails');
+  t.equal(setup.volume.stats().failed, null, 'the volume does not fail');
+  await checkRunning(t, setup, 'after the failed fold');
+  if (!(await crashAndCheck(t, setup, { process: true }, 'a kill -9 on the full disk'))) return;
+  setup.machine.fileSystem.setSpaceBudget(null);
+  t.equal(await lifecyclePass(setup.volume), 0, 'with room again the pass succeeds');
+  t.ok(indexOf(setup.volume).intervals.state.horizonSequence > 0, 'the fold was done');
+  await checkRunning(t, setup, 'after the fold');
+  await setup.volume.close();
+});

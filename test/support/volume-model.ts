@@ -103,6 +103,17 @@ export class VolumeVersions {
     return found;
   }
 
+  /** A copy with more records after these (a running session's writes, before a recovery verified them). */
+  withRecords(records: readonly VersionRecord[]): VolumeVersions {
+    const copy = new VolumeVersions(0);
+    copy.base = this.base;
+    copy.baseSequence = this.baseSequence;
+    copy.records = [...this.records];
+    copy.times.push(...this.times);
+    for (const record of records) copy.add(record);
+    return copy;
+  }
+
   /** Forget the volume as of records before `sequence` (never asked for again): memory stays bounded. */
   forgetBefore(sequence: number): void {
     if (sequence <= this.baseSequence) return;
