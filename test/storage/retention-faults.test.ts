@@ -42,7 +42,9 @@ import { listSegments } from '../../storage/write-log/segment.js';
 import { SimulatedFileSystem, type CrashOptions } from '../support/simulated-file-system.js';
 import { SimulatedIndexDatabases } from '../support/simulated-index-databases.js';
 import { chance, mixedBytesFrom, pick, randomBytesFrom, randomInteger, seededRandom, type RandomSource } from '../support/seeded-random.js';
+import { secondTiersPolicy } from '../support/retention-policies.js';
 import { installVirtualClock, type VirtualClock } from '../support/virtual-clock.js';
+import { nextTurn, sleep, withinMs } from '../support/waits.js';
 import { Session, VolumeModel, firstLogSequence, verifyRecoveredVolume, type VolumeVersions } from '../support/volume-model.js';
 
 type TapTest = Parameters<Parameters<typeof t.test>[0]>[0];
@@ -57,16 +59,7 @@ const second = 1_000_000;
 /** Instants this close to a moving edge of the policy, or to a write, are not judged. */
 const marginMicros = 300_000;
 
-const policy: RetentionPolicy = {
-  keepAllSeconds: 2,
-  tiers: [
-    { every: 1, keepSeconds: 5 },
-    { every: 3, keepSeconds: 12 },
-  ],
-  maxHistoryBytes: 64 * 1024 * MiB,
-  reserve: { bytes: 0 },
-  requiredWindowSeconds: 0,
-};
+const policy = secondTiersPolicy;
 const keptSecondsMax = 12;
 
 // ---- the machine: its file system, its index databases, and where to crash them ----
@@ -99,8 +92,6 @@ interface Machine {
   indexes: SimulatedIndexDatabases;
 }
 
-const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** A file system latency mix, and a crash point every operation passes. */
 function machineDelay(random: RandomSource, crashPoint: CrashPoint): () => Promise<void> {
@@ -153,17 +144,6 @@ function indexOf(volume: Volume): DeltaMapIndex {
   return (volume.history as unknown as { index: DeltaMapIndex }).index;
 }
 
-async function withinMs<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Limits for these tests (restored at teardown): many small windows, no timer-driven passes, fast lifecycle I/O. */
 function setTestLimits(t: TapTest): void {
@@ -656,6 +636,13 @@ async function checkRunning(t: TapTest, setup: Setup, what: string): Promise<voi
   t.same(problems, [], `${what}: every kept instant reads as the model says`);
 }
 
+/** After a failed operation: the volume has not failed, a host write is taken, every kept instant reads right. */
+async function expectHostUnharmed(t: TapTest, setup: Setup, what: string): Promise<void> {
+  t.equal(setup.volume.stats().failed, null, `${what}: the volume does not fail`);
+  t.equal((await setup.session.write(0, randomBytesFrom(setup.random, 8 * KiB), true)).error, null, `${what}: host writes go on`);
+  await checkRunning(t, setup, what);
+}
+
 /** Crash (power loss unless told), reopen, check everything; the setup goes on with the new volume. */
 async function crashAndCheck(t: TapTest, setup: Setup, options: CrashOptions, what: string): Promise<boolean> {
   setup.session.markCrashed();
@@ -705,9 +692,7 @@ t.test('a failing sync of a new pack fails the pack operation cleanly; the next 
   t.equal(intervalCount(setup.volume), 0, 'nothing was switched in');
   t.same(packFiles(setup.machine.fileSystem), [], 'the abandoned packs are deleted');
   t.equal(indexOf(setup.volume).intervals.state.pending, null, 'no operation is left pending');
-  t.equal(setup.volume.stats().failed, null, 'the volume does not fail');
-  t.equal((await setup.session.write(0, randomBytesFrom(setup.random, 8 * KiB), true)).error, null, 'host writes go on');
-  await checkRunning(t, setup, 'after the failed pass');
+  await expectHostUnharmed(t, setup, 'after the failed pass');
   t.equal(await lifecyclePass(setup.volume), 0, 'the next pass succeeds');
   t.ok(intervalCount(setup.volume) > 0, 'and packs');
   await checkRunning(t, setup, 'after the retried pass');
@@ -724,9 +709,7 @@ t.test('a failing sync of the base image fails the fold; the fold is redone by t
   const horizonBefore = indexOf(setup.volume).intervals.state.horizonSequence;
   t.ok((await lifecyclePass(setup.volume)) >= 1, 'the pass counts the failure');
   t.equal(indexOf(setup.volume).intervals.state.horizonSequence, horizonBefore, 'the horizon did not move');
-  t.equal(setup.volume.stats().failed, null, 'the volume does not fail');
-  t.equal((await setup.session.write(0, randomBytesFrom(setup.random, 8 * KiB), true)).error, null, 'host writes go on');
-  await checkRunning(t, setup, 'after the failed fold');
+  await expectHostUnharmed(t, setup, 'after the failed fold');
   t.equal(await lifecyclePass(setup.volume), 0, 'the next pass succeeds');
   t.ok(indexOf(setup.volume).intervals.state.horizonSequence > horizonBefore, 'the fold was done: the horizon moved');
   t.equal(indexOf(setup.volume).intervals.state.pending, null, 'no operation is left pending');

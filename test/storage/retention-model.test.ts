@@ -17,7 +17,8 @@
 import t, { type Test } from 'tap';
 import { MiB, StorageError, Volume, nodeFileSystem } from '../../storage/index.js';
 import { indexLimits } from '../../storage/limits.js';
-import { boundariesBetween, type RetentionPolicy } from '../../storage/retention/policy.js';
+import { boundariesBetween } from '../../storage/retention/policy.js';
+import { secondTiersPolicy } from '../support/retention-policies.js';
 import { chance, randomInteger, seededRandom, type RandomSource } from '../support/seeded-random.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 
@@ -26,16 +27,7 @@ const second = 1_000_000;
 /** Instants this close to a moving edge of the policy are not judged (the engine's clock and ours differ a little). */
 const marginMicros = 400_000;
 
-const policy: RetentionPolicy = {
-  keepAllSeconds: 2,
-  tiers: [
-    { every: 1, keepSeconds: 5 },
-    { every: 3, keepSeconds: 12 },
-  ],
-  maxHistoryBytes: 64 * 1024 * MiB,
-  reserve: { bytes: 0 },
-  requiredWindowSeconds: 0,
-};
+const policy = secondTiersPolicy;
 
 function nowMicros(): number {
   return Math.floor((performance.timeOrigin + performance.now()) * 1000);

@@ -93,16 +93,6 @@ export class VolumeVersions {
     return found;
   }
 
-  /** The last data-changing record at or before record `sequence` (0 if none). */
-  lastDataThrough(sequence: number): number {
-    let found = 0;
-    for (const time of this.times) {
-      if (time.sequence > sequence) break;
-      found = time.sequence;
-    }
-    return found;
-  }
-
   /** A copy with more records after these (a running session's writes, before a recovery verified them). */
   withRecords(records: readonly VersionRecord[]): VolumeVersions {
     const copy = new VolumeVersions(0);
