@@ -25,6 +25,7 @@ import { PrimaryImage } from './primary-image.js';
 import { recoverVolume, type RecoveryReport } from './recovery.js';
 import type { AllocationStatus, BlockDevice, BlockDeviceCapabilities, ContextExtent, WriteOptions, ZeroOptions } from './block-device.js';
 import { VolumeHistory, type HistoryVolume } from './point-in-time/history.js';
+import type { IndexDatabaseFactory } from './index/map-store.js';
 import { dirtyBitmapContext } from './point-in-time/dirty-bitmap.js';
 import {
   newVolumeId,
@@ -58,9 +59,12 @@ export interface CreateVolumeOptions {
 export interface OpenVolumeOptions {
   /**
    * Keep the delta-map index (points in time, snapshots, changed-block tracking). On by default
-   * on the real file system; the index lives in LevelDB, which a simulated file system cannot host.
+   * on the real file system, or when indexDatabase is given; the index lives in LevelDB, which a
+   * simulated file system cannot host.
    */
   history?: boolean;
+  /** The index's database (default: LevelDB in the volume's index folder); tests give another abstract-level one. */
+  indexDatabase?: IndexDatabaseFactory;
   /** How data records are stored in the log: Snappy-compressed where it pays (the default), or as written. */
   logCompression?: LogCompression;
 }
@@ -230,8 +234,9 @@ export class Volume implements BlockDevice {
       const clock = new MicrosecondClock(Math.max(recovery.lastTimestampMicros, drl.checkpoint.timestampMicros));
       const volume = new Volume({ config, paths, primary, drl, recovery, clock, fileSystem, retention, logCompression: options.logCompression ?? 'snappy' });
       try {
-        if (options.history ?? fileSystem === nodeFileSystem) {
-          volume.history = await VolumeHistory.open({ volume: volume.asHistoryVolume(), paths, fileSystem, sizeBytes: config.sizeBytes });
+        if (options.history ?? (fileSystem === nodeFileSystem || options.indexDatabase !== undefined)) {
+          const indexDatabase = options.indexDatabase === undefined ? {} : { indexDatabase: options.indexDatabase };
+          volume.history = await VolumeHistory.open({ volume: volume.asHistoryVolume(), paths, fileSystem, sizeBytes: config.sizeBytes, ...indexDatabase });
           const history = volume.history;
           volume.onRetentionPolicyChanged(() => void history.lifecycle.tick());
         }

@@ -23,14 +23,14 @@ import { changedBetween } from './changes.js';
 import type { Extent } from './extents.js';
 import type { MapInfo, MapReference, SnapshotRecord } from './map-keys.js';
 import { cutWindow, mergeDue } from './map-engine.js';
-import { MapStore } from './map-store.js';
+import { MapStore, type IndexDatabaseFactory } from './map-store.js';
 import { planAt, rangeMaps, resolve, resolveChunks, type InstantPlan } from './planner.js';
 import { allSnapshots, snapshotNamed } from './snapshots.js';
 import { Tail, type IndexedRecord, type WindowBoundary } from './tail.js';
 import { firstMicros, lastDataSequence, microsOf, sequenceAt, windowsBetween } from './timeline.js';
 import type { LogPosition } from '../write-log/batch.js';
 
-export type { IndexedRecord, InstantPlan, MapReference, SnapshotRecord, WindowBoundary };
+export type { IndexDatabaseFactory, IndexedRecord, InstantPlan, MapReference, SnapshotRecord, WindowBoundary };
 
 export class DeltaMapIndex {
   readonly chunkBytes: number;
@@ -61,8 +61,8 @@ export class DeltaMapIndex {
   }
 
   /** Open (creating if needed) the index of a volume whose log starts at firstPosition. */
-  static async open(directory: string, volume: { sizeBytes: number; createdMicros: number }, firstPosition: LogPosition): Promise<DeltaMapIndex> {
-    const store = await MapStore.open(directory, firstPosition);
+  static async open(directory: string, volume: { sizeBytes: number; createdMicros: number }, firstPosition: LogPosition, openDatabase?: IndexDatabaseFactory): Promise<DeltaMapIndex> {
+    const store = await MapStore.open(directory, firstPosition, openDatabase);
     try {
       const lastWrites = new LastWriteTable(volume.sizeBytes);
       await lastWrites.load(store);

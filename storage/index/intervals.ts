@@ -175,7 +175,7 @@ export class IntervalStore {
     for (const interval of changes.remove) batch.push({ type: 'del', key: intervalKey(interval.lastSequence) });
     for (const interval of changes.add) batch.push({ type: 'put', key: intervalKey(interval.lastSequence), value: Buffer.from(JSON.stringify(interval)) });
     batch.push({ type: 'put', key: lifecycleKey, value: Buffer.from(JSON.stringify(state)) });
-    await this.store.db.batch(batch, { sync: true });
+    await this.store.batchSynced(batch);
     const removed = new Set(changes.remove.map((interval) => interval.lastSequence));
     const list = this.list.filter((interval) => !removed.has(interval.lastSequence) || changes.add.some((added) => added.lastSequence === interval.lastSequence));
     for (const interval of changes.add) {

@@ -30,15 +30,17 @@ import { applySnapshotUpdate, type Tail } from './tail.js';
 
 /** Cut the tail through record `throughSequence` (durable in the log) into the next window. */
 export async function cutWindow(store: MapStore, tail: Tail, lastWrites: LastWriteTable, throughSequence: number): Promise<void> {
-  const { records, nextPosition } = tail.takeThrough(throughSequence);
+  const taken = tail.takeThrough(throughSequence);
+  const { records, nextPosition } = taken;
   const windowIndex = store.checkpoint.windowCount;
   const window: MapReference = { level: 0, index: windowIndex };
   const extents = flattenRecords(records);
-  const lastMicros = records.length > 0 ? records[records.length - 1]!.micros : tail.lastMicros;
+  // A window of marks only is dated by them, not by the tail's newest record (a later window's time).
+  const lastMicros = records.length > 0 ? records[records.length - 1]!.micros : taken.lastMicros;
   const info: MapInfo = {
     firstSequence: store.checkpoint.mappedThroughSequence + 1,
     lastSequence: throughSequence,
-    firstMicros: records[0]?.micros ?? tail.firstMicros,
+    firstMicros: records[0]?.micros ?? taken.firstMicros,
     lastMicros,
     recordCount: records.length,
     dataBytes: records.reduce((sum, record) => sum + (record.source.hasData ? record.lengthBytes : 0), 0),

@@ -3,6 +3,7 @@
 // Every other file of the index reads and writes the database through here.
 
 import fs from 'node:fs';
+import type { AbstractBatchOptions, AbstractLevel } from 'abstract-level';
 import { Level } from 'level';
 import { StorageError, assert } from '../errors.js';
 import { indexLimits } from '../limits.js';
@@ -37,23 +38,31 @@ import {
 
 export type IndexBatch = Array<{ type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer }>;
 
+/** The index's database: LevelDB in a volume's index folder, or another abstract-level database (tests). */
+export type IndexDatabase = AbstractLevel<string | Buffer | Uint8Array, Buffer, Buffer>;
+
+/** Makes the (unopened) database of the index folder `directory`. */
+export type IndexDatabaseFactory = (directory: string) => IndexDatabase;
+
+export const levelIndexDatabase: IndexDatabaseFactory = (directory) => new Level<Buffer, Buffer>(directory, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+
 export class MapStore {
   readonly directory: string;
-  readonly db: Level<Buffer, Buffer>;
+  readonly db: IndexDatabase;
   /** Windows [0, windowCount) are cut, through mappedThroughSequence. */
   checkpoint: IndexCheckpoint;
   /** Merged maps built per level (index 0 unused: level 0 is checkpoint.windowCount). */
   private readonly mergedCounts: number[] = [0];
 
-  private constructor(directory: string, db: Level<Buffer, Buffer>, checkpoint: IndexCheckpoint) {
+  private constructor(directory: string, db: IndexDatabase, checkpoint: IndexCheckpoint) {
     this.directory = directory;
     this.db = db;
     this.checkpoint = checkpoint;
   }
 
   /** Open (creating if needed) the database of a volume whose log starts at firstPosition. */
-  static async open(directory: string, firstPosition: LogPosition): Promise<MapStore> {
-    const db = new Level<Buffer, Buffer>(directory, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+  static async open(directory: string, firstPosition: LogPosition, openDatabase: IndexDatabaseFactory = levelIndexDatabase): Promise<MapStore> {
+    const db = openDatabase(directory);
     await db.open();
     try {
       const version = await db.get(versionKey);
@@ -95,6 +104,12 @@ export class MapStore {
 
   async batch(operations: IndexBatch): Promise<void> {
     await this.db.batch(operations);
+  }
+
+  /** A batch that is durable when it resolves, with every write before it (LevelDB keeps writes in order). */
+  async batchSynced(operations: IndexBatch): Promise<void> {
+    const synced: AbstractBatchOptions<Buffer, Buffer> & { sync: boolean } = { sync: true }; // LevelDB's own option
+    await this.db.batch(operations, synced);
   }
 
   async mapInfo(map: MapReference): Promise<MapInfo> {
@@ -174,8 +189,9 @@ export class MapStore {
     };
   }
 
-  /** Bytes the database's files take on disk. */
+  /** Bytes the database's files take on disk (0 for a database without a folder). */
   sizeBytes(): number {
+    if (!fs.existsSync(this.directory)) return 0;
     let total = 0;
     for (const name of fs.readdirSync(this.directory)) total += fs.statSync(`${this.directory}/${name}`).size;
     return total;

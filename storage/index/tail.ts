@@ -30,8 +30,8 @@ export type WindowBoundary = (micros: number) => number | null;
 export class Tail {
   /** The data-changing records, in log order. */
   readonly records: WindowRecord[] = [];
-  /** Where the log continues after each record of the tail, for cuts before its end. */
-  private readonly ends: Array<{ sequence: number; nextPosition: LogPosition }> = [];
+  /** Where the log continues after each record of the tail, and its time, for cuts before its end. */
+  private readonly ends: Array<{ sequence: number; nextPosition: LogPosition; micros: number }> = [];
   firstMicros = 0;
   lastMicros = 0;
   lastSequence: number;
@@ -52,7 +52,7 @@ export class Tail {
     assert(record.sequence === this.lastSequence + 1, `records reach the index in order (${record.sequence} after ${this.lastSequence})`);
     this.lastSequence = record.sequence;
     this.nextPosition = { segmentNumber: record.position.segmentNumber, offsetBytes: record.position.offsetBytes + record.encodedBytes };
-    this.ends.push({ sequence: record.sequence, nextPosition: this.nextPosition });
+    this.ends.push({ sequence: record.sequence, nextPosition: this.nextPosition, micros: record.timestampMicros });
     if (this.firstMicros === 0) this.firstMicros = record.timestampMicros;
     this.lastMicros = record.timestampMicros;
     if (record.change === 'data' || record.change === 'zeroes') {
@@ -120,12 +120,15 @@ export class Tail {
     return 0;
   }
 
-  /** The records through `throughSequence`, and where the log continues after it. */
-  takeThrough(throughSequence: number): { records: WindowRecord[]; nextPosition: LogPosition } {
+  /**
+   * The data-changing records through `throughSequence`, where the log continues after it, and
+   * the times of the first and last record taken of any kind (a window of marks only is dated by them).
+   */
+  takeThrough(throughSequence: number): { records: WindowRecord[]; nextPosition: LogPosition; firstMicros: number; lastMicros: number } {
     assert(throughSequence <= this.lastSequence, 'a cut takes records the index has seen');
     const end = this.ends.find((candidate) => candidate.sequence === throughSequence);
     assert(end !== undefined, `the tail knows where record ${throughSequence} ends`);
-    return { records: this.records.slice(0, countThrough(this.records, throughSequence)), nextPosition: end.nextPosition };
+    return { records: this.records.slice(0, countThrough(this.records, throughSequence)), nextPosition: end.nextPosition, firstMicros: this.ends[0]!.micros, lastMicros: end.micros };
   }
 
   /** Forget what a cut through `throughSequence` wrote to the database. */

@@ -24,10 +24,11 @@ export async function sequenceAt(store: MapStore, intervals: IntervalStore, tail
     window = index;
     break;
   }
-  if (window === null) return store.checkpoint.mappedThroughSequence;
+  // A window's end may be a mark (a snapshot, recovery's note): the last data-changing record before it.
+  if (window === null) return lastDataSequence(store, intervals, tail, store.checkpoint.mappedThroughSequence);
   const record = lastAtOrBefore(await store.windowRecords(window), micros);
   if (record !== undefined) return record.source.sequence;
-  if (window > fineStartWindow) return (await store.mapInfo({ level: 0, index: window - 1 })).lastSequence;
+  if (window > fineStartWindow) return lastDataSequence(store, intervals, tail, (await store.mapInfo({ level: 0, index: window - 1 })).lastSequence);
   return packedSequenceAt(intervals, micros);
 }
 

@@ -63,6 +63,10 @@ export interface FileSystem {
   syncDirectory(path: string): Promise<void>;
   /** Bytes free for unprivileged use on the file system holding path. */
   freeBytes(path: string): number;
+  /** Size in bytes of the file system holding path. */
+  capacityBytes(path: string): number;
+  /** Bytes the file system gives the file at path (its allocated blocks; 0 if it does not exist). */
+  allocatedBytes(path: string): number;
   /**
    * An identifier of the current machine boot (16 bytes). A process crash keeps the page cache,
    * a machine restart does not; recovery tells them apart by this. Absent or all zeroes: unknown,

@@ -151,6 +151,18 @@ export const nodeFileSystem: FileSystem = {
     const stats = fs.statfsSync(path);
     return stats.bavail * stats.bsize;
   },
+  capacityBytes(path: string): number {
+    const stats = fs.statfsSync(path);
+    return stats.blocks * stats.bsize;
+  },
+  allocatedBytes(path: string): number {
+    try {
+      return fs.statSync(path).blocks * 512;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+      throw error;
+    }
+  },
   bootId(): Buffer {
     try {
       const text = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim().replace(/-/g, '');

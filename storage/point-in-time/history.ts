@@ -6,7 +6,7 @@
 
 import { StorageError } from '../errors.js';
 import type { FileSystem } from '../io/file-system.js';
-import { DeltaMapIndex, type IndexedRecord, type SnapshotRecord } from '../index/delta-map-index.js';
+import { DeltaMapIndex, type IndexDatabaseFactory, type IndexedRecord, type SnapshotRecord } from '../index/delta-map-index.js';
 import { applySnapshotUpdate, snapshotOfMark, type SnapshotMark } from '../index/tail.js';
 import { indexLimits, lifecycleLimits } from '../limits.js';
 import type { MapInfo } from '../index/map-keys.js';
@@ -103,10 +103,10 @@ export class VolumeHistory {
    * Open the index and bring it up to the end of the log: the records after its checkpoint are
    * replayed into its tail. Call after recovery, before the volume appends anything.
    */
-  static async open(parts: { volume: HistoryVolume; paths: VolumePaths; fileSystem: FileSystem; sizeBytes: number }): Promise<VolumeHistory> {
+  static async open(parts: { volume: HistoryVolume; paths: VolumePaths; fileSystem: FileSystem; sizeBytes: number; indexDatabase?: IndexDatabaseFactory }): Promise<VolumeHistory> {
     const { paths, fileSystem } = parts;
     const firstPosition: LogPosition = logStart(fileSystem, paths.log) ?? { segmentNumber: 1, offsetBytes: 4096 };
-    const index = await DeltaMapIndex.open(paths.index, { sizeBytes: parts.sizeBytes, createdMicros: parts.volume.createdMicros }, firstPosition);
+    const index = await DeltaMapIndex.open(paths.index, { sizeBytes: parts.sizeBytes, createdMicros: parts.volume.createdMicros }, firstPosition, parts.indexDatabase);
     try {
       const { position, sequence } = index.resumeFrom;
       scanLog(fileSystem, paths.log, { from: position, expectedSequence: sequence, withPayload: true }, ({ header, position: recordPosition, payload }) => {

@@ -107,7 +107,11 @@ export class HistoryLifecycle {
 
   /** At open, before the volume serves: finish an interrupted operation, delete what nothing names. */
   async recover(): Promise<void> {
+    // The packs folder's own entry must be durable before a pack in it is named by the index
+    // (syncing the folder makes its files' entries durable, not its own): a power loss would take
+    // the folder and every pack in it. Synced at every open, as an earlier one may have made it.
     this.fileSystem.mkdirp(this.paths.packs);
+    await this.fileSystem.syncDirectory(this.paths.directory);
     await finishPending(this.operationParts(true));
     await this.deleteOrphanPacks();
     await this.housekeeping();
@@ -371,7 +375,7 @@ export class HistoryLifecycle {
   }
 
   private async runOperation(operation: { kind: 'fold' | 'pack' | 'merge'; run: () => Promise<void> }): Promise<void> {
-    const before = measureHistoryBytes(this.paths).totalBytes;
+    const before = measureHistoryBytes(this.fileSystem, this.paths).totalBytes;
     const startedMs = performance.now();
     await operation.run();
     await this.housekeeping();
@@ -379,7 +383,7 @@ export class HistoryLifecycle {
     if (operation.kind === 'fold') this.statistics.expirySeconds += seconds;
     else this.statistics.compactionSeconds += seconds;
     this.statistics[operation.kind === 'fold' ? 'folds' : operation.kind === 'pack' ? 'packs' : 'merges']++;
-    const reclaimed = Math.max(0, before - measureHistoryBytes(this.paths).totalBytes);
+    const reclaimed = Math.max(0, before - measureHistoryBytes(this.fileSystem, this.paths).totalBytes);
     this.statistics.reclaimedBytes += reclaimed;
     if (operation.kind === 'fold') {
       this.emit({ type: 'history-expired', volume: this.host.name, reason: this.underPressure ? 'space' : 'policy', horizonMicros: this.index.intervals.state.horizonMicros, reclaimedBytes: reclaimed });
@@ -407,15 +411,15 @@ export class HistoryLifecycle {
   async makeRoom(): Promise<boolean> {
     this.underPressure = true; // a pass in progress stops throttling itself at once
     await this.running;
-    const before = measureHistoryBytes(this.paths).totalBytes;
+    const before = measureHistoryBytes(this.fileSystem, this.paths).totalBytes;
     await this.tick();
-    const after = measureHistoryBytes(this.paths).totalBytes;
+    const after = measureHistoryBytes(this.fileSystem, this.paths).totalBytes;
     if (after < before) return true;
     // Nothing ran: push the floor forward and try again, a few times.
     for (let attempt = 0; attempt < 4; attempt++) {
       if (!(await this.relievePressureStep())) return false;
       await this.tick();
-      if (measureHistoryBytes(this.paths).totalBytes < before) return true;
+      if (measureHistoryBytes(this.fileSystem, this.paths).totalBytes < before) return true;
     }
     return false;
   }
@@ -599,8 +603,8 @@ export class HistoryLifecycle {
 
   private measure(): { history: HistoryBytes; capBytes: number; fileSystemSizeBytes: number; freeBytes: number; reserveBytes: number } {
     const policy = this.host.retentionPolicy();
-    const history = measureHistoryBytes(this.paths);
-    const space = measureFileSystem(this.paths.directory);
+    const history = measureHistoryBytes(this.fileSystem, this.paths);
+    const space = measureFileSystem(this.fileSystem, this.paths.directory);
     return { history, capBytes: policy.maxHistoryBytes, fileSystemSizeBytes: space.sizeBytes, freeBytes: space.freeBytes, reserveBytes: reserveBytes(policy, space.sizeBytes) };
   }
 

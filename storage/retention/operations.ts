@@ -92,14 +92,24 @@ export async function foldIntervals(parts: OperationParts, oldest: readonly Inte
     horizonMicros: withData?.lastMicros ?? state.horizonMicros,
     horizonDataSequence: withData?.lastDataSequence ?? state.horizonDataSequence,
   };
-  await runOperation(parts, { kind: 'fold', remove: [...oldest], foldWindows: null, target }, 0, async () => []);
+  await runOperation(parts, { kind: 'fold', remove: [...oldest], foldWindows: null, target }, 0, () => prepareBase(parts));
 }
 
 /** Fold fine windows [fineStartWindow, toWindow) into the base image (no interval may be left before them). */
 export async function foldWindows(parts: OperationParts, toWindow: number, target: LifecycleTarget): Promise<void> {
   const state = parts.intervals.state;
   assert(parts.intervals.intervals.length === 0 && toWindow > state.fineStartWindow, 'windows fold only once every interval has');
-  await runOperation(parts, { kind: 'fold', remove: [], foldWindows: { from: state.fineStartWindow, to: toWindow }, target }, 0, async () => []);
+  await runOperation(parts, { kind: 'fold', remove: [], foldWindows: { from: state.fineStartWindow, to: toWindow }, target }, 0, () => prepareBase(parts));
+}
+
+/**
+ * A fold's writing phase: make sure the base image exists, allocated to the volume's size. A full
+ * disk then fails the fold cleanly (abandoned, retried later); in the switching phase it would
+ * leave the switch pending, and open, which redoes it, would fail.
+ */
+async function prepareBase(parts: OperationParts): Promise<IntervalInfo[]> {
+  (await BaseImage.openOrCreate(parts.fileSystem, parts.paths.base, parts.paths.directory, parts.volumeSizeBytes)).close();
+  return [];
 }
 
 /** At open: finish an operation a crash interrupted (abandon its writing, or redo its switch). */

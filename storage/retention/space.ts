@@ -1,7 +1,8 @@
 // What a volume's history takes on disk, and how full its file system is: the figures the
 // journal-full policy acts on (docs/decisions/0007-history-lifecycle.md) and the API reports.
+// Measured through the volume's FileSystem, so a simulated one (tests) is measured too.
 
-import fs from 'node:fs';
+import type { FileSystem } from '../io/file-system.js';
 import type { VolumePaths } from '../volume-config.js';
 
 export interface HistoryBytes {
@@ -19,37 +20,21 @@ export interface FileSystemSpace {
 }
 
 /** Allocated bytes of the history's files (what the file system really gives them). */
-export function measureHistoryBytes(paths: VolumePaths): HistoryBytes {
-  const logBytes = directoryAllocatedBytes(paths.log);
-  const packBytes = directoryAllocatedBytes(paths.packs);
-  const baseBytes = allocatedBytes(paths.base);
-  const indexBytes = directoryAllocatedBytes(paths.index);
+export function measureHistoryBytes(fileSystem: FileSystem, paths: VolumePaths): HistoryBytes {
+  const logBytes = directoryAllocatedBytes(fileSystem, paths.log);
+  const packBytes = directoryAllocatedBytes(fileSystem, paths.packs);
+  const baseBytes = fileSystem.allocatedBytes(paths.base);
+  const indexBytes = directoryAllocatedBytes(fileSystem, paths.index);
   return { logBytes, packBytes, baseBytes, indexBytes, totalBytes: logBytes + packBytes + baseBytes + indexBytes };
 }
 
-export function measureFileSystem(path: string): FileSystemSpace {
-  const stats = fs.statfsSync(path);
-  return { sizeBytes: stats.blocks * stats.bsize, freeBytes: stats.bavail * stats.bsize };
+export function measureFileSystem(fileSystem: FileSystem, path: string): FileSystemSpace {
+  return { sizeBytes: fileSystem.capacityBytes(path), freeBytes: fileSystem.freeBytes(path) };
 }
 
-function allocatedBytes(path: string): number {
-  try {
-    return fs.statSync(path).blocks * 512;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 0;
-    throw error;
-  }
-}
-
-function directoryAllocatedBytes(directory: string): number {
-  let names: string[];
-  try {
-    names = fs.readdirSync(directory);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return 0;
-    throw error;
-  }
+function directoryAllocatedBytes(fileSystem: FileSystem, directory: string): number {
+  if (!fileSystem.exists(directory)) return 0;
   let total = 0;
-  for (const name of names) total += allocatedBytes(`${directory}/${name}`);
+  for (const name of fileSystem.list(directory)) total += fileSystem.allocatedBytes(`${directory}/${name}`);
   return total;
 }

@@ -35,6 +35,7 @@ import { KiB, MiB, RecordFlag, StorageError, Volume, logStart, scanLog, storageL
 import { SimulatedFileSystem, type CrashOptions } from '../support/simulated-file-system.js';
 import { chance, mixedBytesFrom, pick, randomBytesFrom, randomInteger, seededRandom, type RandomSource } from '../support/seeded-random.js';
 import { Session, VolumeModel, blockBytes, verifyRecoveredVolume, type RecoveryFindings } from '../support/volume-model.js';
+import { nextTurn, sleep, withinMs } from '../support/waits.js';
 
 type TapTest = Parameters<Parameters<typeof t.test>[0]>[0];
 
@@ -52,23 +53,8 @@ const isSegmentPath = (filePath: string): boolean => /\.wlog$/.test(filePath);
 
 // ---- helpers ----
 
-const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
 async function turns(count: number): Promise<void> {
   for (let turn = 0; turn < count; turn++) await nextTurn();
-}
-
-async function withinMs<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 async function waitUntil(condition: () => boolean, what: string, ms = 5000): Promise<void> {

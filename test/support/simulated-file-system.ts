@@ -583,6 +583,20 @@ export class SimulatedFileSystem implements FileSystem {
     return this.spaceBudgetBytes ?? plentyOfFreeBytes;
   }
 
+  /** What is allocated plus what is free. */
+  capacityBytes(filePath: string): number {
+    this.assertAlive('statfs', filePath);
+    let allocatedBytes = 0;
+    for (const node of new Set(this.current.values())) if (node.kind === 'file') allocatedBytes += node.allocatedBytes;
+    return allocatedBytes + this.freeBytes(filePath);
+  }
+
+  allocatedBytes(filePath: string): number {
+    this.assertAlive('stat', filePath);
+    const node = this.current.get(normalize(filePath));
+    return node?.kind === 'file' ? node.allocatedBytes : 0;
+  }
+
   /** This boot of the simulated machine: a power loss starts a new one, a process crash does not. */
   bootId(): Buffer {
     return Buffer.from(this.bootIdentifier);

@@ -1,9 +1,11 @@
 // What a volume must hold across crashes, for the fault-injection tests
 // (test/storage/fault-injection.test.ts): a session drives an open volume and remembers every
 // write it issued, its sequence number in the log, and which writes were acknowledged as durable;
-// after a crash and reopen, verifyRecoveredVolume checks the recovered volume against it.
+// after a crash and reopen, verifyRecoveredVolume checks the recovered volume against it. With
+// history retention, VolumeVersions also keeps the volume as of every record still kept, and the
+// log may start past record 1 (older records were packed and their segments deleted).
 
-import { RecordKind, StorageError, decodePayload, scanLog, logStart, volumePaths, type FileSystem, type Volume } from '../../storage/index.js';
+import { RecordKind, StorageError, decodePayload, scanLog, logStart, volumePaths, type FileSystem, type LogPosition, type Volume } from '../../storage/index.js';
 
 export const blockBytes = 4096;
 
@@ -21,6 +23,95 @@ export interface ModelOperation {
   error: unknown;
   /** Issued after the volume reported itself failed: must be refused. */
   issuedAfterFailure: boolean;
+  /** Its record's timestamp lies in [fromMicros, toMicros] (the clock around its append). */
+  fromMicros: number;
+  toMicros: number;
+}
+
+/** Microseconds since the epoch, as record timestamps count them (storage/clock.ts). */
+export function clockMicros(): number {
+  return Math.floor((performance.timeOrigin + performance.now()) * 1000);
+}
+
+/** A record as VolumeVersions keeps it. */
+export interface VersionRecord {
+  sequence: number;
+  kind: RecordKind;
+  offsetBytes: number;
+  lengthBytes: number;
+  /** Data records: the bytes written. */
+  data: Buffer | null;
+  /** Its timestamp lies in [fromMicros, toMicros]. */
+  fromMicros: number;
+  toMicros: number;
+}
+
+/**
+ * The volume as of every record since `baseSequence`: an image as of that record and the
+ * data-changing records after it (with their data); older records keep only their times.
+ */
+export class VolumeVersions {
+  private base: Buffer;
+  private baseSequence = 0;
+  private records: VersionRecord[] = [];
+  /** Every data-changing record ever added, without data: when it was written. */
+  private readonly times: Array<{ sequence: number; fromMicros: number; toMicros: number }> = [];
+
+  constructor(sizeBytes: number) {
+    this.base = Buffer.alloc(sizeBytes);
+  }
+
+  get oldestSequence(): number {
+    return this.baseSequence;
+  }
+
+  /** Add the next record (in sequence order; marks and other records that change no data are skipped). */
+  add(record: VersionRecord): void {
+    if (record.kind !== RecordKind.data && record.kind !== RecordKind.zeroes && record.kind !== RecordKind.trim) return;
+    this.records.push(record);
+    this.times.push({ sequence: record.sequence, fromMicros: record.fromMicros, toMicros: record.toMicros });
+  }
+
+  /** The volume just after record `sequence`. */
+  stateThrough(sequence: number): Buffer {
+    if (sequence < this.baseSequence) throw new Error(`the model no longer keeps the volume as of record ${sequence} (it keeps from ${this.baseSequence})`);
+    const image = Buffer.from(this.base);
+    for (const record of this.records) {
+      if (record.sequence > sequence) break;
+      applyOperationToRange(record, 0, image);
+    }
+    return image;
+  }
+
+  /** The last data-changing record written at or before `micros` (0 if none), or null when a record's time is too close to tell. */
+  lastDataAt(micros: number, marginMicros: number): number | null {
+    let found = 0;
+    for (const time of this.times) {
+      if (time.fromMicros - marginMicros <= micros && micros <= time.toMicros + marginMicros) return null;
+      if (time.toMicros < micros) found = time.sequence;
+    }
+    return found;
+  }
+
+  /** A copy with more records after these (a running session's writes, before a recovery verified them). */
+  withRecords(records: readonly VersionRecord[]): VolumeVersions {
+    const copy = new VolumeVersions(0);
+    copy.base = this.base;
+    copy.baseSequence = this.baseSequence;
+    copy.records = [...this.records];
+    copy.times.push(...this.times);
+    for (const record of records) copy.add(record);
+    return copy;
+  }
+
+  /** Forget the volume as of records before `sequence` (never asked for again): memory stays bounded. */
+  forgetBefore(sequence: number): void {
+    if (sequence <= this.baseSequence) return;
+    const folded = this.records.filter((record) => record.sequence <= sequence);
+    for (const record of folded) applyOperationToRange(record, 0, this.base);
+    this.records = this.records.slice(folded.length);
+    this.baseSequence = sequence;
+  }
 }
 
 /** The volume's state as of the last verified recovery. */
@@ -29,9 +120,12 @@ export class VolumeModel {
   image: Buffer;
   /** Every record of the log, by sequence - 1 (headers only: payloads are checked once). */
   readonly history: Array<{ kind: number; offsetBytes: number; lengthBytes: number }> = [];
+  /** The volume as of each record, when the test reads the past (null: only the latest image). */
+  readonly versions: VolumeVersions | null;
 
-  constructor(sizeBytes: number) {
+  constructor(sizeBytes: number, options: { versions?: boolean } = {}) {
     this.image = Buffer.alloc(sizeBytes);
+    this.versions = options.versions === true ? new VolumeVersions(sizeBytes) : null;
   }
 
   get lastSequence(): number {
@@ -128,6 +222,11 @@ export class Session {
     return this.issue({ kind: RecordKind.trim, offsetBytes, lengthBytes, data: null, fua }, () => this.volume.trim(offsetBytes, lengthBytes, { fua }));
   }
 
+  /** A call that appends one durable mark (a snapshot created, changed or deleted). */
+  mark(call: () => Promise<unknown>): Promise<ModelOperation> {
+    return this.issue({ kind: RecordKind.mark, offsetBytes: 0, lengthBytes: 0, data: null, fua: true }, async () => void (await call()));
+  }
+
   /** Flush: once it resolves, every write that resolved before the call is durable. Resolves with its error, if any. */
   flush(): Promise<{ error: unknown }> {
     const covered = this.resolvedSequenceMax;
@@ -170,12 +269,13 @@ export class Session {
     this.crashed = true;
   }
 
-  private issue(shape: Omit<ModelOperation, 'sequence' | 'resolved' | 'error' | 'issuedAfterFailure'>, call: () => Promise<void>): Promise<ModelOperation> {
+  private issue(shape: Omit<ModelOperation, 'sequence' | 'resolved' | 'error' | 'issuedAfterFailure' | 'fromMicros' | 'toMicros'>, call: () => Promise<void>): Promise<ModelOperation> {
     if (this.lateAppend !== null) return this.lateAppend.then(() => this.issue(shape, call));
-    const operation: ModelOperation = { ...shape, sequence: null, resolved: false, error: null, issuedAfterFailure: this.failed };
+    const operation: ModelOperation = { ...shape, sequence: null, resolved: false, error: null, issuedAfterFailure: this.failed, fromMicros: clockMicros(), toMicros: 0 };
     this.operations.push(operation);
     const before = this.volume.stats().appendedSequence;
     const completion = call();
+    operation.toMicros = clockMicros();
     const after = this.volume.stats().appendedSequence;
     let late = false;
     if (after === before + 1) operation.sequence = after;
@@ -186,6 +286,7 @@ export class Session {
     if (late) this.lateAppend = new Promise((resolve) => (releaseLate = resolve));
     const settleLate = (): void => {
       if (!late) return;
+      operation.toMicros = clockMicros();
       const now = this.volume.stats().appendedSequence;
       if (now === before + 1) operation.sequence = now;
       else if (now !== before) this.problems.push('could not tell the sequence number of a write that waited for admission');
@@ -261,6 +362,7 @@ interface RecordSummary {
   offsetBytes: number;
   lengthBytes: number;
   payload: Buffer | null;
+  timestampMicros: number;
 }
 
 /** Records recovery itself appends: region contents in aligned chunks (data or zeroes), and marks. */
@@ -301,15 +403,22 @@ export async function verifyRecoveredVolume(
   const volumeSizeBytes = model.image.length;
   const chunkBytes = Math.min(volume.config.regionSizeBytes, 1024 * 1024);
 
-  // The log, replayed independently from its first segment onto an image of zeroes.
+  // The log, replayed independently from its first record onto the volume as it was before it:
+  // zeroes, or (once history retention deleted older segments) the model's volume then.
   const logDirectory = volumePaths(directory).log;
   const start = logStart(fileSystem, logDirectory);
   if (start === null) {
     return { problems: ['the log has no segment'], blockModelViolations: [], lostOperationCount: 0, sessionEndSequence: 0, recordCount: 0, recoveryRecordCount: 0 };
   }
-  const replay = Buffer.alloc(volumeSizeBytes);
+  const firstSequence = firstLogSequence(fileSystem, logDirectory, start) ?? model.lastSequence + 1;
+  if (firstSequence > 1) takePackedRecords(model, operations, firstSequence, problems);
+  let replay: Buffer = Buffer.alloc(volumeSizeBytes);
+  if (firstSequence > 1) {
+    if (model.versions === null) problems.push(`the log starts at record ${firstSequence}, and the model keeps no earlier volume to replay it on`);
+    else replay = model.versions.stateThrough(firstSequence - 1);
+  }
   const newRecords: RecordSummary[] = [];
-  const scan = scanLog(fileSystem, logDirectory, { from: start, expectedSequence: 1, withPayload: true }, ({ header, payload: stored }) => {
+  const scan = scanLog(fileSystem, logDirectory, { from: start, expectedSequence: firstSequence, withPayload: true }, ({ header, payload: stored }) => {
     const { sequence, kind, offsetBytes, lengthBytes } = header;
     const payload = kind === RecordKind.data && stored !== null ? decodePayload(stored, header.flags, lengthBytes) : stored;
     if (kind === RecordKind.data || kind === RecordKind.zeroes || kind === RecordKind.trim) {
@@ -322,8 +431,8 @@ export async function verifyRecoveredVolume(
       }
       return;
     }
-    const keepPayload = kind === RecordKind.mark || bySequence.get(sequence)?.kind === RecordKind.data;
-    newRecords.push({ sequence, kind, offsetBytes, lengthBytes, payload: keepPayload && payload !== null ? Buffer.from(payload) : null });
+    const keepPayload = kind === RecordKind.mark || bySequence.get(sequence)?.kind === RecordKind.data || (model.versions !== null && kind === RecordKind.data);
+    newRecords.push({ sequence, kind, offsetBytes, lengthBytes, payload: keepPayload && payload !== null ? Buffer.from(payload) : null, timestampMicros: header.timestampMicros });
   });
   const lastSequence = scan.nextSequence - 1;
 
@@ -367,9 +476,38 @@ export async function verifyRecoveredVolume(
 
   // The model now describes the recovered volume.
   model.image = Buffer.from(live);
-  for (const { kind, offsetBytes, lengthBytes } of newRecords) model.history.push({ kind, offsetBytes, lengthBytes });
+  for (const { sequence, kind, offsetBytes, lengthBytes, payload, timestampMicros } of newRecords) {
+    model.history.push({ kind, offsetBytes, lengthBytes });
+    model.versions?.add({ sequence, kind: kind as RecordKind, offsetBytes, lengthBytes, data: kind === RecordKind.data ? payload : null, fromMicros: timestampMicros, toMicros: timestampMicros });
+  }
   const lostOperationCount = operations.filter((operation) => operation.sequence! > sessionEnd).length;
   return { problems, blockModelViolations, lostOperationCount, sessionEndSequence: sessionEnd, recordCount: lastSequence, recoveryRecordCount };
+}
+
+/** The sequence number of the log's first record (null: the log is empty). */
+export function firstLogSequence(fileSystem: FileSystem, logDirectory: string, start: LogPosition): number | null {
+  let first: number | null = null;
+  scanLog(fileSystem, logDirectory, { from: start, withPayload: false, toSequence: 0 }, ({ header }) => void (first ??= header.sequence));
+  return first;
+}
+
+/**
+ * The log starts at `firstSequence`: the records before it were packed (so durable) and their
+ * segments deleted. Those the model has not verified yet are the crashed session's own writes.
+ */
+function takePackedRecords(model: VolumeModel, operations: readonly ModelOperation[], firstSequence: number, problems: string[]): void {
+  const bySequence = new Map(operations.map((operation) => [operation.sequence!, operation]));
+  while (model.lastSequence < firstSequence - 1) {
+    const sequence = model.lastSequence + 1;
+    const operation = bySequence.get(sequence);
+    if (operation === undefined) {
+      problems.push(`record ${sequence} left the log unverified, and it was not a write of the crashed session`);
+      return;
+    }
+    const { kind, offsetBytes, lengthBytes, data, fromMicros, toMicros } = operation;
+    model.history.push({ kind, offsetBytes, lengthBytes });
+    model.versions?.add({ sequence, kind, offsetBytes, lengthBytes, data, fromMicros, toMicros });
+  }
 }
 
 /**
