@@ -366,12 +366,16 @@ export class HistoryLifecycle {
         this.statistics.lastFailure = null;
       } catch (error) {
         this.noteFailure(error);
-        // Go on with what else is due (space pressure must not stop at one failure), but not forever.
-        if (++failuresInARow >= 3) break;
+        // The next pass tries again; but space pressure must not wait for it (a few more tries now).
+        if (!this.underPressure || ++failuresInARow >= 3) break;
       }
       this.updatePressure();
     }
-    this.checkAlerts();
+    try {
+      this.checkAlerts();
+    } catch (error) {
+      this.noteFailure(error);
+    }
   }
 
   private async runOperation(operation: { kind: 'fold' | 'pack' | 'merge'; run: () => Promise<void> }): Promise<void> {
@@ -608,7 +612,16 @@ export class HistoryLifecycle {
     return { history, capBytes: policy.maxHistoryBytes, fileSystemSizeBytes: space.sizeBytes, freeBytes: space.freeBytes, reserveBytes: reserveBytes(policy, space.sizeBytes) };
   }
 
+  /** Measure and decide whether space is short (a measurement that fails changes nothing: the next one decides). */
   private updatePressure(): void {
+    try {
+      this.decidePressure();
+    } catch (error) {
+      this.noteFailure(error);
+    }
+  }
+
+  private decidePressure(): void {
     const { history, capBytes, freeBytes, reserveBytes: reserve } = this.measure();
     // What is about to be taken: the base image at the first fold (allocated whole, so a fold
     // never runs out of room halfway), and the log's next segment.
@@ -628,12 +641,7 @@ export class HistoryLifecycle {
   /** The log is about to take a new segment: if that would break the cap or the reserve, expire first. */
   async beforeNewSegment(): Promise<void> {
     if (this.closed) return;
-    try {
-      this.updatePressure();
-    } catch (error) {
-      this.noteFailure(error); // measuring failed: the segment is made anyway, the next pass measures again
-      return;
-    }
+    this.updatePressure();
     if (this.underPressure) await this.tick();
   }
 

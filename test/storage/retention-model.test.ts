@@ -19,7 +19,7 @@
 import t, { type Test } from 'tap';
 import { MiB, StorageError, Volume, nodeFileSystem, verifyVolume } from '../../storage/index.js';
 import { indexLimits } from '../../storage/limits.js';
-import { boundariesBetween } from '../../storage/retention/policy.js';
+import { boundariesBetween, type RetentionPolicy } from '../../storage/retention/policy.js';
 import { secondTiersPolicy } from '../support/retention-policies.js';
 import { chance, randomInteger, seededRandom, type RandomSource } from '../support/seeded-random.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
