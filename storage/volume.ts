@@ -375,6 +375,7 @@ export class Volume implements BlockDevice {
   /** What the history (points in time) needs of this volume. */
   private asHistoryVolume(): HistoryVolume {
     const log = this.log;
+    const appendedLogBytes = (): number => this.appendedLogBytes;
     return {
       name: this.config.name,
       createdMicros: this.config.createdMicros,
@@ -393,6 +394,9 @@ export class Volume implements BlockDevice {
       },
       get durableSequence(): number {
         return log.durableSequence;
+      },
+      get appendedLogBytes(): number {
+        return appendedLogBytes();
       },
     };
   }
@@ -581,6 +585,11 @@ export class Volume implements BlockDevice {
     this.drl.close();
   }
 
+  /** Bytes of log up to the append position, since the volume was made (only grows). */
+  private get appendedLogBytes(): number {
+    return (this.log.appendPosition.segmentNumber - 1) * this.config.segmentSizeBytes + this.log.appendPosition.offsetBytes;
+  }
+
   stats(): VolumeStatistics {
     return {
       ...this.statistics,
@@ -589,7 +598,7 @@ export class Volume implements BlockDevice {
       appliedSequence: this.appliedSequence,
       unappliedBytes: this.log.unappliedBytes,
       dirtyRegionCount: this.drl.dirtyRegionCount,
-      logBytes: (this.log.appendPosition.segmentNumber - 1) * this.config.segmentSizeBytes + this.log.appendPosition.offsetBytes,
+      logBytes: this.appendedLogBytes,
       failed: this.failure?.message ?? null,
     };
   }

@@ -27,7 +27,7 @@ import { MapStore } from './map-store.js';
 import { planAt, rangeMaps, resolve, resolveChunks, type InstantPlan } from './planner.js';
 import { allSnapshots, snapshotNamed } from './snapshots.js';
 import { Tail, type IndexedRecord, type WindowBoundary } from './tail.js';
-import { firstMicros, lastDataSequence, microsOf, sequenceAt, windowsBetween } from './timeline.js';
+import { firstMicros, lastDataSequence, microsOf, sequenceAt, windowsBetween, type TimelineSpan } from './timeline.js';
 import type { LogPosition } from '../write-log/batch.js';
 
 export type { IndexedRecord, InstantPlan, MapReference, SnapshotRecord, WindowBoundary };
@@ -226,7 +226,7 @@ export class DeltaMapIndex {
   // ---- the timeline ----
 
   /** Summaries of the windows that end within [fromMicros, toMicros], plus the tail's. */
-  windowsBetween(fromMicros: number, toMicros: number, limit: number): Promise<MapInfo[]> {
+  windowsBetween(fromMicros: number, toMicros: number, limit: number): Promise<TimelineSpan[]> {
     return windowsBetween(this.store, this.intervals, this.tail, fromMicros, toMicros, limit);
   }
 

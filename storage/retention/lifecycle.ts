@@ -37,6 +37,8 @@ export interface LifecycleHost {
   retentionPolicy(): RetentionPolicy;
   /** The oldest log segment the volume itself still needs (its checkpoints, unapplied records, appends). */
   oldestSegmentNeeded(): number;
+  /** Bytes of log appended since the volume was made (only grows; the write rate comes from it). */
+  appendedLogBytes(): number;
   snapshots(): SnapshotForRetention[];
   /** Delete a snapshot whose own expiry time has passed. */
   expireSnapshot(name: string): Promise<void>;
@@ -47,7 +49,8 @@ export type LifecycleEvent =
   | { type: 'protection-window-short'; volume: string; windowSeconds: number; requiredSeconds: number }
   | { type: 'protection-window-restored'; volume: string; windowSeconds: number; requiredSeconds: number }
   | { type: 'history-expired'; volume: string; reason: 'policy' | 'space'; horizonMicros: number; reclaimedBytes: number }
-  | { type: 'lifecycle-failed'; volume: string; message: string };
+  | { type: 'lifecycle-failed'; volume: string; message: string }
+  | { type: 'snapshot-expired'; volume: string; name: string; expiresMicros: number };
 
 export interface LifecycleStatistics {
   reclaimedBytes: number;
@@ -59,6 +62,8 @@ export interface LifecycleStatistics {
   expirySeconds: number;
   compactionSeconds: number;
   operationFailures: number;
+  /** Passes that failed since the last one that did not (0: the last pass went through). */
+  failedPassesInARow: number;
   lastFailure: string | null;
 }
 
@@ -87,9 +92,11 @@ export class HistoryLifecycle {
   private usageAlertPercent = 0;
   private windowShort = false;
   private readonly listeners: Array<(event: LifecycleEvent) => void> = [];
-  readonly statistics: LifecycleStatistics = { reclaimedBytes: 0, packs: 0, merges: 0, folds: 0, segmentsDeleted: 0, expirySeconds: 0, compactionSeconds: 0, operationFailures: 0, lastFailure: null };
-  /** Log bytes appended per second, smoothed (for the projection). */
-  private logRate = { bytes: 0, atMs: performance.now(), bytesPerSecond: 0 };
+  readonly statistics: LifecycleStatistics = { reclaimedBytes: 0, packs: 0, merges: 0, folds: 0, segmentsDeleted: 0, expirySeconds: 0, compactionSeconds: 0, operationFailures: 0, failedPassesInARow: 0, lastFailure: null };
+  /** Log bytes appended per second, smoothed (for the projection); sampled at every pass and status. */
+  private logRate: { bytes: number; atMs: number; bytesPerSecond: number };
+  /** The log asked for room and nothing was left to expire: writes fail with ENOSPC until room is made. */
+  private refusingWrites = false;
 
   constructor(parts: { host: LifecycleHost; fileSystem: FileSystem; paths: VolumePaths; index: DeltaMapIndex; reader: LogDataReader }) {
     this.host = parts.host;
@@ -97,6 +104,7 @@ export class HistoryLifecycle {
     this.paths = parts.paths;
     this.index = parts.index;
     this.reader = parts.reader;
+    this.logRate = { bytes: this.host.appendedLogBytes(), atMs: performance.now(), bytesPerSecond: 0 };
     this.index.windowBoundary = (micros) => this.windowBoundary(micros);
   }
 
@@ -135,12 +143,12 @@ export class HistoryLifecycle {
     if (canonical !== null && isKept(set, canonical)) return canonical;
     if (canonical !== null && this.holds.has(canonical)) return canonical;
     const { before, after } = nearestKept(set, sequence);
+    // A point only a view holds has no time of its own (0): its record's time is the instant's.
+    const instant = async (point: { sequence: number; micros: number } | null) =>
+      point === null ? null : { sequence: point.sequence, micros: point.micros > 0 ? point.micros : await this.index.microsOf(point.sequence) };
     throw new StorageError('EEXPIRED', `record ${sequence} of volume ${this.host.name} is no longer kept by its retention policy`, {
       details: {
-        nearest: {
-          before: before === null ? null : { sequence: before.sequence, micros: before.micros },
-          after,
-        },
+        nearest: { before: await instant(before), after: await instant(after) },
         oldestSequence: this.index.intervals.state.horizonSequence,
       },
     });
@@ -278,8 +286,11 @@ export class HistoryLifecycle {
         this.updatePressure();
       }
       this.checkAlerts();
+      this.noteLogRate();
+      this.statistics.failedPassesInARow = 0;
     } catch (error) {
       this.statistics.operationFailures++;
+      this.statistics.failedPassesInARow++;
       this.statistics.lastFailure = error instanceof Error ? error.message : String(error);
       this.emit({ type: 'lifecycle-failed', volume: this.host.name, message: this.statistics.lastFailure });
     }
@@ -290,6 +301,11 @@ export class HistoryLifecycle {
    * fits. Resolves true if room may have been made, false if nothing is left to expire.
    */
   async makeRoom(): Promise<boolean> {
+    this.refusingWrites = !(await this.expireForRoom());
+    return !this.refusingWrites;
+  }
+
+  private async expireForRoom(): Promise<boolean> {
     await this.running;
     const before = measureHistoryBytes(this.paths).totalBytes;
     this.underPressure = true;
@@ -558,7 +574,9 @@ export class HistoryLifecycle {
   private async expireSnapshots(): Promise<void> {
     const nowMicros = Date.now() * 1000;
     for (const snapshot of this.host.snapshots()) {
-      if (snapshot.expiresMicros !== 0 && snapshot.expiresMicros <= nowMicros) await this.host.expireSnapshot(snapshot.name);
+      if (snapshot.expiresMicros === 0 || snapshot.expiresMicros > nowMicros) continue;
+      await this.host.expireSnapshot(snapshot.name);
+      this.emit({ type: 'snapshot-expired', volume: this.host.name, name: snapshot.name, expiresMicros: snapshot.expiresMicros });
     }
   }
 
@@ -598,11 +616,12 @@ export class HistoryLifecycle {
     const nowMicros = Date.now() * 1000;
     const { history, capBytes, fileSystemSizeBytes, freeBytes, reserveBytes: reserve } = this.measure();
     const times = retainedTimes(policy, nowMicros);
-    this.noteLogBytes(history.logBytes);
+    this.noteLogRate();
     const reasons: string[] = [];
     if (this.windowShort) reasons.push(`the protected window (${Math.floor(this.protectionWindowSeconds())} s) is shorter than required (${policy.requiredWindowSeconds} s)`);
     if (this.underPressure) reasons.push('history is being expired early to stay under its cap and the free-space reserve');
-    if (this.statistics.lastFailure !== null && this.statistics.operationFailures > 0) reasons.push(`the last expiry failed: ${this.statistics.lastFailure}`);
+    if (this.refusingWrites) reasons.push('writes are refused: the log has no room and no history is left to expire');
+    if (this.statistics.failedPassesInARow > 0) reasons.push(`the last ${this.statistics.failedPassesInARow} lifecycle pass(es) failed: ${this.statistics.lastFailure}`);
     return {
       oldestRecoverableMicros: this.oldestRecoverableMicros(),
       protectionWindowSeconds: Math.floor(this.protectionWindowSeconds()),
@@ -621,7 +640,8 @@ export class HistoryLifecycle {
     };
   }
 
-  private noteLogBytes(logBytes: number): void {
+  private noteLogRate(): void {
+    const logBytes = this.host.appendedLogBytes();
     const nowMs = performance.now();
     const elapsedSeconds = (nowMs - this.logRate.atMs) / 1000;
     if (elapsedSeconds < 1) return;
