@@ -76,6 +76,8 @@ export class HistoryLifecycle {
   private readonly index: DeltaMapIndex;
   private readonly reader: LogDataReader;
   private keptSetValue: KeptSet | null = null;
+  /** When the oldest kept instant's state began (its record's time): older instants are refused even before the horizon moves. */
+  private oldestKeptMicros = 0;
   private readonly holds = new Map<number, { sequence: number; description: string; count: number }>();
   private nextHoldId = 1;
   /** Reads of views in flight, by the index generation they planned at. */
@@ -143,12 +145,15 @@ export class HistoryLifecycle {
     if (canonical !== null && isKept(set, canonical)) return canonical;
     if (canonical !== null && this.holds.has(canonical)) return canonical;
     const { before, after } = nearestKept(set, sequence);
-    // A point only a view holds has no time of its own (0): its record's time is the instant's.
-    const instant = async (point: { sequence: number; micros: number } | null) =>
-      point === null ? null : { sequence: point.sequence, micros: point.micros > 0 ? point.micros : await this.index.microsOf(point.sequence) };
+    // The nearest kept times: before, the point's own time (a point only a view holds has none: its
+    // record's); after, the earliest time that shows the kept state, its record's time (the
+    // continuous region's start is otherwise the policy's boundary, which may be long after it).
+    const recordMicros = async (point: { sequence: number }) => (point.sequence === 0 ? this.host.createdMicros : await this.index.microsOf(point.sequence));
+    const nearestBefore = before === null ? null : { sequence: before.sequence, micros: before.micros > 0 ? before.micros : await recordMicros(before) };
+    const nearestAfter = after === null ? null : { sequence: after.sequence, micros: (await this.canonical(after.sequence)) === after.sequence ? await recordMicros(after) : after.micros };
     throw new StorageError('EEXPIRED', `record ${sequence} of volume ${this.host.name} is no longer kept by its retention policy`, {
       details: {
-        nearest: { before: await instant(before), after: await instant(after) },
+        nearest: { before: nearestBefore, after: nearestAfter },
         oldestSequence: this.index.intervals.state.horizonSequence,
       },
     });
@@ -183,6 +188,7 @@ export class HistoryLifecycle {
       sequenceAt: (micros) => this.index.sequenceAt(micros),
       canonical: (sequence) => this.canonical(sequence),
     });
+    this.oldestKeptMicros = await this.index.microsOf(oldestKept(this.keptSetValue));
     return this.keptSetValue;
   }
 
@@ -605,9 +611,10 @@ export class HistoryLifecycle {
     return Math.max(0, (Date.now() * 1000 - this.oldestRecoverableMicros()) / 1_000_000);
   }
 
+  /** The oldest instant a view can open: the horizon, or later when what lies after it expired already and waits to be folded. */
   oldestRecoverableMicros(): number {
     const state = this.index.intervals.state;
-    return state.horizonSequence > 0 ? state.horizonMicros : this.host.createdMicros;
+    return Math.max(state.horizonSequence > 0 ? state.horizonMicros : this.host.createdMicros, this.oldestKeptMicros);
   }
 
   /** The figures the API reports about retention. */
