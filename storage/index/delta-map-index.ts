@@ -150,13 +150,21 @@ export class DeltaMapIndex {
   /**
    * Run a query that reads both the tail and the maps again if a cut moved records from the
    * tail into a new window while it was waiting on LevelDB: it would have seen those records in
-   * neither place (or in both). Cuts come at most every 4096 records, so a retry settles it.
+   * neither place (or in both). Cuts come at most every 4096 records, so a retry settles it. A
+   * query the retention engine switched the index under may also fail (housekeeping clears the
+   * packed windows it was reading): it runs again too.
    */
   private async consistent<T>(query: () => Promise<T>): Promise<T> {
     for (;;) {
       const cutsBefore = this.counters.cuts;
       const generationBefore = this.generation;
-      const result = await query();
+      let result: T;
+      try {
+        result = await query();
+      } catch (error) {
+        if (this.generation !== generationBefore) continue;
+        throw error;
+      }
       if (this.counters.cuts === cutsBefore && this.generation === generationBefore) return result;
     }
   }
