@@ -21,7 +21,9 @@ export function retentionRegionsJson(status: RetentionStatus, policy: RetentionP
   };
 }
 
-/** Everything GET /volumes/:volume reports under retention, next to the policy. */
+/** Everything GET /volumes/:volume reports under retention, next to the policy (the CLI reads it). */
+export type RetentionStatusJson = ReturnType<typeof retentionStatusJson>;
+
 export function retentionStatusJson(status: RetentionStatus, policy: RetentionPolicy) {
   return {
     ...retentionRegionsJson(status, policy),

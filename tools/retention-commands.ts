@@ -14,7 +14,8 @@ import {
   type RetentionPolicyChanges,
   type TierEvery,
 } from '../storage/index.js';
-import { apiClientOf, apiOptions } from './api-client.js';
+import type { RetentionStatusJson } from '../api/retention-status.js';
+import { actionUsage, apiClientOf, apiOptions } from './api-client.js';
 import { describeDuration, describeSpan, durationExamples, formatDuration, parseDuration } from './durations.js';
 import { serveDefaults } from './serve.js';
 import { formatBytes, parseSize } from './sizes.js';
@@ -120,22 +121,6 @@ export function describeRetentionPolicy(policy: RetentionPolicy): string[] {
   return [`${kept};`, `history capped at ${formatBytes(policy.maxHistoryBytes)}; keep ${reserve} free;`, required];
 }
 
-/** What GET /api/v1/volumes/:volume gives under retention, beside the policy (api/retention-status.ts). */
-interface RetentionStatusJson {
-  oldestRecoverableTime: string;
-  protectionWindowSeconds: number;
-  continuousFromTime: string;
-  tiers: Array<{ every: TierEvery; startTime: string }>;
-  historyBytes: { totalBytes: number; logBytes: number; packBytes: number; baseBytes: number; indexBytes: number };
-  maxHistoryBytes: number;
-  fileSystem: { sizeBytes: number; freeBytes: number; reserveBytes: number };
-  projectedHistoryBytes: number;
-  logBytesPerSecond: number;
-  underPressure: boolean;
-  degradedReasons: string[];
-  statistics: { reclaimedBytes: number; packs: number; merges: number; folds: number; segmentsDeleted: number; expirySeconds: number; compactionSeconds: number; operationFailures: number };
-}
-
 /** Where a volume's history stands, in a few lines for people. */
 export function describeRetentionStatus(status: RetentionStatusJson): string[] {
   const { historyBytes: bytes, fileSystem, statistics } = status;
@@ -155,11 +140,7 @@ export function describeRetentionStatus(status: RetentionStatusJson): string[] {
 
 export async function runRetention(argv: string[]): Promise<number> {
   const [action, ...rest] = argv;
-  if (action !== 'show' && action !== 'set') {
-    const help = action === '--help' || action === '-h' || action === 'help';
-    (help ? process.stdout : process.stderr).write(`${help ? '' : `cdp-nbd retention: ${action === undefined ? 'show or set?' : `unknown action "${action}"`}\n\n`}${retentionUsage}\n`);
-    return help ? 0 : 2;
-  }
+  if (action !== 'show' && action !== 'set') return actionUsage('retention', action, 'show or set?', retentionUsage);
   const { values, positionals } = parseRetentionArguments(action, rest);
   if (values.help) {
     process.stdout.write(`${retentionUsage}\n`);

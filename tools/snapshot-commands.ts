@@ -4,7 +4,7 @@
 
 import { parseArgs } from 'node:util';
 import { parseInstant } from '../appliance/instant.js';
-import { apiClientOf, apiOptions } from './api-client.js';
+import { actionUsage, apiClientOf, apiOptions } from './api-client.js';
 import { durationExamples, parseDuration } from './durations.js';
 import { serveDefaults } from './serve.js';
 
@@ -49,11 +49,7 @@ export interface SnapshotJson {
 
 export async function runSnapshot(argv: string[]): Promise<number> {
   const [action, ...rest] = argv;
-  if (!isAction(action)) {
-    const asked = action === '--help' || action === '-h' || action === 'help';
-    (asked ? process.stdout : process.stderr).write(`${asked ? '' : `cdp-nbd snapshot: ${action === undefined ? 'which action?' : `unknown action "${action}"`}\n\n`}${help}\n`);
-    return asked ? 0 : 2;
-  }
+  if (!isAction(action)) return actionUsage('snapshot', action, 'which action?', help);
   const { values, positionals } = parseSnapshotArguments(action, rest);
   if (values.help) {
     process.stdout.write(`${help}\n`);

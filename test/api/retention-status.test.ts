@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import crypto from 'node:crypto';
 import t from 'tap';
 import type { FastifyInstance } from 'fastify';
-import type { Appliance } from '../../appliance/appliance.js';
+import type { RetentionStatusJson } from '../../api/retention-status.js';
 import type { ApplianceEvent } from '../../appliance/events.js';
 import { parseInstant } from '../../appliance/instant.js';
 import { MiB, StorageError, formatMicros, type RetentionPolicy, type Volume } from '../../storage/index.js';
@@ -26,25 +26,7 @@ import { temporaryDirectory } from '../support/temporary-directory.js';
 
 const second = 1_000_000;
 
-interface Retention {
-  policy: RetentionPolicy;
-  oldestRecoverableMicros: number;
-  oldestRecoverableTime: string;
-  protectionWindowSeconds: number;
-  continuousFromMicros: number;
-  continuousFromTime: string;
-  tiers: Array<{ every: string | number; keepSeconds: number; startMicros: number; startTime: string; endMicros: number; endTime: string }>;
-  keptPointCount: number;
-  intervalCount: number;
-  historyBytes: { totalBytes: number; logBytes: number; packBytes: number; baseBytes: number; indexBytes: number };
-  maxHistoryBytes: number;
-  fileSystem: { sizeBytes: number; freeBytes: number; reserveBytes: number };
-  projectedHistoryBytes: number;
-  logBytesPerSecond: number;
-  underPressure: boolean;
-  degradedReasons: string[];
-  statistics: Record<string, number | string | null>;
-}
+type Retention = RetentionStatusJson & { policy: RetentionPolicy };
 
 async function retentionOf(app: FastifyInstance, volume = 'vol0'): Promise<Retention> {
   return ((await call(app, 'GET', `/api/v1/volumes/${volume}`)).json() as { retention: Retention }).retention;
@@ -356,7 +338,7 @@ t.test('space pressure: a cap it cannot meet; /health degraded with the reasons,
   t.equal(retention.underPressure, true, 'GET /volumes/tight says so');
   t.same(retention.degradedReasons, health.volumes.find((volume) => volume.name === 'tight')?.degradedReasons);
   t.ok(retention.oldestRecoverableMicros > tight.config.createdMicros, 'the oldest recoverable instant moved forward');
-  t.ok((retention.statistics['folds'] as number) > 0, 'history was folded into the base image');
+  t.ok(retention.statistics.folds > 0, 'history was folded into the base image');
   const metrics = await metricsOf(app);
   t.equal(metrics.get('cdp_history_under_pressure{volume="tight"}'), 1);
   t.ok(metrics.get('cdp_history_expiry_operations_total{volume="tight"}')! > 0, 'expiry counted');
