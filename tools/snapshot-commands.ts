@@ -8,7 +8,7 @@ import { actionUsage, apiClientOf, apiOptions } from './api-client.js';
 import { durationExamples, parseDuration } from './durations.js';
 import { serveDefaults } from './serve.js';
 
-export const snapshotUsage = `  cdp-nbd snapshot create VOLUME NAME [--note TEXT] [--pin] [--expires 7d|RFC3339]   (these talk to a running appliance)
+export const snapshotUsage = `  cdp-nbd snapshot create VOLUME NAME [--note TEXT] [--pin] [--expires 7d|RFC3339]
   cdp-nbd snapshot list VOLUME
   cdp-nbd snapshot delete VOLUME NAME
   cdp-nbd snapshot pin|unpin VOLUME NAME
@@ -22,7 +22,8 @@ ${snapshotUsage}
 A snapshot is kept until it is deleted, or until its expiry time (--expires at creation, or
 "snapshot expire" later). When history must shrink for space, the oldest history goes first,
 snapshots too, unless pinned. Deleting a snapshot drops its name; the history stays as long as
-the retention policy keeps it. DURATION is ${durationExamples}.
+the retention policy keeps it.
+DURATION is ${durationExamples}.
 
 Each takes --api URL (default http://127.0.0.1:8080), the token from --token TOKEN or from
 DIR/api-token (--data DIR, default ${serveDefaults.dataDirectory}), and --json.`;
