@@ -12,6 +12,7 @@ import { cliPath, startAppliance, type Appliance } from '../support/appliance.js
 import { readToken, subscribe, waitForEvent } from '../support/event-stream.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 import { requireTools, run } from '../support/tools.js';
+import { waitFor } from '../support/wait.js';
 
 function cli(appliance: Appliance, args: string[]): ReturnType<typeof run> {
   return run(process.execPath, [cliPath, ...args, '--api', appliance.httpBase, '--data', appliance.dataDirectory], { timeoutMs: 30_000 });
@@ -81,7 +82,7 @@ t.test('history expires under a short policy: websocket event, log line, expired
   t.equal(write.code, 0, write.stderr);
   const expired = await waitForEvent(events, (event) => event.type === 'history-expired' && event.volume === 'vol0', 'history-expired', 90_000);
   t.match(expired, { reason: 'policy', horizonMicros: Number, reclaimedBytes: Number, micros: Number }, 'the websocket tells of history expiring');
-  const logLine = appliance.logEntries().find((entry) => entry['type'] === 'history-expired');
+  const logLine = await waitFor('the log line', () => appliance.logEntries().find((entry) => entry['type'] === 'history-expired'), 10_000);
   t.match(logLine, { level: 30, volume: 'vol0', msg: new RegExp(`^history of volume vol0 before ${time} expired \\(by its retention policy\\)$`) }, 'and the log says it, at info');
 
   const export1 = await cli(appliance, ['export', 'create', 'vol0', '--sequence', '1']);

@@ -21,8 +21,9 @@ import type { RetentionStatusJson } from '../../api/retention-status.js';
 import type { ApplianceEvent } from '../../appliance/events.js';
 import { parseInstant } from '../../appliance/instant.js';
 import { MiB, StorageError, formatMicros, type RetentionPolicy, type Volume } from '../../storage/index.js';
-import { call, errorCode, startApi, waitFor } from '../support/api-app.js';
+import { call, errorCode, startApi } from '../support/api-app.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
+import { waitFor } from '../support/wait.js';
 
 const second = 1_000_000;
 

@@ -1,5 +1,5 @@
 // The HTTP API in process for app.inject() tests: a real appliance (real volumes, real LevelDB) in
-// a temporary data folder, calls with the token, and waiting for a condition with a deadline.
+// a temporary data folder, and calls with the token.
 
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import { buildApp } from '../../api/app.js';
@@ -40,15 +40,4 @@ export function call(app: FastifyInstance, method: Method, url: string, body?: u
 
 export function errorCode(response: LightMyRequestResponse): string | undefined {
   return (response.json() as { error?: { code: string } }).error?.code;
-}
-
-/** Poll `condition` until it gives a value (not undefined), or fail after the deadline saying what was awaited. */
-export async function waitFor<T>(what: string, condition: () => Promise<T | undefined> | T | undefined, deadlineMs = 60_000, pollMs = 250): Promise<T> {
-  const deadline = performance.now() + deadlineMs;
-  for (;;) {
-    const value = await condition();
-    if (value !== undefined) return value;
-    if (performance.now() > deadline) throw new Error(`waited ${deadlineMs / 1000} s for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, pollMs));
-  }
 }

@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import WebSocket from 'ws';
 import type { Appliance } from './appliance.js';
+import { waitFor } from './wait.js';
 
 export interface EventMessage {
   type: string;
@@ -29,10 +30,9 @@ export async function subscribe(appliance: Appliance, token: string): Promise<{ 
 
 /** The first event the predicate accepts, once it has come (polling every 50 ms up to the deadline). */
 export async function waitForEvent(events: EventMessage[], predicate: (event: EventMessage) => boolean, what: string, deadlineMs = 5000): Promise<EventMessage> {
-  for (let waitedMs = 0; waitedMs <= deadlineMs; waitedMs += 50) {
-    const found = events.find(predicate);
-    if (found !== undefined) return found;
-    await new Promise((resolve) => setTimeout(resolve, 50));
+  try {
+    return await waitFor(`a ${what} event`, () => events.find(predicate), deadlineMs, 50);
+  } catch {
+    throw new Error(`no ${what} event within ${deadlineMs / 1000} s; got ${JSON.stringify(events.map((event) => event.type))}`);
   }
-  throw new Error(`no ${what} event within ${deadlineMs / 1000} s; got ${JSON.stringify(events.map((event) => event.type))}`);
 }
