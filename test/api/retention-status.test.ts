@@ -242,10 +242,20 @@ t.test('expired instants: 410 with the nearest kept instants; exports and jobs h
   await useShortPolicy(app, 'vol0');
 
   const [heldSequence, expiringSequence] = await writeBurst(volume);
+  const expiredMicros = await volume.history!.microsOf(expiringSequence!); // once packed, the record's own time is gone
   const held = await call(app, 'POST', '/api/v1/exports', { volume: 'vol0', sequence: heldSequence!, name: 'held' });
   t.equal(held.statusCode, 201, `an export at sequence ${heldSequence} while it is kept: ${held.body}`);
   await waitUntilExpired(volume, [expiringSequence!], `sequence ${expiringSequence} (between tier points) to expire`);
   t.ok(await isKept(volume, heldSequence!), `sequence ${heldSequence}, as old, is still kept: the export holds it`);
+  // Refused once out of the continuous region; packed at the next lifecycle pass.
+  const packedStatus = await waitFor('a packed interval', async () => {
+    const shown = await retentionOf(app);
+    return shown.intervalCount > 0 ? shown : undefined;
+  });
+  t.ok(packedStatus.keptPointCount > 0, `packed intervals (${packedStatus.intervalCount}) between kept points (${packedStatus.keptPointCount})`);
+  const timeline = (await call(app, 'GET', '/api/v1/volumes/vol0/timeline?buckets=20')).json() as { buckets: Array<{ packed: boolean; writes: number }>; retention: Retention };
+  t.ok(timeline.buckets.some((bucket) => bucket.packed && bucket.writes > 0), 'the timeline shows the packed history, as what it kept');
+  t.equal(timeline.retention.tiers[0]?.every, 1, 'and where the tier of one-second points starts');
 
   const refused = await call(app, 'POST', '/api/v1/exports', { volume: 'vol0', sequence: expiringSequence! });
   t.equal(refused.statusCode, 410, 'an export at an expired instant');
@@ -261,7 +271,6 @@ t.test('expired instants: 410 with the nearest kept instants; exports and jobs h
     `sequence ${expiringSequence} of volume vol0 is no longer kept by its retention policy; the nearest kept instants are ${before!.time} (sequence ${before!.sequence}) and ${after!.time} (sequence ${after!.sequence})`,
     'the message says it in words',
   );
-  const expiredMicros = await volume.history!.microsOf(expiringSequence!);
   const byTime = await call(app, 'POST', '/api/v1/exports', { volume: 'vol0', at: formatMicros(expiredMicros) });
   t.equal(byTime.statusCode, 410, 'an export at its time');
   t.match(errorCode(byTime), 'expired');
