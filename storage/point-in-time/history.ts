@@ -42,6 +42,8 @@ export interface HistoryVolume extends ViewSource {
   readonly durableSequence: number;
   /** Bytes of log appended since the volume was made (the log's position; only grows). */
   readonly appendedLogBytes: number;
+  /** The last append found no room for the log (ENOSPC), and none has been taken since. */
+  readonly refusingWritesForSpace: boolean;
 }
 
 const snapshotNamePattern = /^[a-z0-9][a-z0-9._-]{0,63}$/;
@@ -87,6 +89,7 @@ export class VolumeHistory {
       retentionPolicy: () => volume.retentionPolicy(),
       oldestSegmentNeeded: () => volume.oldestSegmentNeeded(),
       appendedLogBytes: () => volume.appendedLogBytes,
+      refusingWritesForSpace: () => volume.refusingWritesForSpace,
       snapshots: () => this.snapshots().map((snapshot) => ({ ...snapshot, pinned: snapshot.pinned ?? false, expiresMicros: snapshot.expiresMicros ?? 0 })),
       expireSnapshot: async (name) => {
         if (this.snapshotsByName.has(name)) await this.deleteSnapshot(name);

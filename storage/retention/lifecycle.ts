@@ -39,6 +39,8 @@ export interface LifecycleHost {
   oldestSegmentNeeded(): number;
   /** Bytes of log appended since the volume was made (only grows; the write rate comes from it). */
   appendedLogBytes(): number;
+  /** Writes are refused with ENOSPC (the last append found no room; none taken since). */
+  refusingWritesForSpace(): boolean;
   snapshots(): SnapshotForRetention[];
   /** Delete a snapshot whose own expiry time has passed. */
   expireSnapshot(name: string): Promise<void>;
@@ -97,8 +99,6 @@ export class HistoryLifecycle {
   readonly statistics: LifecycleStatistics = { reclaimedBytes: 0, packs: 0, merges: 0, folds: 0, segmentsDeleted: 0, expirySeconds: 0, compactionSeconds: 0, operationFailures: 0, failedPassesInARow: 0, lastFailure: null };
   /** Log bytes appended per second, smoothed (for the projection); sampled at every pass and status. */
   private logRate: { bytes: number; atMs: number; bytesPerSecond: number };
-  /** The log asked for room and nothing was left to expire: writes fail with ENOSPC until room is made. */
-  private refusingWrites = false;
 
   constructor(parts: { host: LifecycleHost; fileSystem: FileSystem; paths: VolumePaths; index: DeltaMapIndex; reader: LogDataReader }) {
     this.host = parts.host;
@@ -307,11 +307,6 @@ export class HistoryLifecycle {
    * fits. Resolves true if room may have been made, false if nothing is left to expire.
    */
   async makeRoom(): Promise<boolean> {
-    this.refusingWrites = !(await this.expireForRoom());
-    return !this.refusingWrites;
-  }
-
-  private async expireForRoom(): Promise<boolean> {
     await this.running;
     const before = measureHistoryBytes(this.paths).totalBytes;
     this.underPressure = true;
@@ -627,7 +622,7 @@ export class HistoryLifecycle {
     const reasons: string[] = [];
     if (this.windowShort) reasons.push(`the protected window (${Math.floor(this.protectionWindowSeconds())} s) is shorter than required (${policy.requiredWindowSeconds} s)`);
     if (this.underPressure) reasons.push('history is being expired early to stay under its cap and the free-space reserve');
-    if (this.refusingWrites) reasons.push('writes are refused: the log has no room and no history is left to expire');
+    if (this.host.refusingWritesForSpace()) reasons.push('writes are refused: the log has no room and no history is left to expire');
     if (this.statistics.failedPassesInARow > 0) reasons.push(`the last ${this.statistics.failedPassesInARow} lifecycle pass(es) failed: ${this.statistics.lastFailure}`);
     return {
       oldestRecoverableMicros: this.oldestRecoverableMicros(),

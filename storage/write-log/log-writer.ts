@@ -514,11 +514,16 @@ export class LogWriter {
     return this.spare!.ready;
   }
 
-  /** Ask for room (once for every writer waiting), then prepare the spare again; ENOSPC when none can be made. */
+  /**
+   * Ask for room (once for every writer waiting), then prepare the spare again; ENOSPC when none
+   * can be made. With nothing to expire the spare is still tried again after the retry delay, as
+   * without the hook: space may have come back another way.
+   */
   private makeRoomForSpare(error: StorageError): Promise<void> {
     this.roomMaking ??= (async () => {
       try {
-        if (!(await this.hooks.makeRoom!())) throw error;
+        const made = await this.hooks.makeRoom!();
+        if (!made && performance.now() - this.spare!.attemptedAtMs < spareRetryDelayMs) throw error;
         this.prepareSpare();
         await this.spare!.ready;
       } finally {
