@@ -39,7 +39,7 @@ export function describeSchemaErrors(errors: FastifySchemaValidationError[], dat
     case 'required':
       return `${placeName(dataVar, `${error.instancePath}/${String(params['missingProperty'])}`)} is missing`;
     case 'additionalProperties': {
-      const known = Object.keys((node?.['properties'] ?? {}) as Schema);
+      const known = fieldsOf(node);
       const field = placeName(dataVar, `${error.instancePath}/${String(params['additionalProperty'])}`);
       return `${field} is not a field here${known.length > 0 ? ` (the fields are ${known.join(', ')})` : ''}`;
     }
@@ -50,12 +50,20 @@ export function describeSchemaErrors(errors: FastifySchemaValidationError[], dat
         .join(' or ')}`;
     case 'enum':
       return `${where} must be one of ${(params['allowedValues'] as unknown[]).map((value) => JSON.stringify(value)).join(', ')}`;
+    case 'minProperties': {
+      const known = fieldsOf(node);
+      return `${where} is empty: give ${known.length > 0 ? `at least one of ${known.join(', ')}` : 'at least one field'}`;
+    }
     case 'minimum':
     case 'maximum':
       return `${where} must be ${error.keyword === 'minimum' ? 'at least' : 'at most'} ${String(params['limit'])}`;
     default:
       return `${where} ${error.message ?? 'is not valid'}`;
   }
+}
+
+function fieldsOf(node: Schema | undefined): string[] {
+  return Object.keys((node?.['properties'] ?? {}) as Schema);
 }
 
 /** `tiers[1].every` for /tiers/1/every; the whole body or parameter list for the empty path. */

@@ -1,7 +1,7 @@
 // JSON schemas shared by the routes. The same schemas validate requests, shape responses and
 // make the OpenAPI document (GET /api/docs).
 
-import { calendarTierPeriods } from '../storage/index.js';
+import { calendarTierPeriods, retentionLimits } from '../storage/index.js';
 
 export const errorReference = { $ref: 'Error#' } as const;
 
@@ -27,14 +27,23 @@ export const exportNameParameter = { type: 'string', pattern: '^[a-z0-9][a-z0-9.
 
 export const snapshotSchema = {
   type: 'object',
-  required: ['name', 'sequence', 'micros', 'time', 'note'],
+  required: ['name', 'sequence', 'micros', 'time', 'note', 'pinned', 'expiresMicros', 'expiresTime'],
   properties: {
     name: { type: 'string' },
     sequence: { type: 'integer', description: 'the mark record in the log; the snapshot shows the volume just after it' },
     micros: { type: 'integer', description: 'Unix microseconds' },
     time: { type: 'string', description: 'RFC 3339 with microseconds' },
     note: { type: 'string' },
+    pinned: { type: 'boolean', description: 'space pressure never expires it (only its deletion or its expiry time does)' },
+    expiresMicros: { type: ['integer', 'null'], description: 'deleted at this time (Unix µs); null: kept until deleted' },
+    expiresTime: { type: ['string', 'null'], description: 'the same in RFC 3339' },
   },
+} as const;
+
+/** When a snapshot expires: an RFC 3339 time (or Unix µs) or seconds from now. */
+export const snapshotExpiryProperties = {
+  expiresAt: { type: 'string', description: 'RFC 3339 (or Unix µs): the snapshot is deleted then' },
+  expiresInSeconds: { type: 'integer', minimum: 1, maximum: retentionLimits.durationSecondsMax, description: 'the snapshot is deleted this many seconds from now' },
 } as const;
 
 /**
@@ -75,27 +84,70 @@ export const retentionPolicySchema = {
   },
 } as const;
 
-/** The lifecycle engine's live figures (storage/retention/lifecycle.ts, RetentionStatus). */
-export const retentionStatusSchema = {
-  type: 'object',
-  properties: {
-    oldestRecoverableMicros: { type: 'integer', description: 'the oldest instant that can still be read (the horizon, or the volume\'s creation)' },
-    protectionWindowSeconds: { type: 'integer', description: 'from the oldest recoverable instant to now' },
-    continuousFromMicros: { type: 'integer', description: 'every instant from here to now is kept' },
-    tierStartsMicros: { type: 'array', items: { type: 'integer' }, description: 'where each tier\'s points begin, finest tier first' },
-    keptPointCount: { type: 'integer', description: 'kept points older than the continuous region (tier points, snapshots, held instants)' },
-    intervalCount: { type: 'integer', description: 'packed intervals between kept points' },
-    historyBytes: { type: 'object', description: 'allocated bytes of the log, the packs, the base image and the index, and their total', additionalProperties: { type: 'integer' } },
-    maxHistoryBytes: { type: 'integer' },
-    fileSystem: { type: 'object', additionalProperties: { type: 'integer' }, description: 'sizeBytes, freeBytes and reserveBytes of the data folder\'s file system' },
-    projectedHistoryBytes: { type: 'integer', description: 'what the policy would keep at the current write rate' },
-    logBytesPerSecond: { type: 'integer' },
-    underPressure: { type: 'boolean', description: 'history is being expired early to stay under the cap and the reserve' },
-    degradedReasons: { type: 'array', items: { type: 'string' } },
-    statistics: {
+/** Instants in Unix µs and RFC 3339, as the retention figures give them. */
+const microsAndTime = (name: string, description: string) =>
+  ({
+    [`${name}Micros`]: { type: 'integer', description: `${description} (Unix µs)` },
+    [`${name}Time`]: { type: 'string', description: `${description} (RFC 3339)` },
+  }) as const;
+
+/** How far back history reaches and where its regions start (GET /volumes/:volume and the timeline). */
+export const retentionRegionsProperties = {
+  ...microsAndTime('oldestRecoverable', 'the oldest instant history still holds'),
+  protectionWindowSeconds: { type: 'integer', description: 'seconds from the oldest recoverable instant to now' },
+  ...microsAndTime('continuousFrom', 'from here on every write is kept'),
+  tiers: {
+    type: 'array',
+    description: "each tier's points, finest first: from its start up to the start of the finer region after it",
+    items: {
       type: 'object',
-      description: 'since the appliance started: operations (packs, merges, folds), reclaimed bytes, segments deleted, seconds spent, failures',
-      additionalProperties: { type: ['integer', 'number', 'string', 'null'] },
+      required: ['every', 'keepSeconds', 'startMicros', 'startTime', 'endMicros', 'endTime'],
+      properties: {
+        every: { anyOf: [{ type: 'integer' }, { type: 'string' }] },
+        keepSeconds: { type: 'integer' },
+        ...microsAndTime('start', "the tier's oldest point may lie here"),
+        ...microsAndTime('end', 'the finer tier or the continuous region takes over here'),
+      },
+    },
+  },
+} as const;
+
+const byteCount = { type: 'integer', minimum: 0 } as const;
+
+/** The history lifecycle's live figures (storage/retention/lifecycle.ts, RetentionStatus). */
+export const retentionStatusProperties = {
+  ...retentionRegionsProperties,
+  keptPointCount: { type: 'integer', description: 'kept instants older than the continuous region (tier points, snapshots, held views)' },
+  intervalCount: { type: 'integer', description: 'packed intervals between kept points' },
+  historyBytes: {
+    type: 'object',
+    description: 'bytes the history takes on disk, by part',
+    properties: { totalBytes: byteCount, logBytes: byteCount, packBytes: byteCount, baseBytes: byteCount, indexBytes: byteCount },
+  },
+  maxHistoryBytes: byteCount,
+  fileSystem: {
+    type: 'object',
+    description: "the data folder's file system",
+    properties: { sizeBytes: byteCount, freeBytes: byteCount, reserveBytes: byteCount },
+  },
+  projectedHistoryBytes: { type: 'integer', description: 'what the policy would keep at the current write rate' },
+  logBytesPerSecond: { type: 'integer', description: 'the current write rate, in log bytes (smoothed)' },
+  underPressure: { type: 'boolean', description: 'history is being expired early to stay under its cap and the free-space reserve' },
+  degradedReasons: { type: 'array', items: { type: 'string' }, description: 'why /health says degraded for this volume; empty when it does not' },
+  statistics: {
+    type: 'object',
+    description: 'what the lifecycle did since the appliance started',
+    properties: {
+      reclaimedBytes: byteCount,
+      packs: { type: 'integer' },
+      merges: { type: 'integer' },
+      folds: { type: 'integer' },
+      segmentsDeleted: { type: 'integer' },
+      expirySeconds: { type: 'number', description: 'time spent folding history into the base image' },
+      compactionSeconds: { type: 'number', description: 'time spent packing and merging' },
+      operationFailures: { type: 'integer' },
+      failedPassesInARow: { type: 'integer' },
+      lastFailure: { type: ['string', 'null'] },
     },
   },
 } as const;
@@ -129,9 +181,9 @@ export const volumeSchema = {
     },
     retention: {
       type: 'object',
-      description: "the retention policy in force, and the lifecycle engine's live figures (status)",
+      description: "the retention policy in force, and the history lifecycle's live figures",
       required: ['policy'],
-      properties: { policy: retentionPolicySchema, status: retentionStatusSchema },
+      properties: { policy: retentionPolicySchema, ...retentionStatusProperties },
     },
   },
 } as const;

@@ -21,6 +21,18 @@ import { ApplianceError } from './errors.js';
 import { ApplianceEvents, nowMicros } from './events.js';
 import { ExportManager } from './exports.js';
 import { JobManager } from './jobs.js';
+import { watchLifecycle } from './lifecycle-alerts.js';
+
+/** How long a snapshot is kept: pinned against space pressure, and an expiry time in µs (0: none). */
+export interface SnapshotRetention {
+  pinned?: boolean;
+  expiresMicros?: number;
+}
+
+/** A snapshot's pin and expiry as the API and the events give them (no expiry: null). */
+export function snapshotRetentionOf(snapshot: SnapshotRecord): { pinned: boolean; expiresMicros: number | null } {
+  return { pinned: snapshot.pinned === true, expiresMicros: (snapshot.expiresMicros ?? 0) === 0 ? null : snapshot.expiresMicros! };
+}
 
 export interface ApplianceOptions {
   dataDirectory: string;
@@ -146,6 +158,7 @@ export class Appliance {
       'volume opened',
     );
     this.exports.addVolume(volume);
+    watchLifecycle(volume, this.events, this.log);
   }
 
   private chooseDefaultExport(): void {
@@ -194,10 +207,21 @@ export class Appliance {
 
   // ---- snapshots ----
 
-  async createSnapshot(volumeName: string, name: string, note = ''): Promise<SnapshotRecord> {
+  /** Mark this instant; a pinned snapshot survives space pressure, one with an expiry time (µs) is deleted then. */
+  async createSnapshot(volumeName: string, name: string, note = '', options: SnapshotRetention = {}): Promise<SnapshotRecord> {
     const history = await this.historyOf(volumeName);
-    const snapshot = await history.createSnapshot(name, note);
-    this.events.emit({ type: 'snapshot-created', volume: volumeName, name, sequence: snapshot.sequence, micros: snapshot.micros, note });
+    const snapshot = await history.createSnapshot(name, note, options);
+    this.events.emit({ type: 'snapshot-created', volume: volumeName, name, sequence: snapshot.sequence, micros: snapshot.micros, note, ...snapshotRetentionOf(snapshot) });
+    return snapshot;
+  }
+
+  /** Pin or unpin a snapshot, or change its expiry time (0: kept until deleted). */
+  async updateSnapshot(volumeName: string, name: string, changes: SnapshotRetention): Promise<SnapshotRecord> {
+    const history = await this.historyOf(volumeName);
+    const problem = validateSnapshotName(name);
+    if (problem !== null) throw new ApplianceError('EINVAL', problem);
+    const snapshot = await history.updateSnapshot(name, changes);
+    this.events.emit({ type: 'snapshot-updated', volume: volumeName, name, ...snapshotRetentionOf(snapshot), micros: nowMicros() });
     return snapshot;
   }
 

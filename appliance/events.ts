@@ -1,11 +1,13 @@
-// What happens in the appliance, for the events websocket and the console: a typed bus.
+// What happens in the appliance, for the events websocket and the console: a typed bus. The
+// history lifecycle's alerts (storage/retention/lifecycle.ts) join it as they are, with the time.
 
 import { EventEmitter } from 'node:events';
-import type { RetentionPolicy } from '../storage/index.js';
+import type { LifecycleEvent, RetentionPolicy } from '../storage/index.js';
 
 export type ApplianceEvent =
   | { type: 'write-rate'; volume: string; writesPerSecond: number; bytesPerSecond: number; micros: number }
-  | { type: 'snapshot-created'; volume: string; name: string; sequence: number; micros: number; note: string }
+  | { type: 'snapshot-created'; volume: string; name: string; sequence: number; micros: number; note: string; pinned: boolean; expiresMicros: number | null }
+  | { type: 'snapshot-updated'; volume: string; name: string; pinned: boolean; expiresMicros: number | null; micros: number }
   | { type: 'snapshot-deleted'; volume: string; name: string; micros: number }
   | { type: 'volume-created'; volume: string; sizeBytes: number; micros: number }
   | { type: 'volume-deleted'; volume: string; micros: number }
@@ -29,7 +31,9 @@ export type ApplianceEvent =
       etaSeconds: number | null;
       micros: number;
     }
-  | { type: 'job-finished'; id: string; kind: string; volume: string; state: string; error: string | null; micros: number };
+  | { type: 'job-finished'; id: string; kind: string; volume: string; state: string; error: string | null; micros: number }
+  /** history-usage, protection-window-short/-restored, history-expired, lifecycle-failed, snapshot-expired. */
+  | (LifecycleEvent & { micros: number });
 
 export class ApplianceEvents {
   private readonly emitter = new EventEmitter();

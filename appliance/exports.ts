@@ -1,7 +1,8 @@
 // The exports of the appliance: every volume under its own name (live), and the point-in-time
 // views and clones people create, each under a name of its own. View and clone exports are kept
 // in data/exports.json and come back after a restart; a clone's overlay lives in
-// data/volumes/<volume>/clones/<export>/.
+// data/volumes/<volume>/clones/<export>/. A view holds its instant against expiry until its
+// export is deleted (then it is released).
 
 import path from 'node:path';
 import {
@@ -11,13 +12,14 @@ import {
   writeFileAtomic,
   type BlockDevice,
   type InstantSpecification,
+  type PointInTimeView,
   type Volume,
   type VolumeStore,
 } from '../storage/index.js';
 import { openAccessPolicy, parseAccessPolicy, type AccessPolicy, type ExportTable, type NbdServer } from '../server/index.js';
 import { ApplianceError } from './errors.js';
 import { nowMicros, type ApplianceEvents } from './events.js';
-import { instantOf } from './instant.js';
+import { explainExpired, instantOf } from './instant.js';
 import fs from 'node:fs';
 
 export interface ExportRequest {
@@ -77,6 +79,8 @@ export class ExportManager {
   private uriBase: string;
   private readonly definitions = new Map<string, ExportDefinition>();
   private readonly clones = new Map<string, Clone>();
+  /** The view beneath each view and clone export, released when the export goes. */
+  private readonly views = new Map<string, PointInTimeView>();
   private readonly volumePolicies: ReadonlyMap<string, AccessPolicy>;
 
   constructor(parts: { store: VolumeStore; table: ExportTable; nbd: NbdServer; events: ApplianceEvents; uriBase: string; volumePolicies?: ReadonlyMap<string, AccessPolicy> }) {
@@ -126,7 +130,9 @@ export class ExportManager {
     const history = volume.history;
     if (history === null) throw new ApplianceError('EINVAL', `volume ${request.volume} keeps no history`);
     const instant = instantOf(request);
-    const sequence = await history.sequenceOf(instant);
+    const sequence = await history.sequenceOf(instant).catch((error: unknown) => {
+      throw explainExpired(error, request.volume, instant);
+    });
     const writable = request.writable ?? false;
     const name = request.name ?? defaultExportName(request.volume, instant, sequence, writable);
     if (!exportNamePattern.test(name)) {
@@ -157,7 +163,10 @@ export class ExportManager {
         createdMicros: definition.createdMicros,
       });
     }
-    const device = await this.openDevice(definition);
+    const device = await this.openDevice(definition).catch((error: unknown) => {
+      if (writable) fs.rmSync(this.cloneDirectory(definition), { recursive: true, force: true });
+      throw explainExpired(error, request.volume, instant);
+    });
     this.table.add(name, device, device.description, policy);
     this.definitions.set(name, definition);
     await this.persist();
@@ -186,6 +195,8 @@ export class ExportManager {
       this.clones.delete(name);
       fs.rmSync(this.cloneDirectory(definition), { recursive: true, force: true });
     }
+    this.views.get(name)?.release();
+    this.views.delete(name);
     await this.persist();
     this.events.emit({ type: 'export-deleted', name, micros: nowMicros() });
   }
@@ -223,6 +234,8 @@ export class ExportManager {
   close(): void {
     for (const clone of this.clones.values()) clone.close();
     this.clones.clear();
+    for (const view of this.views.values()) view.release();
+    this.views.clear();
   }
 
   /** The access policy of a new or restored export; EINVAL for a bad rule or TLS-only without TLS. */
@@ -242,11 +255,20 @@ export class ExportManager {
     const instantText = definition.snapshot !== null ? `snapshot ${definition.snapshot}, ` : '';
     const description = `cdp-nbd volume ${definition.volume} at ${formatMicros(definition.micros)} (${instantText}sequence ${definition.sequence}), read-only`;
     const view = await volume.history.openView(definition.sequence, description);
-    if (!definition.writable) return view;
-    const clone = Clone.open(nodeFileSystem, this.cloneDirectory(definition), view);
-    await clone.flush();
-    this.clones.set(definition.name, clone);
-    return clone;
+    if (!definition.writable) {
+      this.views.set(definition.name, view);
+      return view;
+    }
+    try {
+      const clone = Clone.open(nodeFileSystem, this.cloneDirectory(definition), view);
+      await clone.flush();
+      this.clones.set(definition.name, clone);
+      this.views.set(definition.name, view);
+      return clone;
+    } catch (error) {
+      view.release();
+      throw error;
+    }
   }
 
   private async instantMicros(volume: Volume, sequence: number): Promise<number> {

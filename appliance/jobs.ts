@@ -2,7 +2,8 @@
 // target, or onto the volume itself), verify (internal consistency, or against another disk) and
 // seed (a volume's t0 from an existing disk). Each job has a journal, data/jobs/<id>.json
 // (docs/formats/job-journal.md), rewritten at every checkpoint; a restore or seed interrupted by a
-// crash, a restart or a cancel is resumed by asking for the same thing again.
+// crash, a restart or a cancel is resumed by asking for the same thing again. A job reading a
+// point in time holds it against expiry through a view, released when the job ends.
 
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -12,7 +13,10 @@ import {
   nodeFileSystem,
   verifyVolume,
   writeFileAtomic,
+  type InstantSpecification,
+  type PointInTimeView,
   type Volume,
+  type VolumeHistory,
   type VolumeStore,
 } from '../storage/index.js';
 import type { NbdServer } from '../server/index.js';
@@ -22,7 +26,7 @@ import { runTransfer, type TransferCheckpoint, type TransferResult } from '../tr
 import type { CopyMode } from '../transfer/copy.js';
 import { ApplianceError } from './errors.js';
 import { nowMicros, type ApplianceEvents } from './events.js';
-import { instantOf } from './instant.js';
+import { explainExpired, instantOf } from './instant.js';
 
 export type RestoreMode = 'fast' | 'digest' | 'full';
 
@@ -167,13 +171,41 @@ export class JobManager {
     if (inPlace === (request.target !== undefined)) throw new ApplianceError('EINVAL', 'give either target or inPlace: true');
     const mode: RestoreMode = request.mode ?? (inPlace ? 'fast' : 'digest');
     if (inPlace && mode !== 'fast') throw new ApplianceError('EINVAL', 'an in-place restore sends the changed blocks only (mode fast)');
-    const sequence = await history.sequenceOf(instantOf(request));
+    const instant = instantOf(request);
+    const sequence = await keptSequenceOf(history, request.volume, instant);
     const target = inPlace ? null : request.target!;
     const key = jobKey(['restore', request.volume, sequence, target ?? 'in-place', mode]);
     if (inPlace) this.refuseWriters(request.volume, request.force === true, 'rewind it in place');
     this.refuseBusyVolume(request.volume, inPlace);
 
     const resumable = this.resumable(key);
+    const sourceView = await openKeptView(history, request.volume, instant, sequence, `restore source: ${request.volume} at sequence ${sequence}`);
+    let targetEndpoint: Endpoint | null = null;
+    try {
+      targetEndpoint = inPlace ? blockDeviceEndpoint(volume, `${request.volume} (live)`) : await this.openTarget(target!, volume.sizeBytes);
+      return await this.startRestore({ request, volume, history, sequence, key, mode, target, resumable, sourceView, targetEndpoint });
+    } catch (error) {
+      sourceView.release();
+      await targetEndpoint?.close();
+      throw error;
+    }
+  }
+
+  /** The restore's job (resumed or new) and its run, once its source is held and its target open. */
+  private async startRestore(parts: {
+    request: RestoreRequest;
+    volume: Volume;
+    history: VolumeHistory;
+    sequence: number;
+    key: string;
+    mode: RestoreMode;
+    target: string | null;
+    resumable: Job | null;
+    sourceView: PointInTimeView;
+    targetEndpoint: Endpoint;
+  }): Promise<Job> {
+    const { request, volume, history, sequence, key, mode, target, resumable, sourceView, targetEndpoint } = parts;
+    const inPlace = target === null;
     let job: Job;
     if (resumable !== null) {
       job = resumable;
@@ -191,9 +223,7 @@ export class JobManager {
       }
       job = this.newJob({ kind: 'restore', volume: request.volume, key, request, sequence, baseSequence, mode, target, undoSnapshot });
     }
-    const sourceView = await history.openView(job.sequence!, `restore source: ${request.volume} at sequence ${job.sequence}`);
     const source = blockDeviceEndpoint(sourceView, `${request.volume} at sequence ${job.sequence}`);
-    const targetEndpoint = inPlace ? blockDeviceEndpoint(volume, `${request.volume} (live)`) : await this.openTarget(job.target!, volume.sizeBytes);
     const plan =
       mode === 'fast' ? await changedPlan(history, job.sequence!, job.baseSequence, volume.sizeBytes) : wholePlan(volume.sizeBytes, mode === 'digest' ? comparePieceBytes : requestBytesMax);
     const copyMode: CopyMode = mode === 'digest' ? 'compare' : 'write';
@@ -214,6 +244,7 @@ export class JobManager {
         return transferSummary(result, targetEndpoint.sizeBytes, volume.sizeBytes);
       } finally {
         await targetEndpoint.close();
+        sourceView.release();
       }
     });
     return job;
@@ -237,11 +268,25 @@ export class JobManager {
       });
       return job;
     }
-    const sequence = anInstant ? await history.sequenceOf(instantOf(request)) : null;
-    const device = sequence === null ? volume : await history.openView(sequence, `verification of ${request.volume} at sequence ${sequence}`);
-    const source = blockDeviceEndpoint(device, sequence === null ? `${request.volume} (live)` : `${request.volume} at sequence ${sequence}`);
-    const other = await this.openTarget(request.against, null, false);
-    const job = this.newJob({ kind: 'verify', volume: request.volume, key: jobKey(['verify', request.volume, crypto.randomUUID()]), request, sequence, baseSequence: 0, mode: 'external', target: request.against, undoSnapshot: null });
+    const instant = anInstant ? instantOf(request) : null;
+    const sequence = instant === null ? null : await keptSequenceOf(history, request.volume, instant);
+    const view = instant === null || sequence === null ? null : await openKeptView(history, request.volume, instant, sequence, `verification of ${request.volume} at sequence ${sequence}`);
+    const source = blockDeviceEndpoint(view ?? volume, sequence === null ? `${request.volume} (live)` : `${request.volume} at sequence ${sequence}`);
+    let other: Endpoint | null = null;
+    let job: Job;
+    try {
+      other = await this.openTarget(request.against, null, false);
+      job = this.newJob({ kind: 'verify', volume: request.volume, key: jobKey(['verify', request.volume, crypto.randomUUID()]), request, sequence, baseSequence: 0, mode: 'external', target: request.against, undoSnapshot: null });
+    } catch (error) {
+      view?.release();
+      await other?.close();
+      throw error;
+    }
+    this.runExternalVerification(job, volume, source, other, view);
+    return job;
+  }
+
+  private runExternalVerification(job: Job, volume: Volume, source: Endpoint, other: Endpoint, view: PointInTimeView | null): void {
     this.start(job, async (signal, onProgress) => {
       try {
         const comparedBytes = Math.min(other.sizeBytes, volume.sizeBytes);
@@ -257,9 +302,9 @@ export class JobManager {
         };
       } finally {
         await other.close();
+        view?.release();
       }
     });
-    return job;
   }
 
   // ---- seed ----
@@ -441,6 +486,20 @@ export class JobManager {
       throw error;
     }
   }
+}
+
+/** The sequence an instant names, refused in words with the nearest kept instants when it expired. */
+function keptSequenceOf(history: VolumeHistory, volume: string, instant: InstantSpecification): Promise<number> {
+  return history.sequenceOf(instant).catch((error: unknown) => {
+    throw explainExpired(error, volume, instant);
+  });
+}
+
+/** A view that holds its instant until released (the instant may have expired since it was named). */
+function openKeptView(history: VolumeHistory, volume: string, instant: InstantSpecification, sequence: number, description: string): Promise<PointInTimeView> {
+  return history.openView(sequence, description).catch((error: unknown) => {
+    throw explainExpired(error, volume, instant);
+  });
 }
 
 function transferSummary(result: TransferResult, targetSizeBytes: number, volumeSizeBytes: number): Record<string, unknown> {

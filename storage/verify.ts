@@ -83,38 +83,43 @@ async function verifyHeldStill(volume: Volume, history: NonNullable<Volume['hist
   const packs = await history.lifecycle.verifyPacks();
   report.packs = { checked: packs.packs, records: packs.records, problems: packs.problems.slice(0, reportedBadRecordsMax) };
   const view = await history.openView(sequence, 'verification', { fromLogOnly: true });
-  const extentsAt = await history.extentResolver(sequence);
+  // The view holds its instant against expiry while the check reads it.
+  try {
+    const extentsAt = await history.extentResolver(sequence);
 
-  for (let sliceStart = 0; sliceStart < sizeBytes; sliceStart += sliceBytes) {
-    const sliceEnd = Math.min(sizeBytes, sliceStart + sliceBytes);
-    const firstSlice = sliceStart === 0;
-    const replay = await replaySlice(volume, packed, sequence, sliceStart, sliceEnd, firstSlice ? report : null, options);
-    // Bytes the fine region did not write come from a pack or the base image: only the fine region's records are compared.
-    const extents = (await extentsAt(sliceStart, sliceEnd)).filter((extent) => extent.source.sequence >= packed.fineStartSequence);
-    for (const range of differingExtents(replay, extents, sliceStart, sliceEnd)) {
-      report.maps.mismatchBytes += range.endBytes - range.startBytes;
-      if (report.maps.mismatches.length < reportedRangesMax) report.maps.mismatches.push(range);
+    for (let sliceStart = 0; sliceStart < sizeBytes; sliceStart += sliceBytes) {
+      const sliceEnd = Math.min(sizeBytes, sliceStart + sliceBytes);
+      const firstSlice = sliceStart === 0;
+      const replay = await replaySlice(volume, packed, sequence, sliceStart, sliceEnd, firstSlice ? report : null, options);
+      // Bytes the fine region did not write come from a pack or the base image: only the fine region's records are compared.
+      const extents = (await extentsAt(sliceStart, sliceEnd)).filter((extent) => extent.source.sequence >= packed.fineStartSequence);
+      for (const range of differingExtents(replay, extents, sliceStart, sliceEnd)) {
+        report.maps.mismatchBytes += range.endBytes - range.startBytes;
+        if (report.maps.mismatches.length < reportedRangesMax) report.maps.mismatches.push(range);
+      }
     }
+
+    // 3. The live image against the view at the same instant.
+    let nextPiece = 0;
+    const pieceCount = Math.ceil(sizeBytes / imagePieceBytes);
+    let donePieces = 0;
+    const worker = async (): Promise<void> => {
+      for (;;) {
+        if (options.signal?.aborted === true) throw new StorageError('ECANCELED', 'verification cancelled');
+        const piece = nextPiece++;
+        if (piece >= pieceCount) return;
+        const startBytes = piece * imagePieceBytes;
+        const lengthBytes = Math.min(imagePieceBytes, sizeBytes - startBytes);
+        const [live, expected] = await Promise.all([volume.read(startBytes, lengthBytes), view.read(startBytes, lengthBytes)]);
+        report.image.checkedBytes += lengthBytes;
+        if (!live.equals(expected)) await noteImageDifferences(volume, sequence, startBytes, live, expected, report);
+        options.onProgress?.({ phase: 'image', doneUnits: ++donePieces, totalUnits: pieceCount });
+      }
+    };
+    await Promise.all(Array.from({ length: imagePiecesInFlight }, worker));
+  } finally {
+    view.release();
   }
-
-  // 3. The live image against the view at the same instant.
-  let nextPiece = 0;
-  const pieceCount = Math.ceil(sizeBytes / imagePieceBytes);
-  let donePieces = 0;
-  const worker = async (): Promise<void> => {
-    for (;;) {
-      if (options.signal?.aborted === true) throw new StorageError('ECANCELED', 'verification cancelled');
-      const piece = nextPiece++;
-      if (piece >= pieceCount) return;
-      const startBytes = piece * imagePieceBytes;
-      const lengthBytes = Math.min(imagePieceBytes, sizeBytes - startBytes);
-      const [live, expected] = await Promise.all([volume.read(startBytes, lengthBytes), view.read(startBytes, lengthBytes)]);
-      report.image.checkedBytes += lengthBytes;
-      if (!live.equals(expected)) await noteImageDifferences(volume, sequence, startBytes, live, expected, report);
-      options.onProgress?.({ phase: 'image', doneUnits: ++donePieces, totalUnits: pieceCount });
-    }
-  };
-  await Promise.all(Array.from({ length: imagePiecesInFlight }, worker));
   report.ok = report.records.badCount === 0 && report.records.missing === 0 && report.maps.mismatchBytes === 0 && report.packs.problems.length === 0 && report.image.mismatchBytes === 0;
   return report;
 }

@@ -133,6 +133,8 @@ export class Volume implements BlockDevice {
   private cleaningTimer: NodeJS.Timeout | null = null;
   private cleaning: Promise<void> | null = null;
   private closed: Promise<void> | null = null;
+  /** The last append found no room for the log (ENOSPC), and none has been taken since. */
+  private refusingWritesForSpace = false;
   private readonly statistics = { writeCount: 0, writeBytes: 0, zeroCount: 0, trimCount: 0, readCount: 0, readBytes: 0, flushCount: 0 };
   private readonly flushLatencyCounts = new Array<number>(flushLatencyBucketsSeconds.length + 1).fill(0);
   private flushLatencySumSeconds = 0;
@@ -370,7 +372,13 @@ export class Volume implements BlockDevice {
   /** Steps 1 and 2: admission, then the append that orders this write among all others. */
   private async appendRecord(kind: RecordKind, flags: number, offsetBytes: number, lengthBytes: number, payload: Buffer | null): Promise<AppendedRecord> {
     const recordBytes = recordHeaderBytes + (payload?.length ?? 0);
-    for (let wait = this.log.admit(recordBytes); wait !== null; wait = this.log.admit(recordBytes)) await wait;
+    try {
+      for (let wait = this.log.admit(recordBytes); wait !== null; wait = this.log.admit(recordBytes)) await wait;
+    } catch (error) {
+      if (error instanceof StorageError && error.code === 'ENOSPC') this.refusingWritesForSpace = true;
+      throw error;
+    }
+    this.refusingWritesForSpace = false;
     const record = this.log.append(kind, flags, offsetBytes, lengthBytes, payload);
     this.history?.noteRecord(record, payload);
     return record;
@@ -384,6 +392,8 @@ export class Volume implements BlockDevice {
   /** What the history (points in time) needs of this volume. */
   private asHistoryVolume(): HistoryVolume {
     const log = this.log;
+    const appendedLogBytes = (): number => this.appendedLogBytes;
+    const refusingWritesForSpace = (): boolean => this.refusingWritesForSpace;
     return {
       name: this.config.name,
       createdMicros: this.config.createdMicros,
@@ -406,6 +416,12 @@ export class Volume implements BlockDevice {
       },
       get durableSequence(): number {
         return log.durableSequence;
+      },
+      get appendedLogBytes(): number {
+        return appendedLogBytes();
+      },
+      get refusingWritesForSpace(): boolean {
+        return refusingWritesForSpace();
       },
     };
   }
@@ -592,6 +608,11 @@ export class Volume implements BlockDevice {
     if (this.failure === null && this.strandedRecords.length === 0) await this.cleanRegions(true);
     this.primary.close();
     this.drl.close();
+  }
+
+  /** Bytes of log up to the append position, since the volume was made (only grows). */
+  private get appendedLogBytes(): number {
+    return (this.log.appendPosition.segmentNumber - 1) * this.config.segmentSizeBytes + this.log.appendPosition.offsetBytes;
   }
 
   stats(): VolumeStatistics {

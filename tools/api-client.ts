@@ -15,6 +15,17 @@ export const apiOptions = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
+/**
+ * `cdp-nbd COMMAND` without a known action: the usage on stdout when it was asked for (exit 0),
+ * else on stderr after the problem (exit 2).
+ */
+export function actionUsage(command: string, action: string | undefined, whenMissing: string, usage: string): number {
+  const asked = action === '--help' || action === '-h' || action === 'help';
+  const problem = action === undefined ? whenMissing : `unknown action "${action}"`;
+  (asked ? process.stdout : process.stderr).write(`${asked ? '' : `cdp-nbd ${command}: ${problem}\n\n`}${usage}\n`);
+  return asked ? 0 : 2;
+}
+
 export function apiClientOf(values: { api: string; token?: string | undefined; data: string }): ApiClient {
   return new ApiClient({ apiBase: values.api, token: values.token, dataDirectory: values.data });
 }

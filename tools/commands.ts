@@ -10,6 +10,7 @@ import { apiClientOf, apiOptions } from './api-client.js';
 import { formatBytes, parseSize } from './sizes.js';
 import { jobUsage, runJob, runRestore, runSeed, runVerify } from './job-commands.js';
 import { retentionChangesOf, retentionOptions, retentionOptionsUsage, runRetention } from './retention-commands.js';
+import { runSnapshot, snapshotUsage } from './snapshot-commands.js';
 
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -20,9 +21,7 @@ Usage:
   cdp-nbd volume create NAME --size SIZE [--data DIR]
   cdp-nbd volume list [--data DIR]
   cdp-nbd log inspect --volume NAME [--data DIR] [--from SEQUENCE] [--limit N] [--json]
-  cdp-nbd snapshot create VOLUME NAME [--note TEXT]     (these talk to a running appliance)
-  cdp-nbd snapshot list VOLUME
-  cdp-nbd snapshot delete VOLUME NAME
+${snapshotUsage}
   cdp-nbd retention show VOLUME
   cdp-nbd retention set VOLUME [--keep-all 24h] [--hourly 7d] [--daily 30d] [--weekly 8w] [--monthly 6M]
                     [--yearly 2y] [--no-tiers] [--max-history 100G] [--reserve 5% | 10G] [--required-window 24h]
@@ -88,37 +87,6 @@ const commands: Record<string, Handler> = {
 
 function print(value: unknown, asJson: boolean, asText: () => string): void {
   process.stdout.write(asJson ? `${JSON.stringify(value, null, 2)}\n` : `${asText()}\n`);
-}
-
-interface SnapshotJson {
-  name: string;
-  sequence: number;
-  time: string;
-  note: string;
-}
-
-async function runSnapshot(argv: string[]): Promise<number> {
-  const [action, ...rest] = argv;
-  const { values, positionals } = parseArgs({ args: rest, allowPositionals: true, options: { ...apiOptions, note: { type: 'string', default: '' } } });
-  const usage = 'Usage:\n  cdp-nbd snapshot create VOLUME NAME [--note TEXT]\n  cdp-nbd snapshot list VOLUME\n  cdp-nbd snapshot delete VOLUME NAME\n';
-  const [volume, name] = positionals;
-  if (values.help || volume === undefined || (action !== 'list' && name === undefined) || !['create', 'list', 'delete'].includes(action ?? '')) {
-    process.stdout.write(usage);
-    return values.help ? 0 : 2;
-  }
-  const client = apiClientOf(values);
-  const base = `/api/v1/volumes/${encodeURIComponent(volume)}/snapshots`;
-  if (action === 'create') {
-    const snapshot = await client.request<SnapshotJson>('POST', base, { name, note: values.note });
-    print(snapshot, values.json, () => `snapshot ${snapshot.name} of ${volume} at ${snapshot.time} (sequence ${snapshot.sequence})`);
-  } else if (action === 'list') {
-    const { snapshots } = await client.request<{ snapshots: SnapshotJson[] }>('GET', base);
-    print(snapshots, values.json, () => ['name\ttime\tsequence\tnote', ...snapshots.map((snapshot) => `${snapshot.name}\t${snapshot.time}\t${snapshot.sequence}\t${snapshot.note}`)].join('\n'));
-  } else {
-    await client.request('DELETE', `${base}/${encodeURIComponent(name!)}`);
-    print({ deleted: name }, values.json, () => `deleted snapshot ${name} of ${volume}`);
-  }
-  return 0;
 }
 
 interface ExportJson {

@@ -55,3 +55,11 @@ export function describeDuration(seconds: number): string {
   const count = seconds / unitSeconds[unit];
   return `${count} ${unitWords[unit][count === 1 ? 0 : 1]}`;
 }
+
+/** A span of time for people, rounded: `45 s`, `12 min`, `5.3 h`, `3.2 days`. */
+export function describeSpan(seconds: number): string {
+  if (seconds < 120) return `${Math.round(seconds)} s`;
+  if (seconds < 2 * 3600) return `${Math.round(seconds / 60)} min`;
+  if (seconds < 2 * 86_400) return `${(seconds / 3600).toFixed(1)} h`;
+  return `${(seconds / 86_400).toFixed(1)} days`;
+}

@@ -1,7 +1,8 @@
 // `cdp-nbd retention show|set VOLUME`: a volume's retention policy (docs/formats/retention.md) on
 // the running appliance, read and changed over the API. `set` changes only what is given (GET,
-// change, PUT); the appliance checks the result and answers nonsense with the reason. The same
-// options, given to `serve`, change the default volume's policy (retentionChangesOf).
+// change, PUT); the appliance checks the result and answers nonsense with the reason. `show` also
+// tells where history stands (the lifecycle's figures). The same options, given to `serve`,
+// change the default volume's policy (retentionChangesOf).
 
 import { parseArgs } from 'node:util';
 import {
@@ -13,8 +14,9 @@ import {
   type RetentionPolicyChanges,
   type TierEvery,
 } from '../storage/index.js';
-import { apiClientOf, apiOptions } from './api-client.js';
-import { describeDuration, durationExamples, formatDuration, parseDuration } from './durations.js';
+import type { RetentionStatusJson } from '../api/retention-status.js';
+import { actionUsage, apiClientOf, apiOptions } from './api-client.js';
+import { describeDuration, describeSpan, durationExamples, formatDuration, parseDuration } from './durations.js';
 import { serveDefaults } from './serve.js';
 import { formatBytes, parseSize } from './sizes.js';
 
@@ -119,13 +121,26 @@ export function describeRetentionPolicy(policy: RetentionPolicy): string[] {
   return [`${kept};`, `history capped at ${formatBytes(policy.maxHistoryBytes)}; keep ${reserve} free;`, required];
 }
 
+/** Where a volume's history stands, in a few lines for people. */
+export function describeRetentionStatus(status: RetentionStatusJson): string[] {
+  const { historyBytes: bytes, fileSystem, statistics } = status;
+  const tiers = status.tiers.map((tier) => `${typeof tier.every === 'number' ? `points every ${describeDuration(tier.every)}` : `${tier.every} points`} from ${tier.startTime}`);
+  return [
+    `oldest recoverable instant ${status.oldestRecoverableTime}: a protected window of ${describeSpan(status.protectionWindowSeconds)};`,
+    `every write kept from ${status.continuousFromTime}${tiers.length === 0 ? '' : `; ${tiers.join('; ')}`};`,
+    `history takes ${formatBytes(bytes.totalBytes)} of its ${formatBytes(status.maxHistoryBytes)} cap (log ${formatBytes(bytes.logBytes)}, packs ${formatBytes(bytes.packBytes)}, base image ${formatBytes(bytes.baseBytes)}, index ${formatBytes(bytes.indexBytes)});`,
+    `the file system has ${formatBytes(fileSystem.freeBytes)} free of ${formatBytes(fileSystem.sizeBytes)}, ${formatBytes(fileSystem.reserveBytes)} of it kept in reserve;`,
+    `at the current rate (${formatBytes(status.logBytesPerSecond)}/s of log) the policy would keep about ${formatBytes(status.projectedHistoryBytes)};`,
+    `reclaimed ${formatBytes(statistics.reclaimedBytes)} so far: ${statistics.packs} packs, ${statistics.merges} merges, ${statistics.folds} folds, ${statistics.segmentsDeleted} log segments deleted; ` +
+      `expiry took ${statistics.expirySeconds.toFixed(1)} s, compaction ${statistics.compactionSeconds.toFixed(1)} s; ${statistics.operationFailures} failures`,
+    ...(status.underPressure ? ['space pressure: the oldest history is being expired early'] : []),
+    ...status.degradedReasons.map((reason) => `degraded: ${reason}`),
+  ];
+}
+
 export async function runRetention(argv: string[]): Promise<number> {
   const [action, ...rest] = argv;
-  if (action !== 'show' && action !== 'set') {
-    const help = action === '--help' || action === '-h' || action === 'help';
-    (help ? process.stdout : process.stderr).write(`${help ? '' : `cdp-nbd retention: ${action === undefined ? 'show or set?' : `unknown action "${action}"`}\n\n`}${retentionUsage}\n`);
-    return help ? 0 : 2;
-  }
+  if (action !== 'show' && action !== 'set') return actionUsage('retention', action, 'show or set?', retentionUsage);
   const { values, positionals } = parseRetentionArguments(action, rest);
   if (values.help) {
     process.stdout.write(`${retentionUsage}\n`);
@@ -140,14 +155,15 @@ export async function runRetention(argv: string[]): Promise<number> {
   if (action === 'set' && retentionChangesAreEmpty(changes)) throw new Error('retention set: nothing to change (cdp-nbd retention --help lists the options)');
   const client = apiClientOf(values);
   const route = `/api/v1/volumes/${encodeURIComponent(volume)}`;
-  let retention: { policy: RetentionPolicy };
+  let retention: { policy: RetentionPolicy } & Partial<RetentionStatusJson>;
   if (action === 'show') {
-    retention = (await client.request<{ retention: { policy: RetentionPolicy } }>('GET', route)).retention;
+    retention = (await client.request<{ retention: { policy: RetentionPolicy } & Partial<RetentionStatusJson> }>('GET', route)).retention;
   } else {
     const current = await client.request<RetentionPolicy>('GET', `${route}/retention`);
     retention = { policy: await client.request<RetentionPolicy>('PUT', `${route}/retention`, changeRetentionPolicy(current, changes)) };
   }
-  const text = [`retention of ${volume}:`, ...describeRetentionPolicy(retention.policy).map((line) => `  ${line}`)].join('\n');
+  const status = retention.oldestRecoverableTime === undefined ? [] : ['now:', ...describeRetentionStatus(retention as RetentionStatusJson).map((line) => `  ${line}`)];
+  const text = [`retention of ${volume}:`, ...describeRetentionPolicy(retention.policy).map((line) => `  ${line}`), ...status].join('\n');
   process.stdout.write(values.json ? `${JSON.stringify(retention, null, 2)}\n` : `${text}\n`);
   return 0;
 }

@@ -36,7 +36,7 @@ export async function exportRoutes(app: FastifyInstance, context: AppContext): P
             tlsOnly: { type: 'boolean', default: false, description: 'refuse clients that have not started TLS (serve --tls selective or required)' },
           },
         },
-        response: { 201: exportSchema, 404: errorReference, 409: errorReference, ...commonErrors },
+        response: { 201: exportSchema, 404: errorReference, 409: errorReference, 410: errorReference, ...commonErrors },
       },
     },
     async (request, reply) => {

@@ -67,7 +67,7 @@ function jobJson(job: Job) {
 }
 
 /** What starting a job answers: the job (202 running, or 200 finished with ?wait=true) or why not. */
-const startResponses = { 200: jobSchema, 202: jobSchema, 404: errorReference, 409: errorReference, ...commonErrors } as const;
+const startResponses = { 200: jobSchema, 202: jobSchema, 404: errorReference, 409: errorReference, 410: errorReference, ...commonErrors } as const;
 
 const waitQuery = {
   type: 'object',

@@ -1,6 +1,8 @@
-// GET /metrics: Prometheus text exposition of the appliance's counters and gauges.
+// GET /metrics: Prometheus text exposition of the appliance's counters and gauges, and each
+// volume's history lifecycle (bytes by part, how far back it reaches, reclaim and its cost).
 
 import type { FastifyInstance } from 'fastify';
+import type { RetentionStatus, Volume } from '../../storage/index.js';
 import type { AppContext } from '../context.js';
 
 interface Metric {
@@ -35,6 +37,41 @@ function securityMetrics(counts: { tlsStarted: number; tlsFailed: number; access
       ],
     },
     { name: 'cdp_nbd_access_refusals_total', help: 'NBD clients an export allowlist turned away.', type: 'counter', samples: [{ labels: {}, value: counts.accessRefused }] },
+  ];
+}
+
+/** The history lifecycle of each volume that keeps history (storage/retention/lifecycle.ts). */
+function historyMetrics(volumes: readonly Volume[]): Metric[] {
+  const statuses = volumes.flatMap((volume) => (volume.history === null ? [] : [{ volume: volume.config.name, status: volume.history.lifecycle.status() }]));
+  const fromStatus = (name: string, help: string, type: Metric['type'], value: (status: RetentionStatus) => number): Metric => ({
+    name,
+    help,
+    type,
+    samples: statuses.map(({ volume, status }) => ({ labels: { volume }, value: value(status) })),
+  });
+  const parts = { log: 'logBytes', packs: 'packBytes', base: 'baseBytes', index: 'indexBytes' } as const;
+  return [
+    {
+      name: 'cdp_history_bytes',
+      help: 'Bytes the history takes on disk, by part: log segments, interval packs, the base image, the index.',
+      type: 'gauge',
+      samples: statuses.flatMap(({ volume, status }) => Object.entries(parts).map(([part, field]) => ({ labels: { volume, part }, value: status.historyBytes[field] }))),
+    },
+    fromStatus('cdp_history_max_bytes', 'The cap on the bytes history takes (the retention policy).', 'gauge', (status) => status.maxHistoryBytes),
+    fromStatus('cdp_history_projected_bytes', 'What the retention policy would keep at the current write rate.', 'gauge', (status) => status.projectedHistoryBytes),
+    fromStatus('cdp_history_oldest_timestamp_seconds', 'The oldest recoverable instant, in Unix seconds.', 'gauge', (status) => status.oldestRecoverableMicros / 1_000_000),
+    fromStatus('cdp_protection_window_seconds', 'Seconds from the oldest recoverable instant to now.', 'gauge', (status) => status.protectionWindowSeconds),
+    fromStatus('cdp_history_under_pressure', '1 while history is expired early to stay under its cap and the free-space reserve.', 'gauge', (status) => (status.underPressure ? 1 : 0)),
+    fromStatus('cdp_filesystem_size_bytes', "Size of the file system holding the volume's data.", 'gauge', (status) => status.fileSystem.sizeBytes),
+    fromStatus('cdp_filesystem_free_bytes', "Free bytes of the file system holding the volume's data.", 'gauge', (status) => status.fileSystem.freeBytes),
+    fromStatus('cdp_filesystem_reserve_bytes', 'Free bytes the retention policy keeps on that file system.', 'gauge', (status) => status.fileSystem.reserveBytes),
+    fromStatus('cdp_history_reclaimed_bytes_total', 'Bytes of history reclaimed by expiry and compaction.', 'counter', (status) => status.statistics.reclaimedBytes),
+    fromStatus('cdp_history_expiry_seconds_total', 'Time spent expiring history (folding it into the base image).', 'counter', (status) => status.statistics.expirySeconds),
+    fromStatus('cdp_history_expiry_operations_total', 'Expiry operations (folds) started.', 'counter', (status) => status.statistics.folds),
+    fromStatus('cdp_history_compaction_seconds_total', 'Time spent compacting history (packing windows, merging intervals).', 'counter', (status) => status.statistics.compactionSeconds),
+    fromStatus('cdp_history_compaction_operations_total', 'Compaction operations (packs and merges) started.', 'counter', (status) => status.statistics.packs + status.statistics.merges),
+    fromStatus('cdp_history_segments_deleted_total', 'Write-log segments deleted once history no longer needed them.', 'counter', (status) => status.statistics.segmentsDeleted),
+    fromStatus('cdp_history_lifecycle_failures_total', 'Lifecycle passes that failed.', 'counter', (status) => status.statistics.operationFailures),
   ];
 }
 
@@ -80,6 +117,7 @@ export async function metricsRoutes(app: FastifyInstance, context: AppContext): 
       { name: 'cdp_nbd_connections', help: 'NBD connections open.', type: 'gauge', samples: [{ labels: {}, value: context.appliance.nbd.connectionCount }] },
       { name: 'cdp_nbd_exports', help: 'NBD exports (live volumes, views and clones).', type: 'gauge', samples: [{ labels: {}, value: context.appliance.exports.list().length }] },
       ...securityMetrics(context.appliance.nbd.securityCounts),
+      ...historyMetrics(volumes),
     ];
     return reply.type('text/plain; version=0.0.4').send(render(metrics));
   });

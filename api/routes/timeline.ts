@@ -1,11 +1,15 @@
-// /api/v1/volumes/:volume/timeline: what was written when, in buckets, with the snapshot marks
-// and the protected range (the oldest and the newest instant that can be opened).
+// /api/v1/volumes/:volume/timeline: what was written when, in buckets, with the snapshot marks,
+// the protected range (the oldest and the newest instant that can be opened) and where the
+// continuous region and each retention tier start, so a console can shade them. A packed interval
+// (history between two kept points, newest data only) counts as one span over its time: its writes
+// and bytes are what it kept, and the buckets it touches say packed.
 
 import type { FastifyInstance } from 'fastify';
 import { formatMicros } from '../../storage/index.js';
 import { parseInstant } from '../../appliance/instant.js';
 import type { AppContext } from '../context.js';
-import { commonErrors, errorReference, snapshotSchema, volumeNameParameter } from '../schemas.js';
+import { retentionRegionsJson } from '../retention-status.js';
+import { commonErrors, errorReference, retentionRegionsProperties, snapshotSchema, volumeNameParameter } from '../schemas.js';
 import { snapshotJson } from './snapshots.js';
 
 const bucketCountMax = 1000;
@@ -31,17 +35,25 @@ export async function timelineRoutes(app: FastifyInstance, context: AppContext):
         response: {
           200: {
             type: 'object',
-            required: ['protected', 'buckets', 'snapshots'],
+            required: ['protected', 'retention', 'buckets', 'snapshots'],
             properties: {
               protected: {
                 type: 'object',
                 properties: { oldestMicros: { type: 'integer' }, oldest: { type: ['string', 'null'] }, newestMicros: { type: 'integer' }, newest: { type: ['string', 'null'] } },
               },
+              retention: { type: 'object', properties: retentionRegionsProperties },
               buckets: {
                 type: 'array',
                 items: {
                   type: 'object',
-                  properties: { fromMicros: { type: 'integer' }, toMicros: { type: 'integer' }, from: { type: 'string' }, writes: { type: 'integer' }, bytes: { type: 'integer' } },
+                  properties: {
+                    fromMicros: { type: 'integer' },
+                    toMicros: { type: 'integer' },
+                    from: { type: 'string' },
+                    writes: { type: 'integer' },
+                    bytes: { type: 'integer' },
+                    packed: { type: 'boolean', description: 'part of it lies in a packed interval: its writes and bytes there are what was kept, not every write' },
+                  },
                 },
               },
               snapshots: { type: 'array', items: snapshotSchema },
@@ -53,6 +65,7 @@ export async function timelineRoutes(app: FastifyInstance, context: AppContext):
       },
     },
     async (request) => {
+      const { retentionPolicy } = await context.appliance.store.openVolume(request.params.volume);
       const history = await context.appliance.historyOf(request.params.volume);
       const oldestMicros = await history.oldestMicros();
       const newestMicros = history.newestMicros;
@@ -66,6 +79,7 @@ export async function timelineRoutes(app: FastifyInstance, context: AppContext):
         from: formatMicros(fromMicros + index * spanMicros),
         writes: 0,
         bytes: 0,
+        packed: false,
       }));
       // A window's writes are spread evenly over its time span.
       for (const window of await history.windows(fromMicros, toMicros, windowsScannedMax)) {
@@ -76,6 +90,7 @@ export async function timelineRoutes(app: FastifyInstance, context: AppContext):
           const share = window.lastMicros === window.firstMicros ? 1 : overlap / windowSpan;
           bucket.writes += Math.round(window.recordCount * share);
           bucket.bytes += Math.round(window.dataBytes * share);
+          bucket.packed ||= window.packed;
         }
       }
       const snapshots = history.snapshots().filter((snapshot) => snapshot.micros >= fromMicros && snapshot.micros <= toMicros);
@@ -86,6 +101,7 @@ export async function timelineRoutes(app: FastifyInstance, context: AppContext):
           newestMicros,
           newest: newestMicros > 0 ? formatMicros(newestMicros) : null,
         },
+        retention: retentionRegionsJson(history.lifecycle.status(), retentionPolicy),
         buckets,
         snapshots: snapshots.map(snapshotJson),
       };

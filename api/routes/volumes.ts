@@ -1,8 +1,10 @@
-// /api/v1/volumes: list, create, show and delete volumes.
+// /api/v1/volumes: list, create, show and delete volumes. Showing one includes its retention
+// policy and the history lifecycle's live figures (retention-status.ts).
 
 import type { FastifyInstance } from 'fastify';
 import { formatMicros, type Volume } from '../../storage/index.js';
 import type { AppContext } from '../context.js';
+import { retentionStatusJson } from '../retention-status.js';
 import { commonErrors, errorReference, volumeNameParameter, volumeSchema } from '../schemas.js';
 
 export async function volumeRoutes(app: FastifyInstance, context: AppContext): Promise<void> {
@@ -80,7 +82,10 @@ async function describe(volume: Volume) {
     snapshotCount: history?.snapshots().length ?? 0,
     failed: stats.failed,
     statistics: { ...stats },
-    retention: { policy: volume.retentionPolicy, ...(history === null ? {} : { status: history.lifecycle.status() }) },
+    retention: {
+      policy: volume.retentionPolicy,
+      ...(history === null ? {} : retentionStatusJson(history.lifecycle.status(), volume.retentionPolicy)),
+    },
     ...(history === null
       ? {}
       : {

@@ -27,7 +27,7 @@ import { MapStore, type IndexDatabaseFactory } from './map-store.js';
 import { planAt, rangeMaps, resolve, resolveChunks, type InstantPlan } from './planner.js';
 import { allSnapshots, snapshotNamed } from './snapshots.js';
 import { Tail, type IndexedRecord, type WindowBoundary } from './tail.js';
-import { firstMicros, lastDataSequence, microsOf, sequenceAt, windowsBetween } from './timeline.js';
+import { firstMicros, lastDataSequence, microsOf, sequenceAt, windowsBetween, type TimelineSpan } from './timeline.js';
 import type { LogPosition } from '../write-log/batch.js';
 
 export type { IndexDatabaseFactory, IndexedRecord, InstantPlan, MapReference, SnapshotRecord, WindowBoundary };
@@ -150,13 +150,21 @@ export class DeltaMapIndex {
   /**
    * Run a query that reads both the tail and the maps again if a cut moved records from the
    * tail into a new window while it was waiting on LevelDB: it would have seen those records in
-   * neither place (or in both). Cuts come at most every 4096 records, so a retry settles it.
+   * neither place (or in both). Cuts come at most every 4096 records, so a retry settles it. A
+   * query the retention engine switched the index under may also fail (housekeeping clears the
+   * packed windows it was reading): it runs again too.
    */
   private async consistent<T>(query: () => Promise<T>): Promise<T> {
     for (;;) {
       const cutsBefore = this.counters.cuts;
       const generationBefore = this.generation;
-      const result = await query();
+      let result: T;
+      try {
+        result = await query();
+      } catch (error) {
+        if (this.generation !== generationBefore) continue;
+        throw error;
+      }
       if (this.counters.cuts === cutsBefore && this.generation === generationBefore) return result;
     }
   }
@@ -226,7 +234,7 @@ export class DeltaMapIndex {
   // ---- the timeline ----
 
   /** Summaries of the windows that end within [fromMicros, toMicros], plus the tail's. */
-  windowsBetween(fromMicros: number, toMicros: number, limit: number): Promise<MapInfo[]> {
+  windowsBetween(fromMicros: number, toMicros: number, limit: number): Promise<TimelineSpan[]> {
     return windowsBetween(this.store, this.intervals, this.tail, fromMicros, toMicros, limit);
   }
 

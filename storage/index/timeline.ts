@@ -92,23 +92,29 @@ function packedMicrosOf(intervals: IntervalStore, sequence: number): number {
   return micros;
 }
 
+/** A stretch of history on the timeline: a window, the tail, or a packed interval (records: the extents it kept). */
+export interface TimelineSpan extends MapInfo {
+  packed: boolean;
+}
+
 /** Summaries of the intervals and windows that end within [fromMicros, toMicros], plus the tail's. */
-export async function windowsBetween(store: MapStore, intervals: IntervalStore, tail: Tail, fromMicros: number, toMicros: number, limit: number): Promise<MapInfo[]> {
-  const infos: MapInfo[] = [];
+export async function windowsBetween(store: MapStore, intervals: IntervalStore, tail: Tail, fromMicros: number, toMicros: number, limit: number): Promise<TimelineSpan[]> {
+  const infos: TimelineSpan[] = [];
   for (const interval of intervals.intervals) {
     if (infos.length >= limit) return infos;
     if (interval.lastMicros < fromMicros || interval.firstMicros > toMicros || interval.firstMicros === 0) continue;
-    infos.push({ ...interval, extentCount: interval.recordCount });
+    const { firstSequence, lastSequence, firstMicros, lastMicros, recordCount, dataBytes } = interval;
+    infos.push({ firstSequence, lastSequence, firstMicros, lastMicros, recordCount, dataBytes, extentCount: recordCount, packed: true });
   }
   const { fineStartWindow } = intervals.state;
   for await (const [key] of store.db.iterator({ gte: windowByTimeKey(fromMicros, 0), lt: windowByTimeEnd })) {
     if (infos.length >= limit) break;
     const { lastMicros, index } = decodeWindowByTimeKey(key);
     if (index < fineStartWindow) continue;
-    infos.push(await store.mapInfo({ level: 0, index }));
+    infos.push({ ...(await store.mapInfo({ level: 0, index })), packed: false });
     if (lastMicros > toMicros) break; // it may start within the range
   }
-  if (tail.records.length > 0 && tail.firstMicros <= toMicros) infos.push(tail.summary(store.checkpoint.mappedThroughSequence));
+  if (tail.records.length > 0 && tail.firstMicros <= toMicros) infos.push({ ...tail.summary(store.checkpoint.mappedThroughSequence), packed: false });
   return infos;
 }
 

@@ -9,7 +9,7 @@ import type { FileSystem } from '../io/file-system.js';
 import { DeltaMapIndex, type IndexDatabaseFactory, type IndexedRecord, type SnapshotRecord } from '../index/delta-map-index.js';
 import { applySnapshotUpdate, snapshotOfMark, type SnapshotMark } from '../index/tail.js';
 import { indexLimits, lifecycleLimits } from '../limits.js';
-import type { MapInfo } from '../index/map-keys.js';
+import type { TimelineSpan } from '../index/timeline.js';
 import type { Extent } from '../index/extents.js';
 import type { VolumePaths } from '../volume-config.js';
 import type { AppendedRecord, LogPosition } from '../write-log/batch.js';
@@ -43,6 +43,10 @@ export interface HistoryVolume extends ViewSource {
   flush(): Promise<void>;
   readonly appendedSequence: number;
   readonly durableSequence: number;
+  /** Bytes of log appended since the volume was made (the log's position; only grows). */
+  readonly appendedLogBytes: number;
+  /** The last append found no room for the log (ENOSPC), and none has been taken since. */
+  readonly refusingWritesForSpace: boolean;
 }
 
 const snapshotNamePattern = /^[a-z0-9][a-z0-9._-]{0,63}$/;
@@ -89,6 +93,8 @@ export class VolumeHistory {
       retentionPolicy: () => volume.retentionPolicy(),
       oldestSegmentNeeded: () => volume.oldestSegmentNeeded(),
       segmentsDeleted: (firstRemaining) => volume.segmentsDeleted(firstRemaining),
+      appendedLogBytes: () => volume.appendedLogBytes,
+      refusingWritesForSpace: () => volume.refusingWritesForSpace,
       snapshots: () => this.snapshots().map((snapshot) => ({ ...snapshot, pinned: snapshot.pinned ?? false, expiresMicros: snapshot.expiresMicros ?? 0 })),
       expireSnapshot: async (name) => {
         if (this.snapshotsByName.has(name)) await this.deleteSnapshot(name);
@@ -305,7 +311,7 @@ export class VolumeHistory {
 
   // ---- the timeline ----
 
-  async windows(fromMicros: number, toMicros: number, limit: number): Promise<MapInfo[]> {
+  async windows(fromMicros: number, toMicros: number, limit: number): Promise<TimelineSpan[]> {
     return this.index.windowsBetween(fromMicros, toMicros, limit);
   }
 

@@ -42,6 +42,10 @@ export interface LifecycleHost {
   oldestSegmentNeeded(): number;
   /** The log segments before `firstRemaining` were deleted. */
   segmentsDeleted(firstRemaining: number): void;
+  /** Bytes of log appended since the volume was made (only grows; the write rate comes from it). */
+  appendedLogBytes(): number;
+  /** Writes are refused with ENOSPC (the last append found no room; none taken since). */
+  refusingWritesForSpace(): boolean;
   snapshots(): SnapshotForRetention[];
   /** Delete a snapshot whose own expiry time has passed. */
   expireSnapshot(name: string): Promise<void>;
@@ -52,7 +56,8 @@ export type LifecycleEvent =
   | { type: 'protection-window-short'; volume: string; windowSeconds: number; requiredSeconds: number }
   | { type: 'protection-window-restored'; volume: string; windowSeconds: number; requiredSeconds: number }
   | { type: 'history-expired'; volume: string; reason: 'policy' | 'space'; horizonMicros: number; reclaimedBytes: number }
-  | { type: 'lifecycle-failed'; volume: string; message: string };
+  | { type: 'lifecycle-failed'; volume: string; message: string }
+  | { type: 'snapshot-expired'; volume: string; name: string; expiresMicros: number };
 
 export interface LifecycleStatistics {
   reclaimedBytes: number;
@@ -64,6 +69,8 @@ export interface LifecycleStatistics {
   expirySeconds: number;
   compactionSeconds: number;
   operationFailures: number;
+  /** Passes that failed since the last one that did not (0: the last pass went through). */
+  failedPassesInARow: number;
   lastFailure: string | null;
 }
 
@@ -76,6 +83,8 @@ export class HistoryLifecycle {
   private readonly index: DeltaMapIndex;
   private readonly reader: LogDataReader;
   private keptSetValue: KeptSet | null = null;
+  /** When the oldest kept instant's state began (its record's time): older instants are refused even before the horizon moves. */
+  private oldestKeptMicros = 0;
   private readonly holds = new Map<number, { sequence: number; description: string; count: number }>();
   private nextHoldId = 1;
   /** Reads of views in flight, by the index generation they planned at. */
@@ -92,9 +101,9 @@ export class HistoryLifecycle {
   private usageAlertPercent = 0;
   private windowShort = false;
   private readonly listeners: Array<(event: LifecycleEvent) => void> = [];
-  readonly statistics: LifecycleStatistics = { reclaimedBytes: 0, packs: 0, merges: 0, folds: 0, segmentsDeleted: 0, expirySeconds: 0, compactionSeconds: 0, operationFailures: 0, lastFailure: null };
-  /** Log bytes appended per second, smoothed (for the projection). */
-  private logRate = { bytes: 0, atMs: performance.now(), bytesPerSecond: 0 };
+  readonly statistics: LifecycleStatistics = { reclaimedBytes: 0, packs: 0, merges: 0, folds: 0, segmentsDeleted: 0, expirySeconds: 0, compactionSeconds: 0, operationFailures: 0, failedPassesInARow: 0, lastFailure: null };
+  /** Log bytes appended per second, smoothed (for the projection); sampled at every pass and status. */
+  private logRate: { bytes: number; atMs: number; bytesPerSecond: number };
 
   constructor(parts: { host: LifecycleHost; fileSystem: FileSystem; paths: VolumePaths; index: DeltaMapIndex; reader: LogDataReader }) {
     this.host = parts.host;
@@ -102,6 +111,7 @@ export class HistoryLifecycle {
     this.paths = parts.paths;
     this.index = parts.index;
     this.reader = parts.reader;
+    this.logRate = { bytes: this.host.appendedLogBytes(), atMs: performance.now(), bytesPerSecond: 0 };
     this.index.windowBoundary = (micros) => this.windowBoundary(micros);
   }
 
@@ -144,12 +154,15 @@ export class HistoryLifecycle {
     if (canonical !== null && isKept(set, canonical)) return canonical;
     if (canonical !== null && this.holds.has(canonical)) return canonical;
     const { before, after } = nearestKept(set, sequence);
+    // The nearest kept times: before, the point's own time (a point only a view holds has none: its
+    // record's); after, the earliest time that shows the kept state, its record's time (the
+    // continuous region's start is otherwise the policy's boundary, which may be long after it).
+    const recordMicros = async (point: { sequence: number }) => (point.sequence === 0 ? this.host.createdMicros : await this.index.microsOf(point.sequence));
+    const nearestBefore = before === null ? null : { sequence: before.sequence, micros: before.micros > 0 ? before.micros : await recordMicros(before) };
+    const nearestAfter = after === null ? null : { sequence: after.sequence, micros: (await this.canonical(after.sequence)) === after.sequence ? await recordMicros(after) : after.micros };
     throw new StorageError('EEXPIRED', `record ${sequence} of volume ${this.host.name} is no longer kept by its retention policy`, {
       details: {
-        nearest: {
-          before: before === null ? null : { sequence: before.sequence, micros: before.micros },
-          after,
-        },
+        nearest: { before: nearestBefore, after: nearestAfter },
         oldestSequence: this.index.intervals.state.horizonSequence,
       },
     });
@@ -184,6 +197,7 @@ export class HistoryLifecycle {
       sequenceAt: (micros) => this.index.sequenceAt(micros),
       canonical: (sequence) => this.canonical(sequence),
     });
+    this.oldestKeptMicros = await this.index.microsOf(oldestKept(this.keptSetValue));
     return this.keptSetValue;
   }
 
@@ -347,6 +361,8 @@ export class HistoryLifecycle {
       await this.expireSnapshots();
     } catch (error) {
       this.noteFailure(error);
+      this.statistics.failedPassesInARow++;
+      this.failuresThisPass = 0;
       return;
     }
     this.updatePressure();
@@ -363,7 +379,6 @@ export class HistoryLifecycle {
         }
         await this.runOperation(operation);
         failuresInARow = 0;
-        this.statistics.lastFailure = null;
       } catch (error) {
         this.noteFailure(error);
         // The next pass tries again; but space pressure must not wait for it (a few more tries now).
@@ -373,10 +388,17 @@ export class HistoryLifecycle {
     }
     try {
       this.checkAlerts();
+      this.noteLogRate();
     } catch (error) {
       this.noteFailure(error);
     }
+    // A pass that failed anywhere counts; one without failures clears the count (and the reason).
+    this.statistics.failedPassesInARow = this.failuresThisPass > 0 ? this.statistics.failedPassesInARow + 1 : 0;
+    if (this.failuresThisPass === 0) this.statistics.lastFailure = null;
+    this.failuresThisPass = 0;
   }
+
+  private failuresThisPass = 0;
 
   private async runOperation(operation: { kind: 'fold' | 'pack' | 'merge'; run: () => Promise<void> }): Promise<void> {
     const before = measureHistoryBytes(this.fileSystem, this.paths).totalBytes;
@@ -396,6 +418,7 @@ export class HistoryLifecycle {
 
   private noteFailure(error: unknown): void {
     this.statistics.operationFailures++;
+    this.failuresThisPass++;
     this.statistics.lastFailure = error instanceof Error ? error.message : String(error);
     this.emit({ type: 'lifecycle-failed', volume: this.host.name, message: this.statistics.lastFailure });
   }
@@ -714,7 +737,9 @@ export class HistoryLifecycle {
   private async expireSnapshots(): Promise<void> {
     const nowMicros = Date.now() * 1000;
     for (const snapshot of this.host.snapshots()) {
-      if (snapshot.expiresMicros !== 0 && snapshot.expiresMicros <= nowMicros) await this.host.expireSnapshot(snapshot.name);
+      if (snapshot.expiresMicros === 0 || snapshot.expiresMicros > nowMicros) continue;
+      await this.host.expireSnapshot(snapshot.name);
+      this.emit({ type: 'snapshot-expired', volume: this.host.name, name: snapshot.name, expiresMicros: snapshot.expiresMicros });
     }
   }
 
@@ -743,9 +768,10 @@ export class HistoryLifecycle {
     return Math.max(0, (Date.now() * 1000 - this.oldestRecoverableMicros()) / 1_000_000);
   }
 
+  /** The oldest instant a view can open: the horizon, or later when what lies after it expired already and waits to be folded. */
   oldestRecoverableMicros(): number {
     const state = this.index.intervals.state;
-    return state.horizonSequence > 0 ? state.horizonMicros : this.host.createdMicros;
+    return Math.max(state.horizonSequence > 0 ? state.horizonMicros : this.host.createdMicros, this.oldestKeptMicros);
   }
 
   /** The figures the API reports about retention. */
@@ -754,11 +780,12 @@ export class HistoryLifecycle {
     const nowMicros = Date.now() * 1000;
     const { history, capBytes, fileSystemSizeBytes, freeBytes, reserveBytes: reserve } = this.measure();
     const times = retainedTimes(policy, nowMicros);
-    this.noteLogBytes(history.logBytes);
+    this.noteLogRate();
     const reasons: string[] = [];
     if (this.windowShort) reasons.push(`the protected window (${Math.floor(this.protectionWindowSeconds())} s) is shorter than required (${policy.requiredWindowSeconds} s)`);
     if (this.underPressure) reasons.push('history is being expired early to stay under its cap and the free-space reserve');
-    if (this.statistics.lastFailure !== null && this.statistics.operationFailures > 0) reasons.push(`the last expiry failed: ${this.statistics.lastFailure}`);
+    if (this.host.refusingWritesForSpace()) reasons.push('writes are refused: the log has no room and no history is left to expire');
+    if (this.statistics.failedPassesInARow > 0) reasons.push(`the last ${this.statistics.failedPassesInARow} lifecycle pass(es) failed: ${this.statistics.lastFailure}`);
     return {
       oldestRecoverableMicros: this.oldestRecoverableMicros(),
       protectionWindowSeconds: Math.floor(this.protectionWindowSeconds()),
@@ -777,7 +804,8 @@ export class HistoryLifecycle {
     };
   }
 
-  private noteLogBytes(logBytes: number): void {
+  private noteLogRate(): void {
+    const logBytes = this.host.appendedLogBytes();
     const nowMs = performance.now();
     const elapsedSeconds = (nowMs - this.logRate.atMs) / 1000;
     if (elapsedSeconds < 1) return;

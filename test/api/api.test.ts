@@ -4,45 +4,9 @@
 
 import fs from 'node:fs';
 import t from 'tap';
-import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
-import { buildApp } from '../../api/app.js';
-import { Appliance } from '../../appliance/appliance.js';
-import { silentLogger } from '../../server/index.js';
 import { MiB, defaultRetentionPolicy, type RetentionPolicy } from '../../storage/index.js';
+import { call, errorCode, startApi } from '../support/api-app.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
-
-const token = 'test-token-0123456789';
-
-async function startApi(t: { teardown(callback: () => Promise<void>): void }): Promise<{ app: FastifyInstance; appliance: Appliance }> {
-  const appliance = await Appliance.start({
-    dataDirectory: temporaryDirectory(t as never),
-    defaultVolumeName: 'vol0',
-    defaultVolumeSizeBytes: 16 * MiB,
-    log: silentLogger,
-    nbdUriBase: 'nbd://127.0.0.1:10809',
-  });
-  const app = await buildApp({ context: { appliance, startedAtMs: Date.now(), version: 'test', token } });
-  t.teardown(async () => {
-    await app.close();
-    await appliance.stop();
-  });
-  return { app, appliance };
-}
-
-type Method = 'GET' | 'POST' | 'PUT' | 'DELETE';
-
-function call(app: FastifyInstance, method: Method, url: string, body?: unknown, withToken = true): Promise<LightMyRequestResponse> {
-  return app.inject({
-    method,
-    url,
-    headers: withToken ? { authorization: `Bearer ${token}` } : {},
-    ...(body === undefined ? {} : { payload: body as Record<string, unknown> }),
-  });
-}
-
-function errorCode(response: LightMyRequestResponse): string | undefined {
-  return (response.json() as { error?: { code: string } }).error?.code;
-}
 
 t.test('the token: every route but /health needs it', async (t) => {
   const { app } = await startApi(t);

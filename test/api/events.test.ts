@@ -3,51 +3,15 @@
 // client leave, in that order; without the token the upgrade is refused.
 
 import t from 'tap';
-import fs from 'node:fs';
 import WebSocket from 'ws';
+import { apiRequest } from '../support/api.js';
 import { startAppliance, type Appliance } from '../support/appliance.js';
+import { readToken, subscribe, waitForEvent } from '../support/event-stream.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 import { requireTools, run } from '../support/tools.js';
 
-interface EventMessage {
-  type: string;
-  [field: string]: unknown;
-}
-
-function readToken(appliance: Appliance): string {
-  return fs.readFileSync(`${appliance.dataDirectory}/api-token`, 'utf8').trim();
-}
-
 async function api(appliance: Appliance, method: string, route: string, body?: unknown): Promise<number> {
-  const response = await fetch(`${appliance.httpBase}${route}`, {
-    method,
-    headers: { authorization: `Bearer ${readToken(appliance)}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-  });
-  await response.text();
-  return response.status;
-}
-
-/** Subscribe, and collect every event until closed. */
-async function subscribe(appliance: Appliance, token: string): Promise<{ events: EventMessage[]; socket: WebSocket }> {
-  const url = `${appliance.httpBase.replace(/^http/, 'ws')}/api/v1/events?token=${encodeURIComponent(token)}`;
-  const socket = new WebSocket(url);
-  const events: EventMessage[] = [];
-  socket.on('message', (data) => events.push(JSON.parse(String(data)) as EventMessage));
-  await new Promise<void>((resolve, reject) => {
-    socket.once('open', () => resolve());
-    socket.once('error', reject);
-  });
-  return { events, socket };
-}
-
-async function waitFor(events: EventMessage[], predicate: (event: EventMessage) => boolean, what: string): Promise<EventMessage> {
-  for (let attempt = 0; attempt < 100; attempt++) {
-    const found = events.find(predicate);
-    if (found !== undefined) return found;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`no ${what} event within 5 s; got ${JSON.stringify(events.map((event) => event.type))}`);
+  return (await apiRequest(appliance, method, route, body)).status;
 }
 
 t.test('events: attach, write rate, snapshot, export, detach', async (t) => {
@@ -59,13 +23,13 @@ t.test('events: attach, write rate, snapshot, export, detach', async (t) => {
   // A client that stays attached for a little over a second, so a write-rate report sees its writes.
   const write = await run('qemu-io', ['-f', 'raw', appliance.uri(), '-c', 'write -P 0x5a 0 1M', '-c', 'sleep 1500', '-c', 'write -P 0x5b 1M 1M']);
   t.equal(write.code, 0, write.stderr);
-  const connected = await waitFor(events, (event) => event.type === 'client-connected', 'client-connected');
+  const connected = await waitForEvent(events, (event) => event.type === 'client-connected', 'client-connected');
   t.equal(connected.export, 'vol0');
   t.match(connected.remote, /127\.0\.0\.1/);
-  const disconnected = await waitFor(events, (event) => event.type === 'client-disconnected', 'client-disconnected');
+  const disconnected = await waitForEvent(events, (event) => event.type === 'client-disconnected', 'client-disconnected');
   t.equal(disconnected.connection, connected.connection, 'the same connection leaves');
   t.ok((disconnected.micros as number) > (connected.micros as number), 'after it came');
-  const busy = await waitFor(events, (event) => event.type === 'write-rate' && (event.bytesPerSecond as number) > 0, 'non-zero write-rate');
+  const busy = await waitForEvent(events, (event) => event.type === 'write-rate' && (event.bytesPerSecond as number) > 0, 'non-zero write-rate');
   t.equal(busy.volume, 'vol0');
   const reportedBytes = events
     .filter((event) => event.type === 'write-rate' && event.volume === 'vol0')
@@ -73,14 +37,14 @@ t.test('events: attach, write rate, snapshot, export, detach', async (t) => {
   t.ok(reportedBytes <= 2 * 1024 * 1024, `write-rate reports never count more than was written (${reportedBytes})`);
 
   t.equal(await api(appliance, 'POST', '/api/v1/volumes/vol0/snapshots', { name: 'evt', note: 'from the test' }), 201);
-  const snapshot = await waitFor(events, (event) => event.type === 'snapshot-created', 'snapshot-created');
+  const snapshot = await waitForEvent(events, (event) => event.type === 'snapshot-created', 'snapshot-created');
   t.match(snapshot, { volume: 'vol0', name: 'evt', note: 'from the test' });
   t.type(snapshot.sequence, 'number');
 
   t.equal(await api(appliance, 'POST', '/api/v1/exports', { volume: 'vol0', snapshot: 'evt' }), 201);
-  t.match(await waitFor(events, (event) => event.type === 'export-created', 'export-created'), { name: 'vol0@evt', volume: 'vol0', writable: false });
+  t.match(await waitForEvent(events, (event) => event.type === 'export-created', 'export-created'), { name: 'vol0@evt', volume: 'vol0', writable: false });
   t.equal(await api(appliance, 'DELETE', '/api/v1/exports/vol0@evt'), 204);
-  t.match(await waitFor(events, (event) => event.type === 'export-deleted', 'export-deleted'), { name: 'vol0@evt' });
+  t.match(await waitForEvent(events, (event) => event.type === 'export-deleted', 'export-deleted'), { name: 'vol0@evt' });
 
   const order = events.map((event) => event.type).filter((type) => type !== 'write-rate');
   t.same(order, ['client-connected', 'client-disconnected', 'snapshot-created', 'export-created', 'export-deleted'], 'in the order they happened');

@@ -84,20 +84,17 @@ t.test('serve flags, retention show and set, restarts, and a volume made before 
   const shown = await cli(appliance, ['retention', 'show', 'vol0']);
   t.equal(shown.code, 0, shown.stderr);
   t.equal(
-    shown.stdout,
+    shown.stdout.split('\nnow:\n')[0],
     [
       'retention of vol0:',
       '  keep every write for 2 h, then hourly points for 3 days, daily points for 30 days, monthly points for 6 months;',
       '  history capped at 1 GiB; keep 10 GiB free;',
       '  warn when less than 1 h of history can be recovered',
-      '',
     ].join('\n'),
-    'show reads like a sentence',
+    'show reads like a sentence, then where history stands (retention-status.test.ts)',
   );
   const shownJson = await cli(appliance, ['retention', 'show', 'vol0', '--json']);
-  const shownRetention = JSON.parse(shownJson.stdout) as { policy: RetentionPolicy; status?: { oldestRecoverableMicros: number } };
-  t.same(shownRetention.policy, fromFlags, 'show --json: the volume\'s retention object, its policy ...');
-  t.type(shownRetention.status?.oldestRecoverableMicros, 'number', '... and the engine\'s figures');
+  t.same(JSON.parse(shownJson.stdout).policy, fromFlags, 'show --json: the volume\'s retention object');
 
   const set = await cli(appliance, ['retention', 'set', 'vol0', '--daily', '60d', '--monthly', 'none', '--weekly', '12w', '--reserve', '5%']);
   t.equal(set.code, 0, set.stderr);

@@ -6,7 +6,7 @@ import { apiRequest } from './api.js';
 import type { Appliance } from './appliance.js';
 import { run } from './tools.js';
 
-/** retention.status of GET /api/v1/volumes/:volume (storage/retention/lifecycle.ts, RetentionStatus). */
+/** The lifecycle's figures under `retention` of GET /api/v1/volumes/:volume (api/retention-status.ts). */
 export interface RetentionFigures {
   oldestRecoverableMicros: number;
   protectionWindowSeconds: number;
@@ -23,9 +23,9 @@ export interface RetentionFigures {
 export async function retentionFigures(appliance: Appliance, volume = 'vol0'): Promise<RetentionFigures> {
   const response = await apiRequest(appliance, 'GET', `/api/v1/volumes/${volume}`);
   if (response.status !== 200) throw new Error(`GET /api/v1/volumes/${volume}: ${response.status} ${JSON.stringify(response.json)}`);
-  const status = (response.json.retention as { status?: RetentionFigures } | undefined)?.status;
-  if (status === undefined) throw new Error(`GET /api/v1/volumes/${volume} reports no retention.status`);
-  return status;
+  const figures = response.json.retention as Partial<RetentionFigures> | undefined;
+  if (figures?.oldestRecoverableMicros === undefined) throw new Error(`GET /api/v1/volumes/${volume} reports no retention figures`);
+  return figures as RetentionFigures;
 }
 
 /** An instant as POST /api/v1/exports names it. */
