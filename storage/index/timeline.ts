@@ -84,12 +84,13 @@ export async function microsOf(store: MapStore, intervals: IntervalStore, tail: 
 }
 
 function packedMicrosOf(intervals: IntervalStore, sequence: number): number {
-  let micros = intervals.state.horizonSequence > 0 ? intervals.state.horizonMicros : 0;
-  for (const interval of intervals.intervals) {
-    if (interval.lastSequence > sequence) break;
-    if (interval.lastMicros > 0) micros = interval.lastMicros;
+  // The time of the last data record `sequence` shows: the end's interval's (or an earlier one's), or the horizon's.
+  const end = intervals.keptEndShowing(sequence);
+  const list = intervals.intervals;
+  for (let position = list.findIndex((interval) => interval.lastSequence === end); position >= 0; position--) {
+    if (list[position]!.lastMicros > 0) return list[position]!.lastMicros;
   }
-  return micros;
+  return intervals.state.horizonSequence > 0 ? intervals.state.horizonMicros : 0;
 }
 
 /** A stretch of history on the timeline: a window, the tail, or a packed interval (records: the extents it kept). */

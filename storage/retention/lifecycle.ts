@@ -154,12 +154,15 @@ export class HistoryLifecycle {
     if (canonical !== null && isKept(set, canonical)) return canonical;
     if (canonical !== null && this.holds.has(canonical)) return canonical;
     const { before, after } = nearestKept(set, sequence);
-    // The nearest kept times: before, the point's own time (a point only a view holds has none: its
-    // record's); after, the earliest time that shows the kept state, its record's time (the
-    // continuous region's start is otherwise the policy's boundary, which may be long after it).
-    const recordMicros = async (point: { sequence: number }) => (point.sequence === 0 ? this.host.createdMicros : await this.index.microsOf(point.sequence));
-    const nearestBefore = before === null ? null : { sequence: before.sequence, micros: before.micros > 0 ? before.micros : await recordMicros(before) };
-    const nearestAfter = after === null ? null : { sequence: after.sequence, micros: (await this.canonical(after.sequence)) === after.sequence ? await recordMicros(after) : after.micros };
+    // The nearest kept instants, each at the earliest time that shows it: the time of the last
+    // data record it shows (a tier point's boundary, a snapshot's mark may come later).
+    const earliestMicros = async (point: { sequence: number }): Promise<number> => {
+      if (point.sequence === 0) return this.host.createdMicros;
+      if (point.sequence === this.index.intervals.state.horizonSequence) return this.index.intervals.state.horizonMicros;
+      return (await this.index.microsOf(point.sequence)) || this.host.createdMicros;
+    };
+    const nearestBefore = before === null ? null : { sequence: before.sequence, micros: await earliestMicros(before) };
+    const nearestAfter = after === null ? null : { sequence: after.sequence, micros: await earliestMicros(after) };
     throw new StorageError('EEXPIRED', `record ${sequence} of volume ${this.host.name} is no longer kept by its retention policy`, {
       details: {
         nearest: { before: nearestBefore, after: nearestAfter },
@@ -784,6 +787,8 @@ export class HistoryLifecycle {
     const reasons: string[] = [];
     if (this.windowShort) reasons.push(`the protected window (${Math.floor(this.protectionWindowSeconds())} s) is shorter than required (${policy.requiredWindowSeconds} s)`);
     if (this.underPressure) reasons.push('history is being expired early to stay under its cap and the free-space reserve');
+    const neededBytes = this.host.sizeBytes + 3 * this.host.segmentSizeBytes;
+    if (capBytes < neededBytes) reasons.push(`the history cap (${capBytes} bytes) is below what history needs at least: the base image (the volume's size) and three log segments, ${neededBytes} bytes`);
     if (this.host.refusingWritesForSpace()) reasons.push('writes are refused: the log has no room and no history is left to expire');
     if (this.statistics.failedPassesInARow > 0) reasons.push(`the last ${this.statistics.failedPassesInARow} lifecycle pass(es) failed: ${this.statistics.lastFailure}`);
     return {
