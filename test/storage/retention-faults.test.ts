@@ -641,6 +641,8 @@ async function writeForSeconds(setup: Setup, seconds: number): Promise<void> {
 
 /** A lifecycle pass; returns the failures it counted. */
 async function lifecyclePass(volume: Volume): Promise<number> {
+  // A pass the lifecycle's own timer started may be running: wait for it, then run a fresh one.
+  await volume.history!.lifecycle.settled();
   const before = volume.history!.lifecycle.statistics.operationFailures;
   await volume.history!.lifecycle.tick();
   return volume.history!.lifecycle.statistics.operationFailures - before;
