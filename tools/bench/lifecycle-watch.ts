@@ -31,6 +31,8 @@ export interface LifecycleActivity {
   segmentBytesDeleted: number;
   /** Bytes of every file deleted (segments and packs): what the lifecycle gave back to the file system. */
   freedBytes: number;
+  /** Growth of pack files' allocated bytes, those still being written included: the lifecycle's writes as they happen. */
+  packBytesGrown: number;
   /** Times base.img was seen changed (a fold writes it). */
   baseChanges: number;
   /** Growth of base.img's allocated bytes. */
@@ -38,7 +40,7 @@ export interface LifecycleActivity {
 }
 
 export function emptyActivity(): LifecycleActivity {
-  return { packsWritten: 0, packBytesWritten: 0, mergedPacksWritten: 0, mergedPackBytesWritten: 0, packsMergedAway: 0, packsFolded: 0, foldedPackBytes: 0, segmentsDeleted: 0, segmentBytesDeleted: 0, freedBytes: 0, baseChanges: 0, baseGrowthBytes: 0 };
+  return { packsWritten: 0, packBytesWritten: 0, mergedPacksWritten: 0, mergedPackBytesWritten: 0, packsMergedAway: 0, packsFolded: 0, foldedPackBytes: 0, segmentsDeleted: 0, segmentBytesDeleted: 0, freedBytes: 0, packBytesGrown: 0, baseChanges: 0, baseGrowthBytes: 0 };
 }
 
 export function activityBetween(before: LifecycleActivity, after: LifecycleActivity): LifecycleActivity {
@@ -63,6 +65,8 @@ export class LifecycleWatcher {
   private readonly packs = new Map<number, PackSeen>();
   /** Pack files without a valid header yet (being written), by number. */
   private readonly packsBeingWritten = new Set<number>();
+  /** Allocated bytes of every pack file when last seen, by number. */
+  private readonly packFileBytes = new Map<number, number>();
   private readonly segments = new Map<string, number>();
   private base = { mtimeMs: 0, bytes: 0 };
   private timer: NodeJS.Timeout | null = null;
@@ -130,6 +134,10 @@ export class LifecycleWatcher {
       present.add(number);
       const known = this.packs.get(number);
       const bytes = allocatedBytes(path.join(this.packDirectory, name));
+      if (bytes !== null) {
+        if (this.baselineTaken) this.activity.packBytesGrown += Math.max(0, bytes - (this.packFileBytes.get(number) ?? 0));
+        this.packFileBytes.set(number, bytes);
+      }
       if (known !== undefined) {
         known.bytes = bytes ?? known.bytes;
         continue;
@@ -145,6 +153,7 @@ export class LifecycleWatcher {
       added.push(pack);
     }
     for (const number of this.packsBeingWritten) if (!present.has(number)) this.packsBeingWritten.delete(number); // abandoned
+    for (const number of this.packFileBytes.keys()) if (!present.has(number)) this.packFileBytes.delete(number);
     added.sort((left, right) => left.number - right.number);
     for (const pack of added) {
       if (!this.baselineTaken) continue;

@@ -112,14 +112,17 @@ async function startAppliance(name: string): Promise<Appliance> {
   return { name, child, dataDirectory, volumeDirectory, socket, uri: `nbd+unix:///vol0?socket=${socket}`, httpBase: `http://${http}`, token: fs.readFileSync(path.join(dataDirectory, 'api-token'), 'utf8').trim(), watcher };
 }
 
-async function stopAppliance(appliance: Appliance): Promise<void> {
+/** SIGTERM, wait for the exit, delete its data; returns the seconds it took to stop. */
+async function stopAppliance(appliance: Appliance): Promise<number> {
   appliance.watcher.stop();
+  const startedMs = performance.now();
   if (appliance.child.exitCode === null && appliance.child.signalCode === null) {
     const exited = new Promise((resolve) => appliance.child.once('exit', resolve));
     appliance.child.kill('SIGTERM');
     await exited;
   }
   fs.rmSync(appliance.dataDirectory, { recursive: true, force: true });
+  return (performance.now() - startedMs) / 1000;
 }
 
 async function api(appliance: Appliance, method: string, route: string, body?: unknown): Promise<unknown> {
@@ -236,6 +239,8 @@ interface SteadyResult {
   prefillSeconds: Record<Variant, number>;
   historyAfterWarmup: Record<Variant, HistoryBytes>;
   historyAtEnd: Record<Variant, HistoryBytes>;
+  /** SIGTERM to exit at the end (the lifecycle finishes the operation in progress first). */
+  stopSeconds: Record<Variant, number>;
   engineReported: boolean;
 }
 
@@ -248,6 +253,7 @@ async function measureSteadyState(options: { variants: readonly Variant[]; round
   const prefillSeconds = {} as Record<Variant, number>;
   const historyAfterWarmup = {} as Record<Variant, HistoryBytes>;
   const historyAtEnd = {} as Record<Variant, HistoryBytes>;
+  const stopSeconds = {} as Record<Variant, number>;
   const samples: SteadySample[] = [];
   let engineReported = false;
   try {
@@ -321,13 +327,13 @@ async function measureSteadyState(options: { variants: readonly Variant[]; round
     }
     for (const [variant, appliance] of appliances) historyAtEnd[variant] = appliance.watcher.history();
   } finally {
-    for (const appliance of appliances.values()) await stopAppliance(appliance);
+    for (const [variant, appliance] of appliances) stopSeconds[variant] = await stopAppliance(appliance);
   }
-  return { variants, samples, caps, warmupSeconds: options.warmupSeconds, prefillSeconds, historyAfterWarmup, historyAtEnd, engineReported };
+  return { variants, samples, caps, warmupSeconds: options.warmupSeconds, prefillSeconds, historyAfterWarmup, historyAtEnd, stopSeconds, engineReported };
 }
 
 function describeActivity(activity: LifecycleActivity): string {
-  return `packed ${activity.packsWritten} (${mib(activity.packBytesWritten)} MiB), merged into ${activity.mergedPacksWritten} (${mib(activity.mergedPackBytesWritten)} MiB), folded ${activity.packsFolded} packs, deleted ${activity.segmentsDeleted} segments, freed ${mib(activity.freedBytes)} MiB`;
+  return `pack bytes written ${mib(activity.packBytesGrown)} MiB, base.img changed ${activity.baseChanges}x; packed ${activity.packsWritten} (${mib(activity.packBytesWritten)} MiB), merged into ${activity.mergedPacksWritten} (${mib(activity.mergedPackBytesWritten)} MiB), folded ${activity.packsFolded} packs, deleted ${activity.segmentsDeleted} segments, freed ${mib(activity.freedBytes)} MiB`;
 }
 
 // ---- 2. reclaim rate ----
@@ -503,8 +509,8 @@ function renderSteady(result: SteadyResult, parameters: RunParameters): string[]
     lines.push(`| ${fioTest.title} (${fioTest.unit}) | ${figures('default')} | ${others.map((variant) => `${figures(variant)} | ${ratioText(variant)}`).join(' | ')} | ≥ ${targetRatio}x: ${others.map((variant) => `${variant} ${met(variant)}`).join(', ')} |`);
   }
   lines.push('', 'Ratios are the medians of the same-round ratios, their range in brackets.', '');
-  lines.push('What the lifecycle did during each sample (fio\'s ramp and run), medians over the rounds, read from the volume\'s files every 200 ms (tools/bench/lifecycle-watch.ts): pack files written by packing and by merging, packs folded into `base.img`, log segments deleted, and the bytes of every file deleted ("freed"). CPU: the appliance process\'s user + system seconds over the sample, per second of it (1.00 = one core).', '');
-  lines.push('| test | appliance | packs written | merged packs written | packs folded | segments deleted | freed | written (packs + base growth) | appliance CPU (cores) | history at start → end, peak (cap) | samples with packing / merging / folding / freeing |');
+  lines.push('What the lifecycle did during each sample (fio\'s ramp and run), medians over the rounds, read from the volume\'s files every 200 ms (tools/bench/lifecycle-watch.ts): bytes written to pack files (those still being written included), pack files completed by packing and by merging, packs folded into `base.img` and the polls that saw `base.img` changed (a fold writing it), log segments deleted, and the bytes of every file deleted ("freed"). CPU: the appliance process\'s user + system seconds over the sample, per second of it (1.00 = one core). The last column counts the samples in which the lifecycle was seen writing or deleting at all, and those in which a pack, a merge and a fold completed.', '');
+  lines.push('| test | appliance | pack bytes written | packs completed (packing / merging) | packs folded | base.img changed | segments deleted | freed | appliance CPU (cores) | history at start → end, peak (cap) | samples with lifecycle I/O; with a pack / merge / fold completed |');
   lines.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const fioTest of steadyTests) {
     for (const variant of variants) {
@@ -512,8 +518,9 @@ function renderSteady(result: SteadyResult, parameters: RunParameters): string[]
       if (of.length === 0) continue;
       const med = (pick: (sample: SteadySample) => number) => median(of.map(pick));
       const count = (pick: (sample: SteadySample) => number) => of.filter((sample) => pick(sample) > 0).length;
+      const busy = count((s) => s.activity.packBytesGrown + s.activity.baseChanges + s.activity.freedBytes);
       lines.push(
-        `| ${fioTest.title} | ${variant} | ${med((s) => s.activity.packsWritten)} | ${med((s) => s.activity.mergedPacksWritten)} | ${med((s) => s.activity.packsFolded)} | ${med((s) => s.activity.segmentsDeleted)} | ${mib(med((s) => s.activity.freedBytes))} MiB | ${mib(med((s) => s.activity.packBytesWritten + s.activity.mergedPackBytesWritten + Math.max(0, s.activity.baseGrowthBytes)))} MiB | ${med((s) => s.cpuSeconds / s.seconds).toFixed(2)} | ${gib(med((s) => s.historyStartBytes))} → ${gib(med((s) => s.historyEndBytes))}, ${gib(med((s) => s.historyPeakBytes))} GiB (${gib(result.caps[variant])}) | ${count((s) => s.activity.packsWritten)} / ${count((s) => s.activity.mergedPacksWritten)} / ${count((s) => s.activity.packsFolded)} / ${count((s) => s.activity.freedBytes)} of ${of.length} |`,
+        `| ${fioTest.title} | ${variant} | ${mib(med((s) => s.activity.packBytesGrown))} MiB | ${med((s) => s.activity.packsWritten)} / ${med((s) => s.activity.mergedPacksWritten)} | ${med((s) => s.activity.packsFolded)} | ${med((s) => s.activity.baseChanges)} | ${med((s) => s.activity.segmentsDeleted)} | ${mib(med((s) => s.activity.freedBytes))} MiB | ${med((s) => s.cpuSeconds / s.seconds).toFixed(2)} | ${gib(med((s) => s.historyStartBytes))} → ${gib(med((s) => s.historyEndBytes))}, ${gib(med((s) => s.historyPeakBytes))} GiB (${gib(result.caps[variant])}) | ${busy} of ${of.length}; ${count((s) => s.activity.packsWritten)} / ${count((s) => s.activity.mergedPacksWritten)} / ${count((s) => s.activity.packsFolded + s.activity.baseChanges)} |`,
       );
     }
   }
@@ -532,13 +539,14 @@ function renderSteady(result: SteadyResult, parameters: RunParameters): string[]
     lines.push('', 'The API does not report the lifecycle\'s own counters yet (statistics.packs, merges, folds, reclaimedBytes of `status()`), so the figures above come from the files; the benchmark uses the API\'s figures as well once GET /api/v1/volumes/:volume has them.');
   }
   lines.push('', `History (log + packs + base image + index, allocated bytes) after the warm-up: ${variants.map((variant) => `${variant} ${gib(result.historyAfterWarmup[variant]?.totalBytes ?? 0)} GiB`).join(', ')}; at the end: ${variants.map((variant) => `${variant} ${describeHistory(result.historyAtEnd[variant])}`).join('; ')}.`);
+  lines.push('', `Stopping each appliance at the end (SIGTERM to exit; a lifecycle operation in progress finishes first): ${variants.map((variant) => `${variant} ${(result.stopSeconds[variant] ?? 0).toFixed(1)} s`).join(', ')}.`);
   lines.push('', '<details>', '<summary>Every sample</summary>', '');
-  lines.push('| round | test | appliance | figure | CPU (cores) | packs / merged / folded | segments deleted | freed | history start → end (peak) | load (1 min) |');
-  lines.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  lines.push('| round | test | appliance | figure | CPU (cores) | pack bytes written | packs / merged / folded | base.img changed | segments deleted | freed | history start → end (peak) | load (1 min) |');
+  lines.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const sample of result.samples) {
     const { activity } = sample;
     lines.push(
-      `| ${sample.round} | ${sample.testId} | ${sample.variant} | ${formatFigure(sample.figure, sample.unit)} ${sample.unit} | ${(sample.cpuSeconds / sample.seconds).toFixed(2)} | ${activity.packsWritten} / ${activity.mergedPacksWritten} / ${activity.packsFolded} | ${activity.segmentsDeleted} | ${mib(activity.freedBytes)} MiB | ${gib(sample.historyStartBytes)} → ${gib(sample.historyEndBytes)} (${gib(sample.historyPeakBytes)}) GiB | ${sample.load.toFixed(2)} |`,
+      `| ${sample.round} | ${sample.testId} | ${sample.variant} | ${formatFigure(sample.figure, sample.unit)} ${sample.unit} | ${(sample.cpuSeconds / sample.seconds).toFixed(2)} | ${mib(activity.packBytesGrown)} MiB | ${activity.packsWritten} / ${activity.mergedPacksWritten} / ${activity.packsFolded} | ${activity.baseChanges} | ${activity.segmentsDeleted} | ${mib(activity.freedBytes)} MiB | ${gib(sample.historyStartBytes)} → ${gib(sample.historyEndBytes)} (${gib(sample.historyPeakBytes)}) GiB | ${sample.load.toFixed(2)} |`,
     );
   }
   lines.push('', '</details>');
