@@ -122,6 +122,11 @@ export const lifecycleLimits = {
   mergeRunIntervalsDue: 32,
   /** Keys per LevelDB batch while an interval's extents are put or deleted. */
   indexBatchKeys: 256,
+  /** Expired fine windows are folded or packed once they span this long, or are this many, unless space is short ... */
+  foldSpanMicrosMin: 60_000_000,
+  foldWindowCountMin: 64,
+  /** ... and at most this many in one operation (bounds one operation's time). */
+  foldWindowCountMax: 4096,
 } as const;
 
 function isPowerOfTwo(value: number): boolean {

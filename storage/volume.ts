@@ -113,6 +113,8 @@ export class Volume implements BlockDevice {
   private readonly primary: PrimaryImage;
   private readonly drl: DirtyRegionLog;
   private readonly log: LogWriter;
+  /** The oldest log segment on disk (expiry deletes older ones: segmentsDeleted). */
+  private firstSegmentNumber: number;
   private appliedSequence: number;
   private appliedPosition: LogPosition;
   private appliedTimestampMicros: number;
@@ -151,6 +153,7 @@ export class Volume implements BlockDevice {
     this.recovery = parts.recovery;
     this.pendingResyncRegions = parts.recovery.resyncRegions;
     const checkpoint = parts.drl.checkpoint;
+    this.firstSegmentNumber = listSegments(parts.fileSystem, parts.paths.log)[0] ?? checkpoint.position.segmentNumber;
     this.appliedSequence = checkpoint.sequence;
     this.appliedPosition = checkpoint.position;
     this.appliedTimestampMicros = checkpoint.timestampMicros;
@@ -381,6 +384,9 @@ export class Volume implements BlockDevice {
       volumeId: Buffer.from(this.config.volumeId, 'hex'),
       retentionPolicy: () => this.retentionPolicy,
       oldestSegmentNeeded: () => this.oldestSegmentNeeded(),
+      segmentsDeleted: (firstRemaining) => {
+        this.firstSegmentNumber = Math.max(this.firstSegmentNumber, firstRemaining);
+      },
       sizeBytes: this.config.sizeBytes,
       read: (offsetBytes, lengthBytes) => this.read(offsetBytes, lengthBytes),
       allocation: (offsetBytes, lengthBytes, extentCountMax) => this.allocation(offsetBytes, lengthBytes, extentCountMax),
@@ -589,7 +595,7 @@ export class Volume implements BlockDevice {
       appliedSequence: this.appliedSequence,
       unappliedBytes: this.log.unappliedBytes,
       dirtyRegionCount: this.drl.dirtyRegionCount,
-      logBytes: (this.log.appendPosition.segmentNumber - (listSegments(this.fileSystem, this.paths.log)[0] ?? 1)) * this.config.segmentSizeBytes + this.log.appendPosition.offsetBytes,
+      logBytes: (this.log.appendPosition.segmentNumber - this.firstSegmentNumber) * this.config.segmentSizeBytes + this.log.appendPosition.offsetBytes,
       failed: this.failure?.message ?? null,
     };
   }

@@ -34,6 +34,8 @@ export interface HistoryVolume extends ViewSource {
   retentionPolicy(): RetentionPolicy;
   /** The oldest log segment the volume itself still needs (checkpoints, unapplied records, appends). */
   oldestSegmentNeeded(): number;
+  /** Expiry deleted the log segments before `firstRemaining`. */
+  segmentsDeleted(firstRemaining: number): void;
   appendMark(payload: Buffer): Promise<AppendedRecord>;
   /** Make records durable through `sequence` (for cuts) and everything (before a view opens). */
   syncThrough(sequence: number): Promise<void>;
@@ -84,6 +86,7 @@ export class VolumeHistory {
       createdMicros: volume.createdMicros,
       retentionPolicy: () => volume.retentionPolicy(),
       oldestSegmentNeeded: () => volume.oldestSegmentNeeded(),
+      segmentsDeleted: (firstRemaining) => volume.segmentsDeleted(firstRemaining),
       snapshots: () => this.snapshots().map((snapshot) => ({ ...snapshot, pinned: snapshot.pinned ?? false, expiresMicros: snapshot.expiresMicros ?? 0 })),
       expireSnapshot: async (name) => {
         if (this.snapshotsByName.has(name)) await this.deleteSnapshot(name);

@@ -39,6 +39,8 @@ export interface LifecycleHost {
   retentionPolicy(): RetentionPolicy;
   /** The oldest log segment the volume itself still needs (its checkpoints, unapplied records, appends). */
   oldestSegmentNeeded(): number;
+  /** The log segments before `firstRemaining` were deleted. */
+  segmentsDeleted(firstRemaining: number): void;
   snapshots(): SnapshotForRetention[];
   /** Delete a snapshot whose own expiry time has passed. */
   expireSnapshot(name: string): Promise<void>;
@@ -319,6 +321,8 @@ export class HistoryLifecycle {
   private async runDue(): Promise<void> {
     if (this.pausedCount > 0) return;
     try {
+      // An operation that failed in its switch (an I/O error) is finished before anything else.
+      if (this.index.intervals.state.pending !== null) await finishPending(this.operationParts());
       await this.expireSnapshots();
       this.updatePressure();
       for (let step = 0; step < 64 && !this.closed && this.pausedCount === 0; step++) {
@@ -605,11 +609,14 @@ export class HistoryLifecycle {
     const { fineStartPosition } = this.index.intervals.state;
     if (fineStartPosition === null) return;
     const keepFrom = Math.min(fineStartPosition.segmentNumber, this.host.oldestSegmentNeeded(), this.index.resumeFrom.position.segmentNumber);
+    let deleted = false;
     for (const segmentNumber of listSegments(this.fileSystem, this.paths.log)) {
       if (segmentNumber >= keepFrom) break;
       this.fileSystem.remove(`${this.paths.log}/${segmentFileName(segmentNumber)}`);
       this.statistics.segmentsDeleted++;
+      deleted = true;
     }
+    if (deleted) this.host.segmentsDeleted(keepFrom);
   }
 
   private async deleteOrphanPacks(): Promise<void> {
@@ -726,7 +733,7 @@ export class HistoryLifecycle {
       intervals,
       chunkBytes,
       reader: this.reader,
-      throttle: (bytes) => (atOpen || this.underPressure ? Promise.resolve() : this.throttle(bytes)),
+      throttle: (bytes) => (atOpen || (this.underPressure && !this.closed) ? Promise.resolve() : this.throttle(bytes)),
       stillWanted: async (pending) => this.holdsAllow(pending),
       beforeSwitch: async () => {
         this.index.noteSwitch();
@@ -741,6 +748,8 @@ export class HistoryLifecycle {
   private async throttle(bytes: number): Promise<void> {
     const rate = lifecycleLimits.ioBytesPerSecond;
     for (;;) {
+      // Closing: stop here; the operation is abandoned (writing) or redone at open (switching).
+      if (this.closed) throw new StorageError('ESHUTDOWN', `volume ${this.host.name} is closing`);
       const nowMs = performance.now();
       this.ioTokens = Math.min(rate, this.ioTokens + ((nowMs - this.ioRefilledAtMs) / 1000) * rate);
       this.ioRefilledAtMs = nowMs;
@@ -776,11 +785,7 @@ export interface RetentionStatus {
   statistics: LifecycleStatistics;
 }
 
-/** Fold or pack fine windows once they span this long (or this many), unless space is short. */
-const foldSpanMicrosMin = 60_000_000;
-const foldWindowCountMin = 64;
-/** At most this many windows per operation (bounds one operation's time). */
-const foldWindowCountMax = 4096;
+const { foldSpanMicrosMin, foldWindowCountMin, foldWindowCountMax } = lifecycleLimits;
 
 
 /** The youngest intervals of a run, as many as keep the merge size-tiered (the oldest is at most twice the rest). */

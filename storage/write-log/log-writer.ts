@@ -518,7 +518,9 @@ export class LogWriter {
   private makeRoomForSpare(error: StorageError): Promise<void> {
     this.roomMaking ??= (async () => {
       try {
-        if (!(await this.hooks.makeRoom!())) throw error;
+        const attemptedAtMs = this.spare!.attemptedAtMs;
+        // Nothing left to expire: the disk may still free up by itself (try again after the delay).
+        if (!(await this.hooks.makeRoom!()) && performance.now() - attemptedAtMs < spareRetryDelayMs) throw error;
         this.prepareSpare();
         await this.spare!.ready;
       } finally {
