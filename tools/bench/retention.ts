@@ -525,8 +525,8 @@ function renderSteady(result: SteadyResult, parameters: RunParameters): string[]
     }
   }
   if (result.engineReported) {
-    lines.push('', 'The lifecycle\'s own counters over each sample (GET /api/v1/volumes/vol0), medians: ');
-    lines.push('', '| test | appliance | packs | merges | folds | reclaimed |', '| --- | --- | --- | --- | --- | --- |');
+    lines.push('', 'The lifecycle\'s own counters over each sample (GET /api/v1/volumes/vol0), medians. It counts an operation when it chooses it, not when it completes, and `reclaimedBytes` is the fall of the total history across an operation, so host writes during the operation are subtracted from it (it reads 0 when writes outpace the freeing).');
+    lines.push('', '| test | appliance | packs started | merges started | folds started | reclaimedBytes |', '| --- | --- | --- | --- | --- | --- |');
     for (const fioTest of steadyTests) {
       for (const variant of variants) {
         const of = result.samples.filter((sample) => sample.testId === fioTest.id && sample.variant === variant && sample.engine !== null);
