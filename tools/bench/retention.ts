@@ -33,7 +33,7 @@ import { GiB, MiB, lifecycleLimits, type HistoryBytes, type RetentionPolicy } fr
 import { waitUntilServing } from '../serving-announcement.js';
 import { fioSuite, runFioTest, commonFioArguments, testFioArguments, type FioTest } from './fio-suite.js';
 import { activityBetween, LifecycleWatcher, type LifecycleActivity } from './lifecycle-watch.js';
-import { describeToolVersions } from './machine.js';
+import { describeToolVersions, processCpuSeconds } from './machine.js';
 import { ensureRandomDataFile, prefillThroughNbd } from './page-cache.js';
 import { installCleanupHandlers, runCommandOrThrow, trackChild } from './processes.js';
 import { formatDuration, writeMarkedSection } from './report.js';
@@ -188,11 +188,6 @@ function engineBetween(before: EngineFigures | null, after: EngineFigures | null
   return { reclaimedBytes: after.reclaimedBytes - before.reclaimedBytes, packs: after.packs - before.packs, merges: after.merges - before.merges, folds: after.folds - before.folds };
 }
 
-/** CPU seconds (user + system) a process has used. */
-function cpuSeconds(pid: number): number {
-  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
-}
 
 function freeBytes(): { freeBytes: number; sizeBytes: number } {
   const stats = fs.statfsSync(workDirectory);
@@ -292,12 +287,12 @@ async function measureSteadyState(options: { variants: readonly Variant[]; round
           appliance.watcher.resetPeak();
           const activityBefore = appliance.watcher.snapshot();
           const engineBefore = await engineFigures(appliance);
-          const cpuBefore = cpuSeconds(pid);
+          const cpuBefore = processCpuSeconds(pid);
           const load = load1();
           const startedMs = performance.now();
           const measurement = await runFioTest(fioTest, appliance.uri, { runtimeSeconds: options.runtimeSeconds, rampSeconds: options.rampSeconds }, path.join(workDirectory, `r${round}-${fioTest.id}-${variant}.json`));
           const seconds = (performance.now() - startedMs) / 1000;
-          const cpu = cpuSeconds(pid) - cpuBefore;
+          const cpu = processCpuSeconds(pid) - cpuBefore;
           const activity = activityBetween(activityBefore, appliance.watcher.snapshot());
           const engine = engineBetween(engineBefore, await engineFigures(appliance));
           engineReported ||= engine !== null;
@@ -381,7 +376,7 @@ async function reclaimTrial(round: number, kind: HistoryKind, mode: IoMode, hist
     const activityBefore = appliance.watcher.snapshot();
     const engineBefore = await engineFigures(appliance);
     const pid = appliance.child.pid!;
-    const cpuBefore = cpuSeconds(pid);
+    const cpuBefore = processCpuSeconds(pid);
     const load = load1();
     const startedMs = performance.now();
     await setPolicy(appliance, policy);
@@ -425,7 +420,7 @@ async function waitUntilHistorySettles(appliance: Appliance, startBytes: number,
     await sleep(100);
     const nowMs = performance.now();
     const current = appliance.watcher.history().totalBytes;
-    const cpu = cpuSeconds(pid);
+    const cpu = processCpuSeconds(pid);
     cpuTrail.push({ ms: nowMs, cpu });
     while (cpuTrail.length > 0 && nowMs - cpuTrail[0]!.ms > 5000) cpuTrail.shift();
     if (Math.abs(current - settled) > MiB) {
