@@ -601,9 +601,9 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       rounds: { type: 'string', default: '3' },
-      runtime: { type: 'string', default: '8' },
+      runtime: { type: 'string', default: '6' },
       ramp: { type: 'string', default: '2' },
-      warmup: { type: 'string', default: '30' },
+      warmup: { type: 'string', default: '20' },
       variants: { type: 'string', default: allVariants.join(',') },
       'reclaim-rounds': { type: 'string', default: '2' },
       'history-gib': { type: 'string', default: '4' },
