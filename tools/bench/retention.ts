@@ -118,6 +118,7 @@ async function stopAppliance(appliance: Appliance): Promise<number> {
   const startedMs = performance.now();
   if (appliance.child.exitCode === null && appliance.child.signalCode === null) {
     const exited = new Promise((resolve) => appliance.child.once('exit', resolve));
+    appliance.child.kill('SIGCONT'); // in case it was paused
     appliance.child.kill('SIGTERM');
     await exited;
   }
@@ -125,15 +126,31 @@ async function stopAppliance(appliance: Appliance): Promise<number> {
   return (performance.now() - startedMs) / 1000;
 }
 
+/** One API request; a GET that fails with a 5xx is tried again twice (GET /volumes/:volume can race the index's file changes). */
 async function api(appliance: Appliance, method: string, route: string, body?: unknown): Promise<unknown> {
-  const response = await fetch(`${appliance.httpBase}/api/v1${route}`, {
-    method,
-    headers: { authorization: `Bearer ${appliance.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await response.text();
-  if (!response.ok) throw new Error(`${method} ${route} on ${appliance.name}: ${response.status} ${text}`);
-  return JSON.parse(text) as unknown;
+  for (let attempt = 1; ; attempt++) {
+    const response = await fetch(`${appliance.httpBase}/api/v1${route}`, {
+      method,
+      headers: { authorization: `Bearer ${appliance.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await response.text();
+    if (response.ok) return JSON.parse(text) as unknown;
+    const problem = `${method} ${route} on ${appliance.name}: ${response.status} ${text}`;
+    if (method !== 'GET' || response.status < 500 || attempt === 3) throw new Error(problem);
+    notes.push(`${problem} (tried again)`);
+    await sleep(100);
+  }
+}
+
+/** Things the run met that the report should say. */
+const notes: string[] = [];
+
+/** Stop (SIGSTOP) or continue (SIGCONT) appliances: only the one being measured runs during a sample. */
+function pause(appliances: Iterable<Appliance>, paused: boolean): void {
+  for (const appliance of appliances) {
+    if (appliance.child.exitCode === null && appliance.child.signalCode === null) appliance.child.kill(paused ? 'SIGSTOP' : 'SIGCONT');
+  }
 }
 
 async function setPolicy(appliance: Appliance, policy: RetentionPolicy): Promise<void> {
@@ -290,10 +307,20 @@ async function measureSteadyState(options: { variants: readonly Variant[]; round
           const cpuBefore = processCpuSeconds(pid);
           const load = load1();
           const startedMs = performance.now();
-          const measurement = await runFioTest(fioTest, appliance.uri, { runtimeSeconds: options.runtimeSeconds, rampSeconds: options.rampSeconds }, path.join(workDirectory, `r${round}-${fioTest.id}-${variant}.json`));
-          const seconds = (performance.now() - startedMs) / 1000;
-          const cpu = processCpuSeconds(pid) - cpuBefore;
-          const activity = activityBetween(activityBefore, appliance.watcher.snapshot());
+          const others = [...appliances.values()].filter((other) => other !== appliance);
+          pause(others, true);
+          let measurement: Awaited<ReturnType<typeof runFioTest>>;
+          let activity: LifecycleActivity;
+          let seconds: number;
+          let cpu: number;
+          try {
+            measurement = await runFioTest(fioTest, appliance.uri, { runtimeSeconds: options.runtimeSeconds, rampSeconds: options.rampSeconds }, path.join(workDirectory, `r${round}-${fioTest.id}-${variant}.json`));
+            seconds = (performance.now() - startedMs) / 1000;
+            cpu = processCpuSeconds(pid) - cpuBefore;
+            activity = activityBetween(activityBefore, appliance.watcher.snapshot());
+          } finally {
+            pause(others, false);
+          }
           const engine = engineBetween(engineBefore, await engineFigures(appliance));
           engineReported ||= engine !== null;
           const historyEnd = appliance.watcher.history();
@@ -489,7 +516,7 @@ function renderSteady(result: SteadyResult, parameters: RunParameters): string[]
   lines.push(`${variants.length} appliances, each with a fresh 1 GiB volume on a unix socket, prefilled with 1 GiB of random data (\`nbdcopy --connections=1\`), then warmed up with ${result.warmupSeconds} s of 4k random writes at QD32 so the lifecycle has history to work on before the first sample:`, '');
   for (const variant of variants) lines.push(`- **${variant}**: ${variantDescriptions[variant]}.`);
   lines.push('');
-  lines.push(`fio (nbd engine, one job): \`${[...commonFioArguments({ runtimeSeconds: parameters.runtimeSeconds, rampSeconds: parameters.rampSeconds })].join(' ')}\` plus \`${testFioArguments(steadyTests[0]!).join(' ')}\` or \`${testFioArguments(steadyTests[1]!).join(' ')}\`. ${parameters.rounds} rounds; in round r the appliances run in the order rotated by r, each test on every appliance before the next test; before each sample the harness waits until every appliance has applied all it acknowledged. Nothing waits for the lifecycle: it works on through the samples.`, '');
+  lines.push(`fio (nbd engine, one job): \`${[...commonFioArguments({ runtimeSeconds: parameters.runtimeSeconds, rampSeconds: parameters.rampSeconds })].join(' ')}\` plus \`${testFioArguments(steadyTests[0]!).join(' ')}\` or \`${testFioArguments(steadyTests[1]!).join(' ')}\`. ${parameters.rounds} rounds; in round r the appliances run in the order rotated by r, each test on every appliance before the next test; before each sample the harness waits until every appliance has applied all it acknowledged, then stops the other appliances (SIGSTOP) until the sample ends (SIGCONT), so that on these 2 cores no other appliance's lifecycle takes CPU from the one measured. Nothing waits for the lifecycle of the appliance measured: it works on through its samples.`, '');
   lines.push(`| test | default (median, min–max) | ${others.map((variant) => `${variant} | ${variant} / default`).join(' | ')} | target |`);
   lines.push(`| --- | --- | ${others.map(() => '--- | ---').join(' | ')} | --- |`);
   for (const fioTest of steadyTests) {
@@ -592,6 +619,7 @@ function render(parameters: RunParameters, steady: SteadyResult | null, reclaim:
   lines.push(`- Load average (1 / 5 / 15 min): ${parameters.loadAtStart.map((value) => value.toFixed(2)).join(' / ')} at the start, ${os.loadavg().map((value) => value.toFixed(2)).join(' / ')} at the end; 1-minute load when a sample started: ${loads.length === 0 ? '-' : `${Math.min(...loads).toFixed(2)}–${Math.max(...loads).toFixed(2)}`} (fio plus one busy appliance keep up to 2 cores busy).`);
   if (steady !== null) lines.push(...renderSteady(steady, parameters));
   if (reclaim.length > 0) lines.push(...renderReclaim(reclaim, parameters));
+  if (notes.length > 0) lines.push('', '### Notes from the run', '', ...notes.map((note) => `- ${note}`));
   return lines.join('\n');
 }
 
