@@ -177,7 +177,10 @@ export class MapStore {
   /** Bytes the database's files take on disk. */
   sizeBytes(): number {
     let total = 0;
-    for (const name of fs.readdirSync(this.directory)) total += fs.statSync(`${this.directory}/${name}`).size;
+    for (const name of fs.readdirSync(this.directory)) {
+      // LevelDB deletes files as it compacts: one listed a moment ago may be gone.
+      total += fs.statSync(`${this.directory}/${name}`, { throwIfNoEntry: false })?.size ?? 0;
+    }
     return total;
   }
 
