@@ -3,7 +3,7 @@
 
 export type { AllocationStatus, BlockDevice, BlockDeviceCapabilities, ContextExtent, WriteOptions, ZeroOptions } from './block-device.js';
 export { StorageError, type StorageErrorCode } from './errors.js';
-export { storageLimits, assertStorageLimits, KiB, MiB, GiB, TiB } from './limits.js';
+export { storageLimits, lifecycleLimits, assertStorageLimits, KiB, MiB, GiB, TiB } from './limits.js';
 export { formatMicros } from './clock.js';
 export { Volume, type CreateVolumeOptions, type LogCompression, type OpenVolumeOptions, type VolumeStatistics } from './volume.js';
 export { isAllZero, decodePayload, frameEncodingsOf, FrameEncoding, payloadFrameBytes } from './write-log/payload-codec.js';
@@ -42,3 +42,6 @@ export { scanLog, logStart, type ScannedRecord, type LogScanResult } from './wri
 export type { LogPosition } from './write-log/batch.js';
 export { writeFileAtomic, type FileSystem, type FileHandle } from './io/file-system.js';
 export { nodeFileSystem } from './io/node-file-system.js';
+// What history takes on disk and what a pack holds, read from outside the process (tools/bench/retention.ts).
+export { measureHistoryBytes, type HistoryBytes } from './retention/space.js';
+export { decodePackHeader, packHeaderBytes, parsePackFileName, type PackHeader } from './retention/pack-file.js';

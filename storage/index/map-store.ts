@@ -193,7 +193,10 @@ export class MapStore {
   sizeBytes(): number {
     if (!fs.existsSync(this.directory)) return 0;
     let total = 0;
-    for (const name of fs.readdirSync(this.directory)) total += fs.statSync(`${this.directory}/${name}`).size;
+    for (const name of fs.readdirSync(this.directory)) {
+      // LevelDB deletes files as it compacts: one listed a moment ago may be gone.
+      total += fs.statSync(`${this.directory}/${name}`, { throwIfNoEntry: false })?.size ?? 0;
+    }
     return total;
   }
 

@@ -22,6 +22,7 @@ import { fileURLToPath } from 'node:url';
 import { FrameEncoding, GiB, RecordKind, frameEncodingsOf, logStart, nodeFileSystem, payloadFrameBytes, scanLog, volumePaths } from '../../storage/index.js';
 import { waitUntilServing } from '../serving-announcement.js';
 import { installCleanupHandlers, runCommandOrThrow, trackChild } from './processes.js';
+import { processCpuSeconds } from './machine.js';
 import { writeMarkedSection } from './report.js';
 import { median } from './statistics.js';
 
@@ -83,11 +84,6 @@ async function clientWriteBytes(appliance: Appliance): Promise<number> {
   return Number(line.split(' ').pop());
 }
 
-/** CPU seconds (user + system) the process has used. */
-function cpuSeconds(pid: number): number {
-  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
-}
 
 async function fio(appliance: Appliance, args: string[]): Promise<{ iops: number; writes: number }> {
   const output = await runCommandOrThrow('fio', ['--name=bench', '--ioengine=nbd', `--uri=${uriOf(appliance)}`, '--numjobs=1', '--output-format=json', ...args], 30 * 60_000);
@@ -240,10 +236,10 @@ async function measureIops(rounds: number, runtimeSeconds: number, log: (line: s
         const order = round % 2 === 1 ? modes : [...modes].reverse();
         for (const mode of order) {
           const appliance = appliances.get(mode)!;
-          const cpuBefore = cpuSeconds(appliance.child.pid!);
+          const cpuBefore = processCpuSeconds(appliance.child.pid!);
           const { iops, writes } = await fio(appliance, ['--rw=randwrite', '--bs=4k', '--iodepth=32', '--size=2G', '--time_based=1', `--runtime=${runtimeSeconds}`, '--ramp_time=2', ...args]);
           await new Promise((resolve) => setTimeout(resolve, 1500)); // the appliance finishes applying what it took
-          const cpuMicrosPerWrite = ((cpuSeconds(appliance.child.pid!) - cpuBefore) * 1e6) / Math.max(1, writes + Math.round(iops * 2));
+          const cpuMicrosPerWrite = ((processCpuSeconds(appliance.child.pid!) - cpuBefore) * 1e6) / Math.max(1, writes + Math.round(iops * 2));
           const sample = { data, mode, round, iops, cpuMicrosPerWrite, load: os.loadavg()[0]! };
           samples.push(sample);
           log(`  ${data} round ${round} ${mode}: ${Math.round(iops)} IOPS, ${cpuMicrosPerWrite.toFixed(1)} µs CPU per write, load ${sample.load.toFixed(2)}`);

@@ -82,6 +82,12 @@ export function busyFraction(before: CpuTimes, after: CpuTimes): number {
   return totalTicks <= 0 ? 0 : (after.busyTicks - before.busyTicks) / totalTicks;
 }
 
+/** CPU seconds (user + system) a process has used, from /proc/PID/stat. */
+export function processCpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+}
+
 /** Dirty plus under-writeback page cache of the whole machine (/proc/meminfo), in bytes. */
 export function readDirtyBytes(): number {
   const meminfo = readFileSync('/proc/meminfo', 'utf8');
