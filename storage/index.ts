@@ -6,7 +6,7 @@ export { StorageError, type StorageErrorCode } from './errors.js';
 export { storageLimits, lifecycleLimits, assertStorageLimits, KiB, MiB, GiB, TiB } from './limits.js';
 export { formatMicros } from './clock.js';
 export { Volume, type CreateVolumeOptions, type LogCompression, type OpenVolumeOptions, type VolumeStatistics } from './volume.js';
-export { isAllZero, decodePayload, frameEncodingsOf, FrameEncoding, payloadFrameBytes } from './write-log/payload-codec.js';
+export { PayloadEncoder, isAllZero, decodePayload, frameEncodingsOf, FrameEncoding, payloadFrameBytes } from './write-log/payload-codec.js';
 export { VolumeHistory, validateSnapshotName, type InstantSpecification } from './point-in-time/history.js';
 export { PointInTimeView } from './point-in-time/view.js';
 export { Clone } from './point-in-time/clone.js';

@@ -19,7 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { FrameEncoding, GiB, RecordKind, frameEncodingsOf, logStart, nodeFileSystem, payloadFrameBytes, scanLog, volumePaths } from '../../storage/index.js';
+import { FrameEncoding, GiB, PayloadEncoder, decodePayload, storageLimits, RecordKind, frameEncodingsOf, logStart, nodeFileSystem, payloadFrameBytes, scanLog, volumePaths } from '../../storage/index.js';
 import { waitUntilServing } from '../serving-announcement.js';
 import { installCleanupHandlers, runCommandOrThrow, trackChild } from './processes.js';
 import { processCpuSeconds } from './machine.js';
@@ -130,6 +130,8 @@ function workloads(fileTreeImage: string): Workload[] {
 
 interface LogSummary {
   recordBytes: number;
+  /** The same records as a pack stores them: every data record of 512 B or more compressed (storage/retention/pack-file.ts). */
+  packedRecordBytes: number;
   dataRecords: number;
   compressedRecords: number;
   frames: Record<'raw' | 'snappy' | 'zero', number>;
@@ -147,12 +149,17 @@ interface ContentSummary {
 /** Read the volume's log: bytes of every record, and (for the uncompressed log) what its data holds. */
 function summarizeLog(appliance: Appliance, content: ContentSummary | null): LogSummary {
   const logDirectory = volumePaths(path.join(appliance.dataDirectory, 'volumes', 'vol0')).log;
-  const summary: LogSummary = { recordBytes: 0, dataRecords: 0, compressedRecords: 0, frames: { raw: 0, snappy: 0, zero: 0 } };
+  const summary: LogSummary = { recordBytes: 0, packedRecordBytes: 0, dataRecords: 0, compressedRecords: 0, frames: { raw: 0, snappy: 0, zero: 0 } };
   const seen = new Set<string>();
   scanLog(nodeFileSystem, logDirectory, { from: logStart(nodeFileSystem, logDirectory)!, withPayload: true }, ({ header, payload }) => {
     summary.recordBytes += 48 + header.payloadBytes;
-    if (header.kind !== RecordKind.data) return;
+    if (header.kind !== RecordKind.data) {
+      summary.packedRecordBytes += 48 + header.payloadBytes;
+      return;
+    }
     summary.dataRecords++;
+    const data = header.flags === 0 ? payload! : decodePayload(payload!, header.flags, header.lengthBytes);
+    summary.packedRecordBytes += 48 + packEncoder.encode(data).storedBytes;
     const encodings = frameEncodingsOf(payload!, header.flags, header.lengthBytes);
     if (encodings.length > 0) summary.compressedRecords++;
     for (const encoding of encodings) summary.frames[encoding === FrameEncoding.raw ? 'raw' : encoding === FrameEncoding.snappy ? 'snappy' : 'zero']++;
@@ -175,6 +182,9 @@ function summarizeLog(appliance: Appliance, content: ContentSummary | null): Log
   });
   return summary;
 }
+
+/** Encodes as the lifecycle's packs do (no write-path threshold). */
+const packEncoder = new PayloadEncoder();
 
 const zeroes = Buffer.alloc(payloadFrameBytes);
 function isZero(bytes: Buffer): boolean {
@@ -267,14 +277,15 @@ function render(parameters: { rounds: number; runtimeSeconds: number; command: s
   lines.push('- Two appliances, each with a fresh 2 GiB volume on a unix socket: `serve --log-compression snappy` (the default) and `--log-compression off`, driven alike, one after the other.');
   if (bytes.length > 0) {
     lines.push('', '### Log bytes per client byte', '');
-    lines.push('Log bytes: every record of the log (48-byte header and stored payload). Client bytes: the payloads of the WRITE requests (`cdp_nbd_write_bytes_total`).', '');
-    lines.push('| workload | client bytes | log bytes per client byte, snappy | off | snappy / off | records compressed | frames snappy / raw / zero |');
-    lines.push('| --- | --- | --- | --- | --- | --- | --- |');
+    lines.push(`Log bytes: every record of the log (48-byte header and stored payload). Client bytes: the payloads of the WRITE requests (\`cdp_nbd_write_bytes_total\`). The write path compresses records of ${storageLimits.logCompressRecordBytesMin / 1024} KiB or more (\`storageLimits.logCompressRecordBytesMin\`): smaller ones cost more CPU per write than they save and are compressed when the lifecycle packs them. "Packed": the same records of each appliance's log encoded as a pack stores them (every data record of 512 B or more compressed), computed from the log after the run.`, '');
+    lines.push('| workload | client bytes | log bytes per client byte, snappy | off | snappy / off | packed, per client byte | packed / off | records compressed in the log | frames snappy / raw / zero |');
+    lines.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
     for (const result of bytes) {
       const ratio = (mode: Mode): number => result.logs[mode].recordBytes / result.clientBytes[mode];
+      const packed = result.logs.off.packedRecordBytes / result.clientBytes.off;
       const { frames } = result.logs.snappy;
       lines.push(
-        `| ${result.workload.name} | ${(result.clientBytes.off / 2 ** 20).toFixed(0)} MiB | ${ratio('snappy').toFixed(3)} | ${ratio('off').toFixed(3)} | ${(ratio('snappy') / ratio('off')).toFixed(3)} | ${percent(result.logs.snappy.compressedRecords, result.logs.snappy.dataRecords)} of ${result.logs.snappy.dataRecords} | ${frames.snappy} / ${frames.raw} / ${frames.zero} |`,
+        `| ${result.workload.name} | ${(result.clientBytes.off / 2 ** 20).toFixed(0)} MiB | ${ratio('snappy').toFixed(3)} | ${ratio('off').toFixed(3)} | ${(ratio('snappy') / ratio('off')).toFixed(3)} | ${packed.toFixed(3)} | ${(packed / ratio('off')).toFixed(3)} | ${percent(result.logs.snappy.compressedRecords, result.logs.snappy.dataRecords)} of ${result.logs.snappy.dataRecords} | ${frames.snappy} / ${frames.raw} / ${frames.zero} |`,
       );
     }
     lines.push('', 'Workloads:', '');
