@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process';
 import { startAppliance } from '../support/appliance.js';
 import { apiRequest } from '../support/api.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
+import { waitFor } from '../support/wait.js';
 import { requireTools, run } from '../support/tools.js';
 
 const api = apiRequest;
@@ -90,8 +91,13 @@ t.test('snapshot, overwrite, export the snapshot: it is the disk as it was', asy
   t.notMatch(untouched.stdout, /verification failed/i, 'the volume did not see the clone');
 
   // 7. A client attached: deleting the export is refused, saying who.
-  const holder = spawn('nbdsh', ['-u', viewUri, '-c', 'import time; time.sleep(5)'], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` } });
-  await new Promise((resolve) => setTimeout(resolve, 700));
+  const holder = spawn('nbdsh', ['-u', viewUri, '-c', 'import time; time.sleep(60)'], { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` } });
+  t.teardown(() => holder.kill());
+  // nbdsh (Python) may take seconds to start on a busy machine: wait until the export shows it.
+  await waitFor('nbdsh attached to the view', async () => {
+    const listed = (await api(appliance, 'GET', '/api/v1/exports')).json.exports as { name: string; clients: unknown[] }[];
+    return listed.find((shown) => shown.name === 'vol0@before-deploy')?.clients.length ? true : undefined;
+  }, 30_000, 100);
   const refused = await api(appliance, 'DELETE', '/api/v1/exports/vol0@before-deploy');
   t.equal(refused.status, 409, 'refused while a client is attached');
   t.match((refused.json.error as { message: string }).message, /client/, 'the refusal names the clients');
