@@ -116,6 +116,11 @@ export const lifecycleLimits = {
   ioBytesPerSecond: 64 * MiB,
   /** How often the lifecycle looks at the policy, the clock and the free space. */
   checkIntervalMs: 5000,
+  /**
+   * Passes the log's next segment waits for at most while it would break the history's cap or the
+   * free-space reserve (each frees what it can, or gives up the oldest kept history).
+   */
+  segmentRoomPassesMax: 8,
   /** Intervals merged in one pass at most (a run longer than this merges in several). */
   mergeRunIntervalsMax: 64,
   /** A run of intervals whose inner points all expired merges once it is this long, even before its coarser point closes it. */

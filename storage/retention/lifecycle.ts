@@ -639,15 +639,17 @@ export class HistoryLifecycle {
   }
 
   /** Measure and decide whether space is short (a measurement that fails changes nothing: the next one decides). */
-  private updatePressure(): void {
+  /** Decide whether space is short; returns whether the cap or the reserve would be broken now. */
+  private updatePressure(): boolean {
     try {
-      this.decidePressure();
+      return this.decidePressure();
     } catch (error) {
       this.noteFailure(error);
+      return false;
     }
   }
 
-  private decidePressure(): void {
+  private decidePressure(): boolean {
     const { history, capBytes, freeBytes, reserveBytes: reserve } = this.measure();
     // What is about to be taken: the base image at the first fold (allocated whole, so a fold
     // never runs out of room halfway), and the log's next segment.
@@ -662,13 +664,24 @@ export class HistoryLifecycle {
       this.pressureFloorSequence = 0;
       this.pressureWindowStep = 1;
     }
+    return over;
   }
 
-  /** The log is about to take a new segment: if that would break the cap or the reserve, expire first. */
+  /**
+   * The log is about to take a new segment: while that would break the cap or the reserve, expire
+   * first (a bounded number of passes: the write path waits for them, and a pass that could not
+   * free anything gives up the oldest kept history before the next).
+   */
   async beforeNewSegment(): Promise<void> {
-    if (this.closed) return;
-    this.updatePressure();
-    if (this.underPressure) await this.tick();
+    for (let attempt = 0; attempt < lifecycleLimits.segmentRoomPassesMax; attempt++) {
+      if (this.closed || !this.updatePressure()) return;
+      const before = measureHistoryBytes(this.fileSystem, this.paths).totalBytes;
+      await this.running;
+      await this.tick();
+      if (measureHistoryBytes(this.fileSystem, this.paths).totalBytes < before) continue;
+      // Nothing freed: if the segment still does not fit, give up the oldest kept history.
+      if (!this.updatePressure() || !(await this.relievePressureStep())) return;
+    }
   }
 
   /** Under pressure with nothing due: give up the oldest kept history not yet given up. Returns false if nothing is left. */
