@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import t from 'tap';
 import { MiB, defaultRetentionPolicy, type RetentionPolicy } from '../../storage/index.js';
+import { silentLogger } from '../../server/index.js';
 import { call, errorCode, startApi } from '../support/api-app.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 
@@ -179,7 +180,8 @@ t.test('health, metrics, OpenAPI', async (t) => {
 });
 
 t.test('jobs: restore to a file and verify it, with progress events; bad input', async (t) => {
-  const { app, appliance } = await startApi(t);
+  const files = temporaryDirectory(t as never);
+  const { app, appliance } = await startApi(t, silentLogger, { localPaths: { fileRoots: [files], deviceAllow: [] } });
   const volume = await appliance.store.openVolume('vol0');
   await volume.write(0, Buffer.alloc(2 * MiB, 0x5a), { fua: true });
   t.equal((await call(app, 'POST', '/api/v1/volumes/vol0/snapshots', { name: 'base' })).statusCode, 201);
@@ -189,7 +191,7 @@ t.test('jobs: restore to a file and verify it, with progress events; bad input',
   const unsubscribe = appliance.events.subscribe((event) => {
     if (event.type.startsWith('job-')) events.push(event.type);
   });
-  const targetPath = `${temporaryDirectory(t as never)}/restored.img`;
+  const targetPath = `${files}/restored.img`;
   const restored = await call(app, 'POST', '/api/v1/restores?wait=true', { volume: 'vol0', snapshot: 'base', target: targetPath });
   unsubscribe();
   t.equal(restored.statusCode, 200, restored.body);
@@ -221,7 +223,7 @@ t.test('jobs: restore to a file and verify it, with progress events; bad input',
     ['/api/v1/restores', { volume: 'vol0', sequence: 'one', target: targetPath }, 400, 'a sequence of the wrong type'],
     ['/api/v1/restores', { volume: 'vol0', snapshot: 'base', target: targetPath, extra: 1 }, 400, 'an unknown field'],
     ['/api/v1/verify', { volume: 'vol0', snapshot: 'base' }, 400, 'an internal verification takes no instant'],
-    ['/api/v1/verify', { volume: 'vol0', against: '/nonexistent/disk' }, 400, 'a missing file to compare with'],
+    ['/api/v1/verify', { volume: 'vol0', against: `${files}/nonexistent.img` }, 400, 'a missing file to compare with'],
     ['/api/v1/seeds', { volume: 'vol0' }, 400, 'a seed without source'],
     ['/api/v1/restores', { volume: 'vol0', snapshot: 'base', target: 'nbd://127.0.0.1:1/x' }, 400, 'an NBD server that is not there'],
   ];
