@@ -18,7 +18,7 @@ import {
 } from '../storage/index.js';
 import { ExportTable, NbdServer, type AccessPolicy, type ListenAddress, type Logger, type ServerTls } from '../server/index.js';
 import { LocalPathPolicy, noLocalPaths, type LocalPathRules } from '../transfer/local-paths.js';
-import type { NbdClientTls } from '../transfer/nbd-client.js';
+import type { NbdClientTls } from '../transfer/client-tls.js';
 import { ApplianceError } from './errors.js';
 import { ApplianceEvents, nowMicros } from './events.js';
 import { ExportManager } from './exports.js';

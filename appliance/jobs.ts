@@ -23,7 +23,7 @@ import type { NbdServer } from '../server/index.js';
 import { blockDeviceEndpoint, checkEndpoint, openEndpoint, EndpointError, requestBytesMax, type Endpoint } from '../transfer/endpoints.js';
 import type { EndpointRefusal } from '../transfer/endpoint-error.js';
 import type { LocalPathPolicy, LocalPathUse } from '../transfer/local-paths.js';
-import type { NbdClientTls } from '../transfer/nbd-client.js';
+import type { NbdClientTls } from '../transfer/client-tls.js';
 import { changedPlan, comparePieceBytes, wholePlan } from '../transfer/plans.js';
 import { runTransfer, type TransferCheckpoint, type TransferResult } from '../transfer/run.js';
 import type { CopyMode } from '../transfer/copy.js';

@@ -23,7 +23,7 @@ import {
 } from '../server/index.js';
 import { GiB, validateVolumeName, type LogCompression, type RetentionPolicyChanges } from '../storage/index.js';
 import type { LocalPathRules } from '../transfer/local-paths.js';
-import { loadNbdClientTls, type NbdClientTls } from '../transfer/nbd-client.js';
+import { loadNbdClientTls, type NbdClientTls } from '../transfer/client-tls.js';
 import { servingMessage } from './serving-announcement.js';
 
 export interface ServeOptions {

@@ -9,7 +9,8 @@ import { TransmissionFlag } from 'nbd-protocol-ts';
 import type { BlockDevice } from '../storage/index.js';
 import { EndpointError } from './endpoint-error.js';
 import { openAllowedPath, type AllowedPath, type LocalPathPolicy } from './local-paths.js';
-import { NbdClient, type NbdAddress, type NbdClientTls } from './nbd-client.js';
+import type { NbdClientTls } from './client-tls.js';
+import { NbdClient, type NbdAddress } from './nbd-client.js';
 
 export { EndpointError } from './endpoint-error.js';
 

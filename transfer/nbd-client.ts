@@ -1,12 +1,10 @@
 // A small NBD client over TCP or a unix socket, built on the codec's client side: fixed newstyle
-// negotiation with NBD_OPT_GO (optionally TLS first, through NBD_OPT_STARTTLS, and structured
-// replies and metadata contexts), then pipelined requests answered by promises. Used by our tools (restore targets, load generators)
-// and tests. It is not proof of interoperability on its own: tests also use real clients.
+// negotiation with NBD_OPT_GO (optionally TLS first, client-tls.ts; structured replies and
+// metadata contexts), then pipelined requests answered by promises. Used by our tools (restore
+// targets, load generators) and tests. It is not proof of interoperability on its own: tests
+// also use real clients.
 
-import { X509Certificate } from 'node:crypto';
-import fs from 'node:fs';
 import net from 'node:net';
-import tls from 'node:tls';
 import {
   ClientFlag,
   ClientParser,
@@ -32,21 +30,12 @@ import {
   serializeGoOption,
   serializeRequestHeader,
   serializeSetMetaContextOption,
-  serializeStartTlsOption,
   serializeStructuredReplyOption,
   type ServerMessage,
 } from 'nbd-protocol-ts';
+import { startClientTls, type NbdClientTls } from './client-tls.js';
 
 export type NbdAddress = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
-
-/** The client's side of TLS: whom it trusts, and what it shows servers that verify clients. */
-export interface NbdClientTls {
-  /** CA certificates (PEM) the server's certificate must chain to. */
-  ca: Buffer;
-  /** A client certificate (PEM) and its key, for servers that verify clients; both or neither. */
-  certificate: Buffer | null;
-  key: Buffer | null;
-}
 
 export interface NbdConnectOptions {
   exportName: string;
@@ -127,7 +116,7 @@ export class NbdClient {
       const noZeroes = (greeting.handshakeFlags & HandshakeFlag.NO_ZEROES) !== 0;
       socket.write(serializeClientFlags(ClientFlag.C_FIXED_NEWSTYLE | (noZeroes ? ClientFlag.C_NO_ZEROES : 0)));
       if (options.tls !== undefined) {
-        socket = await upgradeToTls(socket, parser, messages, options.tls);
+        socket = await startClientTls(socket, parser, messages, options.tls);
         messages = messageReader(socket, parser);
       }
 
@@ -289,62 +278,6 @@ export class NbdClient {
     this.pending.clear();
   }
 }
-
-/**
- * STARTTLS, its ACK, then the TLS handshake on the same socket (proto.md "TLS support"); the
- * negotiation starts over on the TLS socket. The server's certificate must chain to the CA and
- * name serverName (a DNS name or an IP address in its subjectAltName).
- */
-async function upgradeToTls(socket: net.Socket, parser: ClientParser, messages: MessageReader, options: NbdClientTls & { serverName: string }): Promise<tls.TLSSocket> {
-  socket.write(serializeStartTlsOption());
-  const reply = await messages.expectOptionReply(OptionType.STARTTLS);
-  if (reply.replyType !== OptionReplyType.ACK) throw new Error(`the server refused STARTTLS: ${decodeOptionErrorMessage(reply.data) || reply.replyType}`);
-  messages.release();
-  if (parser.startTls() !== 0) throw new Error('the server sent plaintext after acknowledging STARTTLS');
-  const secure = tls.connect({
-    socket,
-    host: options.serverName,
-    ...(net.isIP(options.serverName) === 0 ? { servername: options.serverName } : {}),
-    ca: options.ca,
-    ...(options.certificate === null ? {} : { cert: options.certificate }),
-    ...(options.key === null ? {} : { key: options.key }),
-    minVersion: 'TLSv1.2',
-  });
-  await new Promise<void>((resolve, reject) => {
-    secure.once('secureConnect', resolve);
-    secure.once('error', (error) => reject(new Error(`TLS with ${options.serverName} failed: ${error.message}`)));
-  });
-  return secure;
-}
-
-/**
- * Read and check the client's TLS files once (at start-up): a CA, and optionally a client
- * certificate with its key. Throws Error naming the file that is wrong.
- */
-export function loadNbdClientTls(files: { caFile: string; certificateFile: string | null; keyFile: string | null }): NbdClientTls {
-  if ((files.certificateFile === null) !== (files.keyFile === null)) throw new TypeError('a client certificate and its key go together');
-  const read = (file: string, what: string): Buffer => {
-    try {
-      return fs.readFileSync(file);
-    } catch (error) {
-      throw new Error(`cannot read the ${what} ${file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
-    }
-  };
-  const credentials: NbdClientTls = {
-    ca: read(files.caFile, 'CA certificate'),
-    certificate: files.certificateFile === null ? null : read(files.certificateFile, 'client certificate'),
-    key: files.keyFile === null ? null : read(files.keyFile, 'client key'),
-  };
-  try {
-    new X509Certificate(credentials.ca); // createSecureContext takes a CA file that holds no certificate
-    tls.createSecureContext({ ca: credentials.ca, ...(credentials.certificate === null ? {} : { cert: credentials.certificate, key: credentials.key! }) });
-  } catch (error) {
-    throw new Error(`the client TLS files are unusable: ${error instanceof Error ? error.message : String(error)}`);
-  }
-  return credentials;
-}
-
-type MessageReader = ReturnType<typeof messageReader>;
 
 /** Pull messages during negotiation, one at a time. */
 function messageReader(socket: net.Socket, parser: ClientParser) {

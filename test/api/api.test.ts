@@ -177,6 +177,11 @@ t.test('health, metrics, OpenAPI', async (t) => {
   for (const path of ['/api/v1/volumes', '/api/v1/volumes/{volume}/snapshots', '/api/v1/volumes/{volume}/retention', '/api/v1/volumes/{volume}/timeline', '/api/v1/exports', '/api/v1/exports/{name}', '/health', '/metrics']) {
     t.ok(openapi.paths[path], `OpenAPI documents ${path}`);
   }
+  for (const path of ['/api/v1/restores', '/api/v1/verify', '/api/v1/seeds']) {
+    const responses = (openapi.paths[path] as { post: { responses: Record<string, { description: string }> } }).post.responses;
+    t.match(responses['403']?.description, /target-not-allowed/, `OpenAPI documents ${path}'s target-not-allowed`);
+    t.match(responses['409']?.description, /target-in-use/, `and its target-in-use`);
+  }
 });
 
 t.test('jobs: restore to a file and verify it, with progress events; bad input', async (t) => {
