@@ -90,13 +90,14 @@ export class LocalPathPolicy {
    */
   async authorize(given: string, use: LocalPathUse): Promise<AllowedPath> {
     if (!path.isAbsolute(given)) throw new EndpointError(`${given} must be an nbd:// URI or an absolute path`);
-    const { resolvedPath, exists } = await this.resolve(given);
+    const { resolvedPath, exists, danglingLink } = await this.resolve(given);
     const stats = exists ? await fs.promises.stat(resolvedPath).catch(() => null) : null;
     if (await this.isAllowedDevice(resolvedPath)) {
       if (stats === null || !stats.isBlockDevice()) throw this.refusal(given, resolvedPath, 'it is allowed as a block device (--device-allow) but is not one now');
       return { kind: 'device', resolvedPath, exists: true };
     }
     if (!this.fileRoots.some((root) => isInside(resolvedPath, root))) throw this.refusal(given, resolvedPath, this.coverage());
+    if (danglingLink) throw this.refusal(given, null, 'it is a symbolic link to nothing');
     if (stats === null) {
       if (use === 'read') throw new EndpointError(`cannot open ${given}: ENOENT`);
       if (exists) throw new EndpointError(`${given} disappeared while it was being checked`);
@@ -108,10 +109,13 @@ export class LocalPathPolicy {
     return { kind: 'file', resolvedPath, exists: true };
   }
 
-  /** An existing path resolved; a new file as its resolved folder and its own name. */
-  private async resolve(given: string): Promise<{ resolvedPath: string; exists: boolean }> {
+  /**
+   * An existing path resolved; a new file as its resolved folder and its own name (danglingLink:
+   * that name is a symbolic link to nothing, which creating the file would follow).
+   */
+  private async resolve(given: string): Promise<{ resolvedPath: string; exists: boolean; danglingLink: boolean }> {
     try {
-      return { resolvedPath: await fs.promises.realpath(given), exists: true };
+      return { resolvedPath: await fs.promises.realpath(given), exists: true, danglingLink: false };
     } catch (error) {
       const code = errnoOf(error);
       if (code !== 'ENOENT') throw this.refusal(given, null, `it cannot be resolved (${code})`);
@@ -120,14 +124,14 @@ export class LocalPathPolicy {
     const folder = given.slice(0, slash) || '/';
     const name = given.slice(slash + 1);
     if (name === '' || name === '.' || name === '..') throw new EndpointError(`${given} names a folder, not a file`);
-    if ((await fs.promises.lstat(given).catch(() => null)) !== null) throw this.refusal(given, null, 'it is a symbolic link to nothing');
     let resolvedFolder: string;
     try {
       resolvedFolder = await fs.promises.realpath(folder);
     } catch (error) {
       throw this.refusal(given, null, `its folder ${folder} cannot be resolved (${errnoOf(error)})`);
     }
-    return { resolvedPath: path.join(resolvedFolder, name), exists: false };
+    const danglingLink = (await fs.promises.lstat(given).catch(() => null)) !== null;
+    return { resolvedPath: path.join(resolvedFolder, name), exists: false, danglingLink };
   }
 
   private async isAllowedDevice(resolvedPath: string): Promise<boolean> {
@@ -144,8 +148,13 @@ export class LocalPathPolicy {
     return `it is neither under a --file-root nor a --device-allow device (${roots}; ${devices})`;
   }
 
+  /**
+   * The refusal names where the path led only when it was written under a file root (a link there
+   * led out): that helps the operator, while for other paths it would tell what lies outside.
+   */
   private refusal(given: string, resolvedPath: string | null, reason: string): EndpointError {
-    const resolved = resolvedPath === null || resolvedPath === given ? '' : ` (resolved: ${resolvedPath})`;
+    const underRoot = this.fileRoots.some((root) => isInside(path.normalize(given), root));
+    const resolved = resolvedPath === null || resolvedPath === given || !underRoot ? '' : ` (resolved: ${resolvedPath})`;
     return new EndpointError(`${given}${resolved} is not allowed: ${reason}`, 'not-allowed');
   }
 }

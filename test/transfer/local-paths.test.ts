@@ -104,9 +104,16 @@ t.test('a read of a missing file under a root is a plain error; outside the root
   const missing = await refusalOf(policy.authorize(path.join(root, 'missing.img'), 'read'));
   t.equal(missing.refusal, 'invalid');
   t.match(missing.message, /ENOENT/);
-  for (const file of [path.join(outside, 'missing.img'), path.join(outside, 'file.img'), path.join(outside, 'no-folder/file.img')]) {
-    t.equal((await refusalOf(policy.authorize(file, 'read'))).refusal, 'not-allowed', file);
+  fs.symlinkSync(path.join(outside, 'nothing.img'), path.join(outside, 'dangling.img'));
+  fs.symlinkSync(path.join(outside, 'file.img'), path.join(outside, 'link.img'));
+  const outsideMessages = new Set<string>();
+  for (const name of ['missing.img', 'file.img', 'dangling.img', 'link.img']) {
+    const refusal = await refusalOf(policy.authorize(path.join(outside, name), 'write'));
+    t.equal(refusal.refusal, 'not-allowed', name);
+    outsideMessages.add(refusal.message.replace(name, 'NAME'));
   }
+  t.equal(outsideMessages.size, 1, `the same answer whether a path outside exists, is a link (to what is not told) or a dangling one: ${[...outsideMessages].join(' | ')}`);
+  t.equal((await refusalOf(policy.authorize(path.join(outside, 'no-folder/file.img'), 'read'))).refusal, 'not-allowed', 'a missing folder outside');
   t.equal((await refusalOf(policy.authorize(root, 'read'))).refusal, 'not-allowed', 'the root itself is not a file under it');
   t.equal((await refusalOf(policy.authorize(`${root}/`, 'write'))).refusal, 'not-allowed', 'nor with a slash');
 });
