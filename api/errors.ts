@@ -4,10 +4,12 @@
 //   invalid-request 400  the request is malformed, or asks for something impossible
 //   unauthorized    401  no bearer token, or the wrong one
 //   read-only       403  a write to something read-only
+//   target-not-allowed 403  a local device or file the operator has not allowed (serve --device-allow, --file-root)
 //   not-found       404  no such volume, snapshot, export or route
 //   expired         410  the instant is no longer kept (details.nearest: the kept instants around it)
 //   conflict        409  the name is taken
 //   busy            409  clients are attached (details.clients says which)
+//   target-in-use   409  the block device is mounted, or held by md, LVM or another program
 //   no-space        507  no room left for the log
 //   volume-failed   503  the volume failed (I/O error) and refuses writes until restart
 //   shutting-down   503  the appliance is stopping
@@ -30,6 +32,8 @@ const byErrno: Record<string, [number, string]> = {
   EEXIST: [409, 'conflict'],
   EBUSY: [409, 'busy'],
   EPERM: [403, 'read-only'],
+  EACCES: [403, 'target-not-allowed'],
+  EINUSE: [409, 'target-in-use'],
   ENOSPC: [507, 'no-space'],
   EIO: [503, 'volume-failed'],
   ESHUTDOWN: [503, 'shutting-down'],

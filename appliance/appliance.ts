@@ -17,6 +17,8 @@ import {
   type VolumeConfig,
 } from '../storage/index.js';
 import { ExportTable, NbdServer, type AccessPolicy, type ListenAddress, type Logger, type ServerTls } from '../server/index.js';
+import { LocalPathPolicy, noLocalPaths, type LocalPathRules } from '../transfer/local-paths.js';
+import type { NbdClientTls } from '../transfer/client-tls.js';
 import { ApplianceError } from './errors.js';
 import { ApplianceEvents, nowMicros } from './events.js';
 import { ExportManager } from './exports.js';
@@ -54,6 +56,13 @@ export interface ApplianceOptions {
    * the defaults when it is created, and to its stored policy at every start.
    */
   defaultVolumeRetention?: RetentionPolicyChanges;
+  /**
+   * The block devices and folders of files that restores may write and verifications and seeds
+   * may read (serve --device-allow, --file-root); absent: none, only NBD targets and sources.
+   */
+  localPaths?: LocalPathRules;
+  /** The CA (and client certificate) for nbds:// targets and sources (serve --remote-tls-*); absent: nbds:// is refused. */
+  remoteTls?: NbdClientTls | null;
 }
 
 export class Appliance {
@@ -69,14 +78,21 @@ export class Appliance {
   private rateTimer: NodeJS.Timeout | null = null;
   private readonly previousWrites = new Map<string, { writes: number; bytes: number }>();
 
-  private constructor(options: ApplianceOptions, store: VolumeStore) {
+  private constructor(options: ApplianceOptions, store: VolumeStore, localPaths: LocalPathPolicy) {
     this.store = store;
     this.log = options.log;
     this.defaultVolumeName = options.defaultVolumeName;
     this.table = new ExportTable();
     this.nbd = new NbdServer({ exports: this.table, log: options.log, tls: options.tls });
     this.exports = new ExportManager({ store, table: this.table, nbd: this.nbd, events: this.events, uriBase: options.nbdUriBase, volumePolicies: options.volumePolicies });
-    this.jobs = new JobManager({ store, nbd: this.nbd, events: this.events, createSnapshot: (volume, name, note) => this.createSnapshot(volume, name, note) });
+    this.jobs = new JobManager({
+      store,
+      nbd: this.nbd,
+      events: this.events,
+      createSnapshot: (volume, name, note) => this.createSnapshot(volume, name, note),
+      localPaths,
+      remoteTls: options.remoteTls ?? null,
+    });
     this.nbd.onAttachChange((entry, connection, attached) => {
       this.events.emit({
         type: attached ? 'client-connected' : 'client-disconnected',
@@ -89,11 +105,17 @@ export class Appliance {
     this.nbd.onAccessRefused((notice) => this.events.emit({ type: 'access-refused', ...notice, micros: nowMicros() }));
   }
 
-  /** Open the data folder (making the default volume on first start), every volume, every export. */
+  /**
+   * Open the data folder (making the default volume on first start), every volume, every export.
+   * The local path rules are checked against the data folder first (a file root must not overlap it).
+   */
   static async start(options: ApplianceOptions): Promise<Appliance> {
     const store = VolumeStore.openDataDirectory(options.dataDirectory, undefined, { logCompression: options.logCompression ?? 'snappy' });
-    const appliance = new Appliance(options, store);
+    let appliance: Appliance;
     try {
+      const localPaths = LocalPathPolicy.create(options.localPaths ?? noLocalPaths, store.dataDirectory);
+      for (const device of localPaths.missingDevices()) options.log.warn({ device }, 'a --device-allow device does not exist (yet)');
+      appliance = new Appliance(options, store, localPaths);
       await appliance.openEverything(options);
     } catch (error) {
       await store.close();

@@ -5,7 +5,9 @@ export type ApplianceErrorCode =
   | 'EBUSY' // clients are attached
   | 'EINVAL' // a request the appliance cannot take
   | 'ENOENT' // no such export
-  | 'EEXIST'; // the name is taken
+  | 'EEXIST' // the name is taken
+  | 'EACCES' // a local device or file the operator has not allowed (serve --device-allow, --file-root)
+  | 'EINUSE'; // a block device that is mounted or held by md, LVM or another program
 
 export class ApplianceError extends Error {
   readonly code: ApplianceErrorCode;

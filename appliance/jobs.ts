@@ -20,11 +20,14 @@ import {
   type VolumeStore,
 } from '../storage/index.js';
 import type { NbdServer } from '../server/index.js';
-import { blockDeviceEndpoint, openEndpoint, EndpointError, requestBytesMax, type Endpoint } from '../transfer/endpoints.js';
+import { blockDeviceEndpoint, checkEndpoint, openEndpoint, EndpointError, requestBytesMax, type Endpoint } from '../transfer/endpoints.js';
+import type { EndpointRefusal } from '../transfer/endpoint-error.js';
+import type { LocalPathPolicy, LocalPathUse } from '../transfer/local-paths.js';
+import type { NbdClientTls } from '../transfer/client-tls.js';
 import { changedPlan, comparePieceBytes, wholePlan } from '../transfer/plans.js';
 import { runTransfer, type TransferCheckpoint, type TransferResult } from '../transfer/run.js';
 import type { CopyMode } from '../transfer/copy.js';
-import { ApplianceError } from './errors.js';
+import { ApplianceError, type ApplianceErrorCode } from './errors.js';
 import { nowMicros, type ApplianceEvents } from './events.js';
 import { explainExpired, instantOf } from './instant.js';
 
@@ -117,7 +120,16 @@ export class JobManager {
   private readonly directory: string;
 
   constructor(
-    private readonly parts: { store: VolumeStore; nbd: NbdServer; events: ApplianceEvents; createSnapshot: (volume: string, name: string, note: string) => Promise<unknown> },
+    private readonly parts: {
+      store: VolumeStore;
+      nbd: NbdServer;
+      events: ApplianceEvents;
+      createSnapshot: (volume: string, name: string, note: string) => Promise<unknown>;
+      /** The devices and files targets and sources may be (serve --device-allow, --file-root). */
+      localPaths: LocalPathPolicy;
+      /** The CA and client certificate for nbds:// targets and sources (serve --remote-tls-*). */
+      remoteTls: NbdClientTls | null;
+    },
   ) {
     this.directory = path.join(parts.store.dataDirectory, 'jobs');
     fs.mkdirSync(this.directory, { recursive: true });
@@ -473,19 +485,37 @@ export class JobManager {
     if (busy !== undefined) throw new ApplianceError('EBUSY', `job ${busy.id} is writing to volume ${volume}`);
   }
 
+  /**
+   * Whether a target (write) or source (read) may be used, before anything is opened: its syntax,
+   * and a local path against the operator's rules. The API asks first; the open checks again.
+   */
+  async checkEndpoint(text: string, use: LocalPathUse): Promise<void> {
+    try {
+      await checkEndpoint(text, { writable: use === 'write', localPaths: this.parts.localPaths, remoteTls: this.parts.remoteTls });
+    } catch (error) {
+      throw applianceErrorOf(error);
+    }
+  }
+
   private async openTarget(text: string, createSizeBytes: number | null, writable = true): Promise<Endpoint> {
     try {
-      const endpoint = await openEndpoint(text, { writable, ...(createSizeBytes === null ? {} : { createSizeBytes }) });
+      const endpoint = await openEndpoint(text, { writable, localPaths: this.parts.localPaths, remoteTls: this.parts.remoteTls, ...(createSizeBytes === null ? {} : { createSizeBytes }) });
       if (createSizeBytes !== null && endpoint.sizeBytes < createSizeBytes) {
         await endpoint.close();
         throw new EndpointError(`${text} has ${endpoint.sizeBytes} bytes, less than the volume's ${createSizeBytes}`);
       }
       return endpoint;
     } catch (error) {
-      if (error instanceof EndpointError) throw new ApplianceError('EINVAL', error.message);
-      throw error;
+      throw applianceErrorOf(error);
     }
   }
+}
+
+const applianceCodeOfRefusal: Record<EndpointRefusal, ApplianceErrorCode> = { invalid: 'EINVAL', 'not-allowed': 'EACCES', 'in-use': 'EINUSE' };
+
+/** An endpoint's refusal as the appliance's error; anything else passes through. */
+function applianceErrorOf(error: unknown): unknown {
+  return error instanceof EndpointError ? new ApplianceError(applianceCodeOfRefusal[error.refusal], error.message) : error;
 }
 
 /** The sequence an instant names, refused in words with the nearest kept instants when it expired. */

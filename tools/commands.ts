@@ -61,6 +61,16 @@ Options:
   --allow VOLUME=RULES    (repeatable) only these clients may use the volume's export; RULES are
                           comma-separated IP, CIDR (10.0.0.0/8), cn:CERTIFICATE-NAME or unix
 
+What restores, verifications and seeds may reach besides NBD URIs (default: nothing local):
+  --file-root DIR         (repeatable) regular files under DIR may be restored onto (a missing one
+                          is created, mode 0600), verified against and seeded from; DIR must not
+                          contain or lie in the data folder
+  --device-allow DEVICE   (repeatable) this block device may be used (e.g. /dev/disk/by-id/...);
+                          it is opened exclusively, so a mounted or md-held device is refused
+  --remote-tls-ca FILE    nbds:// targets and sources: the CA their certificates must chain to
+  --remote-tls-cert FILE  with --remote-tls-key FILE: the appliance's client certificate, for
+                          servers that verify clients
+
 The default volume's retention policy: these options set it when the volume is made, and change
 it at every start they are given (what is not given stays as stored; "cdp-nbd retention set" changes
 it while the appliance runs):
@@ -187,6 +197,11 @@ async function runServe(argv: string[]): Promise<number> {
       'tls-verify-clients': { type: 'boolean', default: false },
       'tls-only': { type: 'string', multiple: true, default: [] },
       allow: { type: 'string', multiple: true, default: [] },
+      'file-root': { type: 'string', multiple: true, default: [] },
+      'device-allow': { type: 'string', multiple: true, default: [] },
+      'remote-tls-ca': { type: 'string' },
+      'remote-tls-cert': { type: 'string' },
+      'remote-tls-key': { type: 'string' },
       ...retentionOptions,
       help: { type: 'boolean', short: 'h' },
     },
@@ -223,6 +238,13 @@ async function runServe(argv: string[]): Promise<number> {
       verifyClients: values['tls-verify-clients'],
       tlsOnlyVolumes: values['tls-only'],
       allow: values.allow,
+    },
+    transfers: {
+      fileRoots: values['file-root'],
+      deviceAllow: values['device-allow'],
+      remoteTlsCaFile: values['remote-tls-ca'],
+      remoteTlsCertificateFile: values['remote-tls-cert'],
+      remoteTlsKeyFile: values['remote-tls-key'],
     },
   });
   return -1; // keeps running until a signal

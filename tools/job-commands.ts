@@ -21,8 +21,10 @@ Usage:
   cdp-nbd restore VOLUME (--at INSTANT | --snapshot NAME | --sequence N) --to TARGET [--fast | --full]
   cdp-nbd restore VOLUME (--at INSTANT | --snapshot NAME | --sequence N) --in-place [--force]
 
-TARGET is nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, a block device or a file
-(a missing file is created). How much is sent:
+TARGET is nbd://HOST[:PORT]/EXPORT, nbds://HOST[:PORT]/EXPORT (TLS: the appliance's serve
+--remote-tls-ca), nbd+unix:///EXPORT?socket=PATH, a block device the appliance allows (serve
+--device-allow) or a file under one of its folders (serve --file-root; a missing file is created,
+mode 0600). How much is sent:
   (default)  digest: each 1 MiB chunk of the target is compared and only differing chunks are sent
   --fast     the target equals the volume now (the host's own mirror leg): only the blocks written
              since the instant are sent, found from the delta maps and coalesced

@@ -2,7 +2,8 @@
 // start), recovers every volume, exports each over NBD under its own name (and the view and clone
 // exports of the previous run), serves the HTTP API, and shuts down in order on SIGTERM/SIGINT:
 // stop accepting, finish in-flight requests, make everything durable, close. NBD TLS and the
-// volumes' access policies (--tls, --allow, --tls-only) are checked here, before anything opens.
+// volumes' access policies (--tls, --allow, --tls-only), and what jobs may reach (--device-allow,
+// --file-root, --remote-tls-*), are checked here, before anything opens.
 
 import { limitAllocatorRetention } from 'cdp-native';
 import { pino } from 'pino';
@@ -21,6 +22,8 @@ import {
   type TlsMode,
 } from '../server/index.js';
 import { GiB, validateVolumeName, type LogCompression, type RetentionPolicyChanges } from '../storage/index.js';
+import type { LocalPathRules } from '../transfer/local-paths.js';
+import { loadNbdClientTls, type NbdClientTls } from '../transfer/client-tls.js';
 import { servingMessage } from './serving-announcement.js';
 
 export interface ServeOptions {
@@ -39,6 +42,45 @@ export interface ServeOptions {
   access?: ServeAccessOptions;
   /** Changes to the default volume's retention policy (--keep-all, --hourly, ...). */
   defaultVolumeRetention?: RetentionPolicyChanges;
+  transfers?: ServeTransferOptions;
+}
+
+/** What restores, verifications and seeds may reach, as given on the command line; checked by transferSettingsOf. */
+export interface ServeTransferOptions {
+  /** Block devices jobs may use (--device-allow, repeatable). */
+  deviceAllow?: string[] | undefined;
+  /** Folders whose regular files jobs may use (--file-root, repeatable). */
+  fileRoots?: string[] | undefined;
+  /** The CA nbds:// servers' certificates must chain to (--remote-tls-ca). */
+  remoteTlsCaFile?: string | undefined;
+  /** The appliance's client certificate and key for nbds:// servers that verify clients. */
+  remoteTlsCertificateFile?: string | undefined;
+  remoteTlsKeyFile?: string | undefined;
+}
+
+export interface TransferSettings {
+  localPaths: LocalPathRules;
+  remoteTls: NbdClientTls | null;
+}
+
+/**
+ * Check the transfer options and load the client TLS files; throws Error naming the bad option.
+ * The file roots are checked against the data folder when the appliance opens it.
+ */
+export function transferSettingsOf(options: ServeTransferOptions): TransferSettings {
+  const certificateFile = options.remoteTlsCertificateFile ?? null;
+  const keyFile = options.remoteTlsKeyFile ?? null;
+  if ((certificateFile === null) !== (keyFile === null)) throw new Error('--remote-tls-cert FILE and --remote-tls-key FILE go together');
+  if (certificateFile !== null && options.remoteTlsCaFile === undefined) throw new Error('--remote-tls-cert needs --remote-tls-ca FILE, the CA that signed the servers\' certificates');
+  let remoteTls: NbdClientTls | null = null;
+  if (options.remoteTlsCaFile !== undefined) {
+    try {
+      remoteTls = loadNbdClientTls({ caFile: options.remoteTlsCaFile, certificateFile, keyFile });
+    } catch (error) {
+      throw new Error(`--remote-tls-*: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  }
+  return { localPaths: { deviceAllow: options.deviceAllow ?? [], fileRoots: options.fileRoots ?? [] }, remoteTls };
 }
 
 /** NBD TLS and access options as given on the command line; checked by accessSettingsOf. */
@@ -113,6 +155,7 @@ export async function serve(options: ServeOptions): Promise<void> {
   const log = pino({ level: options.logLevel, base: undefined }, pino.destination(2));
   const tcp = parseListenAddress(options.nbdListen);
   const access = accessSettingsOf(options.access ?? { tlsMode: 'off' });
+  const transfers = transferSettingsOf(options.transfers ?? {});
   const appliance = await Appliance.start({
     dataDirectory: options.dataDirectory,
     defaultVolumeName: options.defaultVolumeName,
@@ -124,6 +167,8 @@ export async function serve(options: ServeOptions): Promise<void> {
     tls: access.tls,
     volumePolicies: access.volumePolicies,
     defaultVolumeRetention: options.defaultVolumeRetention,
+    localPaths: transfers.localPaths,
+    remoteTls: transfers.remoteTls,
   });
   for (const volume of access.volumePolicies.keys()) {
     if (appliance.table.lookup(volume) === undefined) log.warn({ volume }, 'an access policy names a volume that does not exist (yet)');
@@ -145,7 +190,18 @@ export async function serve(options: ServeOptions): Promise<void> {
     httpAddress = bound === null || typeof bound === 'string' ? bound : `${bound.address}:${bound.port}`;
   }
 
-  log.info({ nbd: addresses.map(describeAddress), tls: access.tls.mode, tlsCertificateValidTo: access.tls.certificateValidTo?.toISOString(), http: httpAddress, exports: appliance.exports.list().map((entry) => entry.name) }, servingMessage);
+  log.info(
+    {
+      nbd: addresses.map(describeAddress),
+      tls: access.tls.mode,
+      tlsCertificateValidTo: access.tls.certificateValidTo?.toISOString(),
+      http: httpAddress,
+      exports: appliance.exports.list().map((entry) => entry.name),
+      fileRoots: transfers.localPaths.fileRoots,
+      deviceAllow: transfers.localPaths.deviceAllow,
+    },
+    servingMessage,
+  );
 
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {

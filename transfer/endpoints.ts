@@ -1,12 +1,18 @@
-// The disks a transfer reads or writes besides the volume: an NBD export (nbd://HOST[:PORT]/NAME
-// or nbd+unix:///NAME?socket=PATH), a block device, or a file. A storage BlockDevice (the live
-// volume, a view) is wrapped the same way, so restore, verify and seed see one interface.
+// The disks a transfer reads or writes besides the volume: an NBD export (nbd://HOST[:PORT]/NAME,
+// nbds://HOST[:PORT]/NAME over TLS, or nbd+unix:///NAME?socket=PATH), a block device, or a file.
+// Devices and files are only those the operator allowed (local-paths.ts). A storage BlockDevice
+// (the live volume, a view) is wrapped the same way, so restore, verify and seed see one interface.
 
 import fs from 'node:fs';
 import { zeroRange } from 'cdp-native';
 import { TransmissionFlag } from 'nbd-protocol-ts';
 import type { BlockDevice } from '../storage/index.js';
+import { EndpointError } from './endpoint-error.js';
+import { openAllowedPath, type AllowedPath, type LocalPathPolicy } from './local-paths.js';
+import type { NbdClientTls } from './client-tls.js';
 import { NbdClient, type NbdAddress } from './nbd-client.js';
+
+export { EndpointError } from './endpoint-error.js';
 
 export interface Endpoint {
   readonly sizeBytes: number;
@@ -36,21 +42,25 @@ export const requestBytesMax = 4 * 1024 * 1024;
 const nbdRequestBytes = 64 * 1024;
 const nbdConnectionCount = 4;
 
-export type EndpointAddress = { kind: 'nbd'; address: NbdAddress; exportName: string } | { kind: 'path'; path: string };
+/** tls: nbds://, TLS through STARTTLS before anything else, the server checked against the appliance's CA. */
+export type EndpointAddress = { kind: 'nbd'; address: NbdAddress; exportName: string; tls: boolean } | { kind: 'path'; path: string };
 
 /** Parse what people give as a target or source; null with a reason when it is not one. */
 export function parseEndpoint(text: string): EndpointAddress | { problem: string } {
-  if (text.startsWith('nbd://')) {
+  if (text.startsWith('nbd://') || text.startsWith('nbds://')) {
+    const tls = text.startsWith('nbds://');
     let url: URL;
     try {
       url = new URL(text);
     } catch {
-      return { problem: `${text} is not a valid nbd:// URI` };
+      return { problem: `${text} is not a valid ${tls ? 'nbds' : 'nbd'}:// URI` };
     }
+    // libnbd's ?tls-certificates=DIR would let a caller choose the files the appliance reads.
+    if (tls && url.search !== '') return { problem: `${text}: nbds:// takes no query; the appliance checks the server with its own CA (serve --remote-tls-ca)` };
     const port = url.port === '' ? 10809 : Number(url.port);
     const host = url.hostname.replace(/^\[|\]$/g, '');
     if (host === '') return { problem: `${text} names no host` };
-    return { kind: 'nbd', address: { kind: 'tcp', host, port }, exportName: decodeURIComponent(url.pathname.slice(1)) };
+    return { kind: 'nbd', address: { kind: 'tcp', host, port }, exportName: decodeURIComponent(url.pathname.slice(1)), tls };
   }
   if (text.startsWith('nbd+unix://')) {
     // nbd+unix:///EXPORT?socket=PATH: no authority, so parse the path and query by hand.
@@ -60,9 +70,9 @@ export function parseEndpoint(text: string): EndpointAddress | { problem: string
     const socket = new URLSearchParams(queryAt < 0 ? '' : rest.slice(queryAt + 1)).get('socket');
     if (socket === null || socket === '') return { problem: `${text} needs ?socket=PATH` };
     if (pathPart !== '' && !pathPart.startsWith('/')) return { problem: `${text}: the export name goes after nbd+unix:///` };
-    return { kind: 'nbd', address: { kind: 'unix', path: socket }, exportName: decodeURIComponent(pathPart.slice(1)) };
+    return { kind: 'nbd', address: { kind: 'unix', path: socket }, exportName: decodeURIComponent(pathPart.slice(1)), tls: false };
   }
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) return { problem: `${text}: only nbd://, nbd+unix:// URIs, block devices and files are supported` };
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) return { problem: `${text}: only nbd://, nbds://, nbd+unix:// URIs, block devices and files are supported` };
   if (text === '') return { problem: 'an empty path' };
   return { kind: 'path', path: text };
 }
@@ -71,20 +81,38 @@ export interface OpenEndpointOptions {
   writable: boolean;
   /** For a file target that does not exist: create it with this size. */
   createSizeBytes?: number;
+  /** The devices and files the operator allows; every other path is refused. */
+  localPaths: LocalPathPolicy;
+  /** The CA (and client certificate) for nbds://; null: nbds:// is refused. */
+  remoteTls: NbdClientTls | null;
 }
 
+/** Open a target or source; EndpointError says why not (refusal: invalid, not-allowed, in-use). */
 export async function openEndpoint(text: string, options: OpenEndpointOptions): Promise<Endpoint> {
   const parsed = parseEndpoint(text);
   if ('problem' in parsed) throw new EndpointError(parsed.problem);
-  if (parsed.kind === 'nbd') return NbdEndpoint.open(text, parsed.address, parsed.exportName, options.writable);
-  return FileEndpoint.open(parsed.path, options);
+  if (parsed.kind === 'nbd') {
+    const tls = parsed.tls && parsed.address.kind === 'tcp' ? { ...remoteTlsOf(text, options.remoteTls), serverName: parsed.address.host } : null;
+    return NbdEndpoint.open(text, parsed.address, parsed.exportName, options.writable, tls);
+  }
+  const allowed = await options.localPaths.authorize(parsed.path, options.writable ? 'write' : 'read');
+  return FileEndpoint.open(parsed.path, allowed, options);
 }
 
-export class EndpointError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'EndpointError';
+/** Check a target or source without opening it: its syntax, nbds:// credentials, a path against the rules. */
+export async function checkEndpoint(text: string, options: Omit<OpenEndpointOptions, 'createSizeBytes'>): Promise<void> {
+  const parsed = parseEndpoint(text);
+  if ('problem' in parsed) throw new EndpointError(parsed.problem);
+  if (parsed.kind === 'nbd') {
+    if (parsed.tls) remoteTlsOf(text, options.remoteTls);
+    return;
   }
+  await options.localPaths.authorize(parsed.path, options.writable ? 'write' : 'read');
+}
+
+function remoteTlsOf(text: string, remoteTls: NbdClientTls | null): NbdClientTls {
+  if (remoteTls === null) throw new EndpointError(`${text}: nbds:// needs the appliance started with --remote-tls-ca FILE (the CA that signed the server's certificate)`);
+  return remoteTls;
 }
 
 /**
@@ -99,10 +127,10 @@ class NbdEndpoint implements Endpoint {
     readonly description: string,
   ) {}
 
-  static async open(description: string, address: NbdAddress, exportName: string, writable: boolean): Promise<NbdEndpoint> {
+  static async open(description: string, address: NbdAddress, exportName: string, writable: boolean, tls: (NbdClientTls & { serverName: string }) | null): Promise<NbdEndpoint> {
     const connect = async (): Promise<NbdClient> => {
       try {
-        return await NbdClient.connect(address, { exportName, structuredReplies: false });
+        return await NbdClient.connect(address, { exportName, structuredReplies: false, ...(tls === null ? {} : { tls }) });
       } catch (error) {
         throw new EndpointError(`cannot attach ${description}: ${(error as Error).message}`);
       }
@@ -173,26 +201,15 @@ class FileEndpoint implements Endpoint {
     readonly description: string,
   ) {}
 
-  static async open(path: string, options: OpenEndpointOptions): Promise<FileEndpoint> {
-    let handle: fs.promises.FileHandle;
+  /** What authorize() allowed, opened (a new file is made with the size asked for). */
+  static async open(description: string, allowed: AllowedPath, options: OpenEndpointOptions): Promise<FileEndpoint> {
+    if (!allowed.exists && options.createSizeBytes === undefined) throw new EndpointError(`cannot open ${description}: ENOENT`);
+    const handle = await openAllowedPath(allowed, options.writable);
     try {
-      handle = await fs.promises.open(path, options.writable ? 'r+' : 'r');
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' && options.writable && options.createSizeBytes !== undefined) {
-        handle = await fs.promises.open(path, 'w+');
-        await handle.truncate(options.createSizeBytes);
-      } else {
-        throw new EndpointError(`cannot open ${path}: ${code ?? (error as Error).message}`);
-      }
-    }
-    try {
+      if (!allowed.exists) await handle.truncate(options.createSizeBytes);
       const stat = await handle.stat();
-      let sizeBytes: number;
-      if (stat.isBlockDevice()) sizeBytes = blockDeviceSizeBytes(stat.rdev);
-      else if (stat.isFile()) sizeBytes = stat.size;
-      else throw new EndpointError(`${path} is neither a file nor a block device`);
-      return new FileEndpoint(handle, sizeBytes, path);
+      const sizeBytes = allowed.kind === 'device' ? blockDeviceSizeBytes(stat.rdev) : stat.size;
+      return new FileEndpoint(handle, sizeBytes, description);
     } catch (error) {
       await handle.close();
       throw error;

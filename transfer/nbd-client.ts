@@ -1,7 +1,8 @@
 // A small NBD client over TCP or a unix socket, built on the codec's client side: fixed newstyle
-// negotiation with NBD_OPT_GO (optionally structured replies and metadata contexts), then
-// pipelined requests answered by promises. Used by our tools (restore targets, load generators)
-// and tests. It is not proof of interoperability on its own: tests also use real clients.
+// negotiation with NBD_OPT_GO (optionally TLS first, client-tls.ts; structured replies and
+// metadata contexts), then pipelined requests answered by promises. Used by our tools (restore
+// targets, load generators) and tests. It is not proof of interoperability on its own: tests
+// also use real clients.
 
 import net from 'node:net';
 import {
@@ -32,6 +33,7 @@ import {
   serializeStructuredReplyOption,
   type ServerMessage,
 } from 'nbd-protocol-ts';
+import { startClientTls, type NbdClientTls } from './client-tls.js';
 
 export type NbdAddress = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
 
@@ -39,6 +41,8 @@ export interface NbdConnectOptions {
   exportName: string;
   structuredReplies?: boolean;
   metaContexts?: string[];
+  /** Start TLS before any other option; the server's certificate must be valid for serverName. */
+  tls?: NbdClientTls & { serverName: string };
 }
 
 /** A request the server answered with an error. */
@@ -97,20 +101,24 @@ export class NbdClient {
   }
 
   static async connect(address: NbdAddress, options: NbdConnectOptions): Promise<NbdClient> {
-    const socket = address.kind === 'unix' ? net.createConnection(address.path) : net.createConnection(address.port, address.host);
+    let socket: net.Socket = address.kind === 'unix' ? net.createConnection(address.path) : net.createConnection(address.port, address.host);
     socket.setNoDelay(true);
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', reject);
     });
     const parser = new ClientParser({ maxChunkPayloadBytes: 64 * 1024 * 1024 + 64 });
-    const messages = messageReader(socket, parser);
+    let messages = messageReader(socket, parser);
     try {
       const greeting = await messages.next();
       if (greeting.kind !== 'greeting') throw new Error(`expected the greeting, got ${greeting.kind}`);
       if ((greeting.handshakeFlags & HandshakeFlag.FIXED_NEWSTYLE) === 0) throw new Error('server does not speak fixed newstyle');
       const noZeroes = (greeting.handshakeFlags & HandshakeFlag.NO_ZEROES) !== 0;
       socket.write(serializeClientFlags(ClientFlag.C_FIXED_NEWSTYLE | (noZeroes ? ClientFlag.C_NO_ZEROES : 0)));
+      if (options.tls !== undefined) {
+        socket = await startClientTls(socket, parser, messages, options.tls);
+        messages = messageReader(socket, parser);
+      }
 
       let structuredReplies = false;
       if (options.structuredReplies ?? true) {

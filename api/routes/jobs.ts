@@ -2,17 +2,21 @@
 // A job's progress also goes out on the events websocket (job-started, job-progress,
 // job-finished). POST ...?wait=true answers only once the job has finished.
 
-import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { formatMicros } from '../../storage/index.js';
 import type { Job, RestoreRequest, SeedRequest, VerifyRequest } from '../../appliance/jobs.js';
 import { ApplianceError } from '../../appliance/errors.js';
-import { parseEndpoint } from '../../transfer/endpoints.js';
 import type { AppContext } from '../context.js';
 import { commonErrors, errorReference, instantProperties, volumeNameParameter } from '../schemas.js';
 
 const jobIdParameter = { type: 'string', pattern: '^[a-z]+-[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$' } as const;
-const endpointText = { type: 'string', minLength: 1, maxLength: 4096, description: 'nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, an absolute path of a block device or file' } as const;
+const endpointText = {
+  type: 'string',
+  minLength: 1,
+  maxLength: 4096,
+  description:
+    'nbd://HOST[:PORT]/EXPORT, nbds://HOST[:PORT]/EXPORT (TLS, checked against serve --remote-tls-ca), nbd+unix:///EXPORT?socket=PATH, or the absolute path of a block device allowed by serve --device-allow or of a file under a serve --file-root',
+} as const;
 const jobSchema = {
   type: 'object',
   required: ['id', 'kind', 'state', 'volume', 'progress'],
@@ -67,7 +71,15 @@ function jobJson(job: Job) {
 }
 
 /** What starting a job answers: the job (202 running, or 200 finished with ?wait=true) or why not. */
-const startResponses = { 200: jobSchema, 202: jobSchema, 404: errorReference, 409: errorReference, 410: errorReference, ...commonErrors } as const;
+const startResponses = {
+  200: jobSchema,
+  202: jobSchema,
+  403: { description: 'target-not-allowed: a device or file the operator has not allowed (serve --device-allow, --file-root)', ...errorReference },
+  404: errorReference,
+  409: { description: 'busy: clients are attached; target-in-use: the block device is mounted or held by md, LVM or another program', ...errorReference },
+  410: errorReference,
+  ...commonErrors,
+} as const;
 
 const waitQuery = {
   type: 'object',
@@ -77,18 +89,18 @@ const waitQuery = {
 
 export async function jobRoutes(app: FastifyInstance, context: AppContext): Promise<void> {
   const { appliance } = context;
-  const dataDirectory = path.resolve(appliance.store.dataDirectory);
 
-  /** Paths given over the API: absolute, and never inside the data folder (the appliance's own files). */
-  const checkPath = (text: string | undefined, field: string): void => {
+  /**
+   * Targets and sources given over the API: an NBD URI, or a device or file the operator allowed
+   * (target-not-allowed otherwise, before the job touches anything).
+   */
+  const checkEndpoint = async (text: string | undefined, field: string, use: 'read' | 'write'): Promise<void> => {
     if (text === undefined) return;
-    const parsed = parseEndpoint(text);
-    if ('problem' in parsed) throw new ApplianceError('EINVAL', `${field}: ${parsed.problem}`);
-    if (parsed.kind === 'nbd') return;
-    if (!path.isAbsolute(text)) throw new ApplianceError('EINVAL', `${field} must be an nbd:// URI or an absolute path`);
-    const resolved = path.resolve(text);
-    if (resolved === dataDirectory || resolved.startsWith(`${dataDirectory}${path.sep}`)) {
-      throw new ApplianceError('EINVAL', `${field} ${text} is inside the appliance's data folder`);
+    try {
+      await appliance.jobs.checkEndpoint(text, use);
+    } catch (error) {
+      if (error instanceof ApplianceError) throw new ApplianceError(error.code, `${field}: ${error.message}`, error.details);
+      throw error;
     }
   };
 
@@ -128,7 +140,7 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
       },
     },
     async (request, reply) => {
-      checkPath(request.body.target, 'target');
+      await checkEndpoint(request.body.target, 'target', 'write');
       return answer(await appliance.jobs.restore(request.body), request.query.wait ?? false, reply);
     },
   );
@@ -150,7 +162,7 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
       },
     },
     async (request, reply) => {
-      checkPath(request.body.against, 'against');
+      await checkEndpoint(request.body.against, 'against', 'read');
       return answer(await appliance.jobs.verify(request.body), request.query.wait ?? false, reply);
     },
   );
@@ -177,7 +189,7 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
       },
     },
     async (request, reply) => {
-      checkPath(request.body.source, 'source');
+      await checkEndpoint(request.body.source, 'source', 'read');
       return answer(await appliance.jobs.seed(request.body), request.query.wait ?? false, reply);
     },
   );

@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import t from 'tap';
 import { MiB, defaultRetentionPolicy, type RetentionPolicy } from '../../storage/index.js';
+import { silentLogger } from '../../server/index.js';
 import { call, errorCode, startApi } from '../support/api-app.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 
@@ -176,10 +177,16 @@ t.test('health, metrics, OpenAPI', async (t) => {
   for (const path of ['/api/v1/volumes', '/api/v1/volumes/{volume}/snapshots', '/api/v1/volumes/{volume}/retention', '/api/v1/volumes/{volume}/timeline', '/api/v1/exports', '/api/v1/exports/{name}', '/health', '/metrics']) {
     t.ok(openapi.paths[path], `OpenAPI documents ${path}`);
   }
+  for (const path of ['/api/v1/restores', '/api/v1/verify', '/api/v1/seeds']) {
+    const responses = (openapi.paths[path] as { post: { responses: Record<string, { description: string }> } }).post.responses;
+    t.match(responses['403']?.description, /target-not-allowed/, `OpenAPI documents ${path}'s target-not-allowed`);
+    t.match(responses['409']?.description, /target-in-use/, `and its target-in-use`);
+  }
 });
 
 t.test('jobs: restore to a file and verify it, with progress events; bad input', async (t) => {
-  const { app, appliance } = await startApi(t);
+  const files = temporaryDirectory(t as never);
+  const { app, appliance } = await startApi(t, silentLogger, { localPaths: { fileRoots: [files], deviceAllow: [] } });
   const volume = await appliance.store.openVolume('vol0');
   await volume.write(0, Buffer.alloc(2 * MiB, 0x5a), { fua: true });
   t.equal((await call(app, 'POST', '/api/v1/volumes/vol0/snapshots', { name: 'base' })).statusCode, 201);
@@ -189,7 +196,7 @@ t.test('jobs: restore to a file and verify it, with progress events; bad input',
   const unsubscribe = appliance.events.subscribe((event) => {
     if (event.type.startsWith('job-')) events.push(event.type);
   });
-  const targetPath = `${temporaryDirectory(t as never)}/restored.img`;
+  const targetPath = `${files}/restored.img`;
   const restored = await call(app, 'POST', '/api/v1/restores?wait=true', { volume: 'vol0', snapshot: 'base', target: targetPath });
   unsubscribe();
   t.equal(restored.statusCode, 200, restored.body);
@@ -221,7 +228,7 @@ t.test('jobs: restore to a file and verify it, with progress events; bad input',
     ['/api/v1/restores', { volume: 'vol0', sequence: 'one', target: targetPath }, 400, 'a sequence of the wrong type'],
     ['/api/v1/restores', { volume: 'vol0', snapshot: 'base', target: targetPath, extra: 1 }, 400, 'an unknown field'],
     ['/api/v1/verify', { volume: 'vol0', snapshot: 'base' }, 400, 'an internal verification takes no instant'],
-    ['/api/v1/verify', { volume: 'vol0', against: '/nonexistent/disk' }, 400, 'a missing file to compare with'],
+    ['/api/v1/verify', { volume: 'vol0', against: `${files}/nonexistent.img` }, 400, 'a missing file to compare with'],
     ['/api/v1/seeds', { volume: 'vol0' }, 400, 'a seed without source'],
     ['/api/v1/restores', { volume: 'vol0', snapshot: 'base', target: 'nbd://127.0.0.1:1/x' }, 400, 'an NBD server that is not there'],
   ];

@@ -70,7 +70,8 @@ t.test('snapshot commands: pin, expiry, and nonsense refused by name', async (t)
 
 t.test('history expires under a short policy: websocket event, log line, expired instants refused in words, retention show, metrics', async (t) => {
   if (!requireTools(t, ['qemu-io'])) return;
-  const appliance = await startAppliance(t, { dataDirectory: `${temporaryDirectory(t)}/data` });
+  const files = temporaryDirectory(t);
+  const appliance = await startAppliance(t, { dataDirectory: `${temporaryDirectory(t)}/data`, fileRoots: [files] });
   const { events, socket } = await subscribe(appliance, readToken(appliance));
   t.teardown(() => socket.close());
   const policy = (await apiRequest(appliance, 'GET', '/api/v1/volumes/vol0/retention')).json as unknown as RetentionPolicy;
@@ -92,7 +93,7 @@ t.test('history expires under a short policy: websocket event, log line, expired
     new RegExp(`^cdp-nbd: sequence 1 of volume vol0 is no longer kept by its retention policy; the nearest kept instants? (is|are) ${time} \\(sequence \\d+\\)( and ${time} \\(sequence \\d+\\))? \\(expired\\)\\n$`),
     export1.stderr.trim(),
   );
-  const restore = await cli(appliance, ['restore', 'vol0', '--sequence', '1', '--to', `${temporaryDirectory(t)}/restored.img`]);
+  const restore = await cli(appliance, ['restore', 'vol0', '--sequence', '1', '--to', `${files}/restored.img`]);
   t.equal(restore.code, 1, 'a restore from it');
   t.match(restore.stderr, /sequence 1 of volume vol0 is no longer kept by its retention policy; the nearest kept instant/, restore.stderr.trim());
 

@@ -20,6 +20,7 @@ import type { FastifyInstance } from 'fastify';
 import type { RetentionStatusJson } from '../../api/retention-status.js';
 import type { ApplianceEvent } from '../../appliance/events.js';
 import { parseInstant } from '../../appliance/instant.js';
+import { silentLogger } from '../../server/index.js';
 import { MiB, StorageError, formatMicros, type RetentionPolicy, type Volume } from '../../storage/index.js';
 import { call, errorCode, startApi } from '../support/api-app.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
@@ -237,7 +238,8 @@ async function waitUntilExpired(volume: Volume, sequences: number[], what: strin
 }
 
 t.test('expired instants: 410 with the nearest kept instants; exports and jobs hold theirs only while they need them', async (t) => {
-  const { app, appliance } = await startApi(t);
+  const files = temporaryDirectory(t as never);
+  const { app, appliance } = await startApi(t, silentLogger, { localPaths: { fileRoots: [files], deviceAllow: [] } });
   const volume = await appliance.store.openVolume('vol0');
   await useShortPolicy(app, 'vol0');
 
@@ -275,7 +277,7 @@ t.test('expired instants: 410 with the nearest kept instants; exports and jobs h
   t.equal(byTime.statusCode, 410, 'an export at its time');
   t.match(errorCode(byTime), 'expired');
   t.match((byTime.json() as { error: { message: string } }).error.message, `${formatMicros(expiredMicros)} of volume vol0 is no longer kept`, 'named as asked');
-  const target = `${temporaryDirectory(t as never)}/restored.img`;
+  const target = `${files}/restored.img`;
   const restore = await call(app, 'POST', '/api/v1/restores', { volume: 'vol0', sequence: expiringSequence!, target });
   t.equal(restore.statusCode, 410, 'a restore from an expired instant');
   t.notOk(fs.existsSync(target), 'refused before the target was touched');
@@ -286,14 +288,14 @@ t.test('expired instants: 410 with the nearest kept instants; exports and jobs h
 
   // Jobs: a verification and a restore that ran, and a verification that could not start.
   const [verifiedSequence, restoredSequence, unstartedSequence] = await writeBurst(volume);
-  const against = `${temporaryDirectory(t as never)}/other.img`;
+  const against = `${files}/other.img`;
   fs.writeFileSync(against, Buffer.alloc(0));
   fs.truncateSync(against, volume.sizeBytes);
   const verified = await call(app, 'POST', '/api/v1/verify?wait=true', { volume: 'vol0', sequence: verifiedSequence!, against });
   t.match(verified.json(), { state: 'done' }, `a verification at sequence ${verifiedSequence}: ${verified.body}`);
   const restored = await call(app, 'POST', '/api/v1/restores?wait=true', { volume: 'vol0', sequence: restoredSequence!, target });
   t.match(restored.json(), { state: 'done' }, `a restore from sequence ${restoredSequence}: ${restored.body}`);
-  const unstarted = await call(app, 'POST', '/api/v1/verify', { volume: 'vol0', sequence: unstartedSequence!, against: '/nonexistent/disk.img' });
+  const unstarted = await call(app, 'POST', '/api/v1/verify', { volume: 'vol0', sequence: unstartedSequence!, against: `${files}/nonexistent.img` });
   t.equal(unstarted.statusCode, 400, 'a verification against nothing does not start');
   const internal = await call(app, 'POST', '/api/v1/verify?wait=true', { volume: 'vol0' });
   t.match(internal.json(), { state: 'done', result: { ok: true } }, 'an internal verification, of the newest instant');

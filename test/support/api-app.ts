@@ -3,14 +3,19 @@
 
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import { buildApp } from '../../api/app.js';
-import { Appliance } from '../../appliance/appliance.js';
+import { Appliance, type ApplianceOptions } from '../../appliance/appliance.js';
 import { silentLogger, type Logger } from '../../server/index.js';
 import { MiB } from '../../storage/index.js';
 import { temporaryDirectory } from './temporary-directory.js';
 
 export const token = 'test-token-0123456789';
 
-export async function startApi(t: { teardown(callback: () => Promise<void>): void }, log: Logger = silentLogger): Promise<{ app: FastifyInstance; appliance: Appliance; dataDirectory: string }> {
+/** extra: what jobs may reach (ApplianceOptions.localPaths, remoteTls); by default nothing local. */
+export async function startApi(
+  t: { teardown(callback: () => Promise<void>): void },
+  log: Logger = silentLogger,
+  extra: Pick<ApplianceOptions, 'localPaths' | 'remoteTls'> = {},
+): Promise<{ app: FastifyInstance; appliance: Appliance; dataDirectory: string }> {
   const dataDirectory = temporaryDirectory(t as never);
   const appliance = await Appliance.start({
     dataDirectory,
@@ -18,6 +23,7 @@ export async function startApi(t: { teardown(callback: () => Promise<void>): voi
     defaultVolumeSizeBytes: 16 * MiB,
     log,
     nbdUriBase: 'nbd://127.0.0.1:10809',
+    ...extra,
   });
   const app = await buildApp({ context: { appliance, startedAtMs: Date.now(), version: 'test', token } });
   t.teardown(async () => {

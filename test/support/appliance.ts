@@ -18,6 +18,12 @@ export interface ApplianceOptions {
   volumeSize?: string;
   /** Listen on this NBD port (to restart on the port clients reconnect to); default: any free one. */
   nbdPort?: number;
+  /** serve --file-root: folders whose files restores, verifications and seeds may use. */
+  fileRoots?: string[];
+  /** serve --device-allow: block devices they may use. */
+  deviceAllow?: string[];
+  /** The appliance's working folder (default: the test's). */
+  cwd?: string;
   extraArguments?: string[];
 }
 
@@ -58,9 +64,11 @@ export async function startAppliance(t: Teardown, options: ApplianceOptions): Pr
       '127.0.0.1:0',
       '--volume-size',
       options.volumeSize ?? '64M',
+      ...(options.fileRoots ?? []).flatMap((root) => ['--file-root', root]),
+      ...(options.deviceAllow ?? []).flatMap((device) => ['--device-allow', device]),
       ...(options.extraArguments ?? []),
     ],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
+    { stdio: ['ignore', 'ignore', 'pipe'], ...(options.cwd === undefined ? {} : { cwd: options.cwd }) },
   );
   const output: string[] = [];
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));

@@ -1,5 +1,6 @@
 // Restore, verify and seed against the real appliance, through the command line, with real
-// targets: qemu-nbd serving a file as the host's disk, plain files. Every outcome is checked with
+// targets: qemu-nbd serving a file as the host's disk, plain files under the appliance's
+// --file-root, a loop device it is given with --device-allow. Every outcome is checked with
 // qemu-img compare, never with our own reader alone.
 
 import t from 'tap';
@@ -54,6 +55,13 @@ async function copy(from: string, to: string): Promise<void> {
   if (result.code !== 0) throw new Error(`nbdcopy: ${result.stderr}`);
 }
 
+/** A folder beside the data folder for the appliance's --file-root. */
+function fileRoot(directory: string): string {
+  const root = `${directory}/files`;
+  fs.mkdirSync(root);
+  return root;
+}
+
 function corruptFile(filePath: string, offsetBytes: number, lengthBytes: number): void {
   const handle = fs.openSync(filePath, 'r+');
   fs.writeSync(handle, crypto.randomBytes(lengthBytes), 0, lengthBytes, offsetBytes);
@@ -63,7 +71,8 @@ function corruptFile(filePath: string, offsetBytes: number, lengthBytes: number)
 t.test('restore a snapshot onto a qemu-nbd target: fast, then digest after corruption, then full to a new file', async (t) => {
   if (!requireTools(t, ['qemu-io', 'qemu-img', 'qemu-nbd', 'nbdcopy'])) return;
   const directory = temporaryDirectory(t);
-  const appliance = await startAppliance(t, { dataDirectory: `${directory}/data`, volumeSize: '64M' });
+  const files = fileRoot(directory);
+  const appliance = await startAppliance(t, { dataDirectory: `${directory}/data`, volumeSize: '64M', fileRoots: [files] });
 
   await qemuIo(appliance.uri(), ['write -P 0x11 0 8M', 'write -P 0x22 16M 2M', 'write -P 0x23 40M 64k', 'write -z 1M 64k']);
   const atSnapshot = `${directory}/at-snapshot.img`;
@@ -98,7 +107,7 @@ t.test('restore a snapshot onto a qemu-nbd target: fast, then digest after corru
   await target.stop();
 
   // A full copy onto a file that does not exist yet.
-  const fresh = `${directory}/fresh.img`;
+  const fresh = `${files}/fresh.img`;
   const full = await cli(appliance, ['restore', 'vol0', '--snapshot', 'good', '--to', fresh, '--full']);
   t.equal(full.code, 0, full.stderr);
   t.equal(fs.statSync(fresh).size, 64 * MiB);
@@ -110,8 +119,9 @@ t.test('restore a snapshot onto a qemu-nbd target: fast, then digest after corru
   t.not(noInstant.code, 0);
   t.match(noInstant.stderr, /exactly one of at, snapshot or sequence/);
   const badTarget = await apiRequest(appliance, 'POST', '/api/v1/restores', { volume: 'vol0', snapshot: 'good', target: `${appliance.dataDirectory}/volumes/vol0/primary.img` });
-  t.equal(badTarget.status, 400, 'a target inside the data folder is refused');
-  const smallTarget = `${directory}/small.img`;
+  t.equal(badTarget.status, 403, 'a target inside the data folder is refused');
+  t.match(badTarget.json.error, { code: 'target-not-allowed' });
+  const smallTarget = `${files}/small.img`;
   fs.writeFileSync(smallTarget, Buffer.alloc(MiB));
   const tooSmall = await apiRequest(appliance, 'POST', '/api/v1/restores', { volume: 'vol0', snapshot: 'good', target: smallTarget });
   t.equal(tooSmall.status, 400);
@@ -124,14 +134,15 @@ t.test('a restore killed with kill -9 resumes where its last checkpoint was', as
   if (!requireTools(t, ['qemu-img', 'nbdcopy'])) return;
   const directory = temporaryDirectory(t);
   const dataDirectory = `${directory}/data`;
-  let appliance = await startAppliance(t, { dataDirectory, volumeSize: '128M' });
+  const files = fileRoot(directory);
+  let appliance = await startAppliance(t, { dataDirectory, volumeSize: '128M', fileRoots: [files] });
   const random = `${directory}/random.img`;
   fs.writeFileSync(random, crypto.randomBytes(128 * MiB));
   await copy(random, appliance.uri());
   t.equal((await apiRequest(appliance, 'POST', '/api/v1/volumes/vol0/snapshots', { name: 'filled' })).status, 201);
 
   // A throttled full restore (8 MiB/s: 16 s), killed once a checkpoint (every 10 s) is on disk.
-  const target = `${directory}/target.img`;
+  const target = `${files}/target.img`;
   const args = ['restore', 'vol0', '--snapshot', 'filled', '--to', target, '--full', '--max-rate', '8M'];
   const started = await cli(appliance, [...args, '--detach']);
   t.equal(started.code, 0, started.stderr);
@@ -144,7 +155,7 @@ t.test('a restore killed with kill -9 resumes where its last checkpoint was', as
   }
   await appliance.kill();
 
-  appliance = await startAppliance(t, { dataDirectory, volumeSize: '128M' });
+  appliance = await startAppliance(t, { dataDirectory, volumeSize: '128M', fileRoots: [files] });
   const listed = await apiRequest(appliance, 'GET', `/api/v1/jobs/${started.job!.id}`);
   t.equal(listed.json.state, 'interrupted', 'after the restart the job is interrupted');
   const resumed = await cli(appliance, args.filter((arg) => arg !== '--max-rate' && arg !== '8M'));
@@ -215,14 +226,15 @@ t.test('verify: consistent, then a corrupted record and a corrupted range of the
   if (!requireTools(t, ['qemu-io', 'nbdcopy'])) return;
   const directory = temporaryDirectory(t);
   const dataDirectory = `${directory}/data`;
-  let appliance = await startAppliance(t, { dataDirectory, volumeSize: '64M' });
+  const files = fileRoot(directory);
+  let appliance = await startAppliance(t, { dataDirectory, volumeSize: '64M', fileRoots: [files] });
   await qemuIo(appliance.uri(), ['write -P 0x11 0 1M', 'write -P 0x22 0 1M', 'write -P 0x33 8M 2M', 'write -z 9M 4k', 'discard 12M 1M', 'write -P 0x44 20M 64k']);
 
   const clean = await cli(appliance, ['verify', 'vol0']);
   t.equal(clean.code, 0, `${clean.stdout}${clean.stderr}`);
   t.equal(clean.job?.result['ok'], true);
 
-  const copyPath = `${directory}/copy.img`;
+  const copyPath = `${files}/copy.img`;
   await copy(appliance.uri(), copyPath);
   const identical = await cli(appliance, ['verify', 'vol0', '--against', copyPath]);
   t.equal(identical.code, 0, identical.stderr);
@@ -245,7 +257,7 @@ t.test('verify: consistent, then a corrupted record and a corrupted range of the
   corruptFile(segmentPath, first!.segmentOffsetBytes + 48 + 1000, 16);
   corruptFile(`${dataDirectory}/volumes/vol0/primary.img`, 30 * MiB + 4096, 4096); // a region no write made dirty: recovery leaves it as it is
 
-  appliance = await startAppliance(t, { dataDirectory, volumeSize: '64M' });
+  appliance = await startAppliance(t, { dataDirectory, volumeSize: '64M', fileRoots: [files] });
   const found = await cli(appliance, ['verify', 'vol0']);
   t.equal(found.code, 1, 'verify fails');
   const report = found.job?.result as { ok: boolean; records: { badCount: number; bad: Array<{ sequence: number; reason: string }> }; image: { mismatches: unknown[] }; maps: { mismatchBytes: number } };
@@ -260,9 +272,10 @@ t.test('verify: consistent, then a corrupted record and a corrupted range of the
 t.test('seed a volume from a disk image, then re-seed only what differs', async (t) => {
   if (!requireTools(t, ['qemu-io', 'qemu-img'])) return;
   const directory = temporaryDirectory(t);
-  const appliance = await startAppliance(t, { dataDirectory: `${directory}/data`, volumeSize: '64M' });
+  const files = fileRoot(directory);
+  const appliance = await startAppliance(t, { dataDirectory: `${directory}/data`, volumeSize: '64M', fileRoots: [files] });
   t.equal((await apiRequest(appliance, 'POST', '/api/v1/volumes', { name: 'vol1', sizeBytes: 32 * MiB })).status, 201);
-  const image = `${directory}/disk.img`;
+  const image = `${files}/disk.img`;
   fs.writeFileSync(image, Buffer.alloc(0));
   fs.truncateSync(image, 32 * MiB);
   await qemuIo(image, ['write -P 0x71 0 6M', 'write -P 0x72 10M 1M', 'write -P 0x73 31M 1M']);
@@ -283,14 +296,9 @@ t.test('seed a volume from a disk image, then re-seed only what differs', async 
   t.equal(wrongSize.status, 400, 'a source of another size is refused');
 });
 
-t.test('restore onto a block device (a loop device), and verify the device against the snapshot', async (t) => {
+t.test('restore onto a block device (a loop device the appliance is allowed), and verify the device against the snapshot', async (t) => {
   if (!requireTools(t, ['losetup', 'qemu-io', 'qemu-img'])) return;
   const directory = temporaryDirectory(t);
-  const appliance = await startAppliance(t, { dataDirectory: `${directory}/data`, volumeSize: '32M' });
-  await qemuIo(appliance.uri(), ['write -P 0x81 0 3M', 'write -P 0x82 20M 64k']);
-  t.equal((await apiRequest(appliance, 'POST', '/api/v1/volumes/vol0/snapshots', { name: 'good' })).status, 201);
-  await qemuIo(appliance.uri(), ['write -P 0x83 1M 1M']);
-
   const backing = `${directory}/device.img`;
   fs.writeFileSync(backing, crypto.randomBytes(32 * MiB)); // the device holds something else entirely
   const attached = await run('losetup', ['--find', '--show', backing]);
@@ -298,6 +306,11 @@ t.test('restore onto a block device (a loop device), and verify the device again
   if (attached.code !== 0) return;
   const device = attached.stdout.trim();
   t.teardown(async () => void (await run('losetup', ['-d', device])));
+
+  const appliance = await startAppliance(t, { dataDirectory: `${directory}/data`, volumeSize: '32M', deviceAllow: [device] });
+  await qemuIo(appliance.uri(), ['write -P 0x81 0 3M', 'write -P 0x82 20M 64k']);
+  t.equal((await apiRequest(appliance, 'POST', '/api/v1/volumes/vol0/snapshots', { name: 'good' })).status, 201);
+  await qemuIo(appliance.uri(), ['write -P 0x83 1M 1M']);
 
   const restored = await cli(appliance, ['restore', 'vol0', '--snapshot', 'good', '--to', device]);
   t.equal(restored.code, 0, restored.stderr);

@@ -65,10 +65,12 @@ t.test('differing runs find the 4 KiB blocks that differ, joined across small ga
   ]);
 });
 
-t.test('targets: NBD URIs, unix sockets, paths; anything else is refused with a reason', async (t) => {
-  t.same(parseEndpoint('nbd://host-a:10810/disk'), { kind: 'nbd', address: { kind: 'tcp', host: 'host-a', port: 10810 }, exportName: 'disk' });
-  t.same(parseEndpoint('nbd://[::1]/'), { kind: 'nbd', address: { kind: 'tcp', host: '::1', port: 10809 }, exportName: '' });
-  t.same(parseEndpoint('nbd+unix:///vol0@snap?socket=/run/nbd.sock'), { kind: 'nbd', address: { kind: 'unix', path: '/run/nbd.sock' }, exportName: 'vol0@snap' });
+t.test('targets: NBD URIs (nbds:// with TLS), unix sockets, paths; anything else is refused with a reason', async (t) => {
+  t.same(parseEndpoint('nbd://host-a:10810/disk'), { kind: 'nbd', address: { kind: 'tcp', host: 'host-a', port: 10810 }, exportName: 'disk', tls: false });
+  t.same(parseEndpoint('nbd://[::1]/'), { kind: 'nbd', address: { kind: 'tcp', host: '::1', port: 10809 }, exportName: '', tls: false });
+  t.same(parseEndpoint('nbds://host-a/disk'), { kind: 'nbd', address: { kind: 'tcp', host: 'host-a', port: 10809 }, exportName: 'disk', tls: true });
+  t.match(parseEndpoint('nbds://host-a/disk?tls-certificates=/etc/ssl/private'), { problem: /takes no query.*--remote-tls-ca/ }, 'a caller does not choose the files the appliance reads');
+  t.same(parseEndpoint('nbd+unix:///vol0@snap?socket=/run/nbd.sock'), { kind: 'nbd', address: { kind: 'unix', path: '/run/nbd.sock' }, exportName: 'vol0@snap', tls: false });
   t.same(parseEndpoint('/dev/sdb'), { kind: 'path', path: '/dev/sdb' });
   t.match(parseEndpoint('nbd+unix:///disk'), { problem: /socket=PATH/ });
   t.match(parseEndpoint('https://example.com/disk'), { problem: /only nbd/ });
