@@ -103,6 +103,7 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
   app.post<{ Body: RestoreRequest; Querystring: { wait?: boolean } }>(
     '/restores',
     {
+      config: { role: 'admin' },
       schema: {
         summary: 'Restore a point in time onto a target (NBD URI, block device, file) or onto the volume itself (inPlace)',
         description:
@@ -136,6 +137,7 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
   app.post<{ Body: VerifyRequest; Querystring: { wait?: boolean } }>(
     '/verify',
     {
+      config: { role: 'admin' },
       schema: {
         summary: 'Verify a volume: internally (records, maps, live image), or against a disk, file or NBD URI',
         tags: ['jobs'],
@@ -158,6 +160,7 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
   app.post<{ Body: SeedRequest; Querystring: { wait?: boolean } }>(
     '/seeds',
     {
+      config: { role: 'admin' },
       schema: {
         summary: "Seed a volume's t0 from a disk image, block device or NBD URI (only differing chunks are written)",
         tags: ['jobs'],
@@ -184,13 +187,14 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
 
   app.get(
     '/jobs',
-    { schema: { summary: 'Restores, verifications and seeds, newest first', tags: ['jobs'], response: { 200: { type: 'object', properties: { jobs: { type: 'array', items: jobSchema } } }, ...commonErrors } } },
+    { config: { role: 'admin' }, schema: { summary: 'Restores, verifications and seeds, newest first', tags: ['jobs'], response: { 200: { type: 'object', properties: { jobs: { type: 'array', items: jobSchema } } }, ...commonErrors } } },
     async () => ({ jobs: appliance.jobs.list().map(jobJson) }),
   );
 
   app.get<{ Params: { id: string } }>(
     '/jobs/:id',
     {
+      config: { role: 'admin' },
       schema: {
         summary: 'One job, with its progress and result',
         tags: ['jobs'],
@@ -204,6 +208,7 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
   app.delete<{ Params: { id: string } }>(
     '/jobs/:id',
     {
+      config: { role: 'admin' },
       schema: {
         summary: 'Cancel a running job (a cancelled restore or seed resumes when asked for again)',
         tags: ['jobs'],

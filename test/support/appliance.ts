@@ -1,9 +1,13 @@
 // Start the real appliance (`node dist/tools/cli.js serve`) as a child process on loopback and a
-// unix socket in a temporary data folder; stop it with a signal, or kill -9 it.
+// unix socket in a temporary data folder, with an admin token made for it (over HTTPS when given a
+// certificate); stop it with a signal, or kill -9 it.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createToken } from '../../appliance/api-tokens.js';
 import { waitUntilServing } from '../../tools/serving-announcement.js';
 
 const repositoryRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -18,6 +22,8 @@ export interface ApplianceOptions {
   volumeSize?: string;
   /** Listen on this NBD port (to restart on the port clients reconnect to); default: any free one. */
   nbdPort?: number;
+  /** Serve the API over HTTPS with these PEM files (cdp-nbd tls generate's server-cert.pem, ...). */
+  https?: { certificateFile: string; keyFile: string; caFile: string };
   extraArguments?: string[];
 }
 
@@ -25,7 +31,12 @@ export interface Appliance {
   readonly dataDirectory: string;
   readonly nbdPort: number;
   readonly nbdSocket: string;
+  /** http://127.0.0.1:PORT, or https:// with options.https. */
   readonly httpBase: string;
+  /** The CA of the API's certificate (with options.https). */
+  readonly httpCa: Buffer | undefined;
+  /** An admin token made for this run (test support api.ts and event-stream.ts use it). */
+  readonly token: string;
   readonly child: ChildProcess;
   /** Everything the server printed to stderr so far. */
   readonly output: string[];
@@ -43,6 +54,9 @@ export interface Appliance {
 
 export async function startAppliance(t: Teardown, options: ApplianceOptions): Promise<Appliance> {
   const nbdSocket = path.join(options.dataDirectory, 'nbd.sock');
+  fs.mkdirSync(options.dataDirectory, { recursive: true });
+  const token = createToken(options.dataDirectory, { name: `test-admin-${randomBytes(4).toString('hex')}`, role: 'admin' }).secret;
+  const https = options.https === undefined ? [] : ['--http-tls-cert', options.https.certificateFile, '--http-tls-key', options.https.keyFile];
   const child = spawn(
     process.execPath,
     [
@@ -58,6 +72,7 @@ export async function startAppliance(t: Teardown, options: ApplianceOptions): Pr
       '127.0.0.1:0',
       '--volume-size',
       options.volumeSize ?? '64M',
+      ...https,
       ...(options.extraArguments ?? []),
     ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
@@ -81,7 +96,9 @@ export async function startAppliance(t: Teardown, options: ApplianceOptions): Pr
     dataDirectory: options.dataDirectory,
     nbdPort,
     nbdSocket,
-    httpBase: `http://${ready.http}`,
+    httpBase: `${options.https === undefined ? 'http' : 'https'}://${ready.http}`,
+    httpCa: options.https === undefined ? undefined : fs.readFileSync(options.https.caFile),
+    token,
     child,
     output,
     logEntries: () =>
@@ -105,4 +122,9 @@ export async function startAppliance(t: Teardown, options: ApplianceOptions): Pr
       await exited;
     },
   };
+}
+
+/** The environment for `cdp-nbd` commands that talk to this appliance: its admin token (and CA). */
+export function cliEnvironment(appliance: Appliance, token = appliance.token): NodeJS.ProcessEnv {
+  return { ...process.env, CDP_NBD_TOKEN: token, CDP_NBD_API: appliance.httpBase };
 }
