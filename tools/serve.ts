@@ -255,7 +255,7 @@ function openTokens(dataDirectory: string, log: Logger): TokenStore {
   const migrated = migrateLegacyToken(dataDirectory);
   const tokens = new TokenStore(dataDirectory, (problem) => log.error({ file: `${dataDirectory}/api-tokens.json` }, problem));
   if (migrated !== null) {
-    log.warn({ tokenFile: tokens.path, token: migrated, role: 'admin' }, 'the API token of data/api-token is now the admin token named in "token", kept hashed in the token file; the plaintext file is removed (the token still works)');
+    log.warn({ tokenFile: tokens.path, tokenName: migrated, role: 'admin' }, 'the API token of data/api-token is now the admin token named in tokenName, kept hashed in the token file; the plaintext file is removed (the token still works)');
   }
   const count = tokens.count();
   if (count === 0) {

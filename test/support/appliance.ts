@@ -24,6 +24,8 @@ export interface ApplianceOptions {
   nbdPort?: number;
   /** Serve the API over HTTPS with these PEM files (cdp-nbd tls generate's server-cert.pem, ...). */
   https?: { certificateFile: string; keyFile: string; caFile: string };
+  /** Make no token before it starts (a first start as a user sees it); token is then ''. */
+  withoutToken?: boolean;
   extraArguments?: string[];
 }
 
@@ -55,7 +57,7 @@ export interface Appliance {
 export async function startAppliance(t: Teardown, options: ApplianceOptions): Promise<Appliance> {
   const nbdSocket = path.join(options.dataDirectory, 'nbd.sock');
   fs.mkdirSync(options.dataDirectory, { recursive: true });
-  const token = createToken(options.dataDirectory, { name: `test-admin-${randomBytes(4).toString('hex')}`, role: 'admin' }).secret;
+  const token = options.withoutToken === true ? '' : createToken(options.dataDirectory, { name: `test-admin-${randomBytes(4).toString('hex')}`, role: 'admin' }).secret;
   const https = options.https === undefined ? [] : ['--http-tls-cert', options.https.certificateFile, '--http-tls-key', options.https.keyFile];
   const child = spawn(
     process.execPath,
