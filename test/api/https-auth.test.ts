@@ -4,7 +4,8 @@
 // role needed; an events ticket opens the websocket once; no secret ever reaches the log, which
 // does record the requests (with the ticket redacted); the token file holds hashes only, mode
 // 0600; a first start names the token file and how to make a token; a plaintext api-token of an
-// earlier version keeps working as admin and is removed; the API refuses to listen beyond
+// earlier version keeps working as admin and is removed; the host script snapshots with an
+// operator token over HTTPS; the API refuses to listen beyond
 // loopback without TLS unless told, and then warns.
 
 import { createHash } from 'node:crypto';
@@ -97,6 +98,16 @@ t.test('the API over HTTPS: roles, revocation, tickets, and no token in the log'
   const noToken = await cdpNbd(['snapshot', 'list', 'vol0', ...caFlags]);
   t.equal(noToken.code, 1);
   t.match(noToken.stderr, /no API token: give --token-file FILE, or set CDP_NBD_TOKEN/, 'the command line says where a token comes from');
+
+  // The host script takes snapshots with an operator token over HTTPS, checking the certificate.
+  const operatorFile = path.join(directory, 'operator.token');
+  fs.writeFileSync(operatorFile, `${operator}\n`, { mode: 0o600 });
+  const hostScript = path.join(path.dirname(cliPath), '../../tools/host/snapshot.sh');
+  const bySnapshotScript = await run('sh', [hostScript, '--api', appliance.httpBase, '--ca', https.caFile, '--token-file', operatorFile, '--volume', 'vol0', '--name', 'from-host']);
+  t.equal(bySnapshotScript.code, 0, `snapshot.sh with an operator token over HTTPS: ${bySnapshotScript.stderr}`);
+  t.match(bySnapshotScript.stdout, /snapshot from-host of vol0/);
+  const scriptUntrusting = await run('sh', [hostScript, '--api', appliance.httpBase, '--token-file', operatorFile, '--volume', 'vol0', '--name', 'unchecked']);
+  t.equal(scriptUntrusting.code, 1, 'without --ca it does not trust the certificate');
 
   // Tickets for the events websocket, over wss.
   const ticket = await eventTicket(appliance, reader);
