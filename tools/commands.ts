@@ -72,7 +72,8 @@ it while the appliance runs):
 ${retentionOptionsUsage}
 
 Each volume is exported over NBD under its own name; the empty export name selects the
-default volume. SIGTERM or SIGINT finish in-flight requests, make everything durable, and exit.`;
+default volume. The API takes tokens made with "cdp-nbd token create NAME --role ROLE" (the
+data folder keeps only their hashes, in api-tokens.json). SIGTERM or SIGINT finish in-flight requests, make everything durable, and exit.`;
 
 type Handler = (argv: string[]) => Promise<number>;
 

@@ -25,7 +25,7 @@ Roles, each allowing what the ones before it allow:
   admin     volumes, retention policies, restore, verify, seed, jobs; exports wider than their volume
 
 create prints the token once (or writes it to FILE, made readable by its owner only); the data
-folder keeps only its SHA-256, in ${'DIR/api-tokens.json'}. A running appliance takes new and
+folder keeps only its SHA-256, in DIR/api-tokens.json. A running appliance takes new and
 revoked tokens at once. --data DIR is the appliance's data folder (default ${serveDefaults.dataDirectory}).`;
 
 export async function runToken(argv: string[]): Promise<number> {
