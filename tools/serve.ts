@@ -175,7 +175,6 @@ export async function serve(options: ServeOptions): Promise<void> {
   const tcp = parseListenAddress(options.nbdListen);
   const access = accessSettingsOf(options.access ?? { tlsMode: 'off' });
   const http = httpSettingsOf(options.httpListen, options.http ?? {});
-  const tokens = openTokens(options.dataDirectory, log);
   const appliance = await Appliance.start({
     dataDirectory: options.dataDirectory,
     defaultVolumeName: options.defaultVolumeName,
@@ -188,6 +187,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     volumePolicies: access.volumePolicies,
     defaultVolumeRetention: options.defaultVolumeRetention,
   });
+  const tokens = openTokens(options.dataDirectory, log); // once the data folder is ours (the appliance's lock)
   for (const volume of access.volumePolicies.keys()) {
     if (appliance.table.lookup(volume) === undefined) log.warn({ volume }, 'an access policy names a volume that does not exist (yet)');
   }
@@ -251,7 +251,6 @@ export async function serve(options: ServeOptions): Promise<void> {
  * token yet, say how to make one (the secret is only ever shown by `cdp-nbd token create`).
  */
 function openTokens(dataDirectory: string, log: Logger): TokenStore {
-  fs.mkdirSync(dataDirectory, { recursive: true });
   const migrated = migrateLegacyToken(dataDirectory);
   const tokens = new TokenStore(dataDirectory, (problem) => log.error({ file: `${dataDirectory}/api-tokens.json` }, problem));
   if (migrated !== null) {
