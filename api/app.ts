@@ -1,13 +1,13 @@
 // The HTTP application: Fastify with its routes. app.ts builds it (tests use app.inject()); the
 // serve command listens. Every route declares its schema first; the same schemas validate,
-// serialise and make the OpenAPI document served at /api/docs. Every route but /health needs the
-// bearer token.
+// serialise and make the OpenAPI document served at /api/docs. Every route but /health declares
+// the role it needs and takes a bearer token of that role (auth.ts).
 
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import swagger from '@fastify/swagger';
 import websocket from '@fastify/websocket';
 import { pino } from 'pino';
-import { tokenMatches } from '../appliance/api-token.js';
+import { authenticate, EventTickets, redactUrl, requireRoles, serializeRequest } from './auth.js';
 import type { AppContext } from './context.js';
 import { errorHandler, errorResponseSchema, sendError } from './errors.js';
 import { eventRoutes } from './routes/events.js';
@@ -24,21 +24,22 @@ export interface BuildAppOptions {
   context: AppContext;
   /** Where request logs go; silent when absent (tests). */
   logger?: FastifyBaseLogger;
+  /** Serve HTTPS with this certificate chain and key (PEM); plain HTTP when absent. */
+  https?: { certificate: Buffer; key: Buffer };
 }
-
-/** Routes reachable without the token. */
-const openPaths = new Set(['/health']);
 
 export async function buildApp(options: BuildAppOptions): Promise<FastifyInstance> {
   const { context } = options;
+  const logger = (options.logger ?? pino({ level: 'silent' })).child({}, { serializers: { req: serializeRequest } });
   const app = Fastify({
-    loggerInstance: options.logger ?? pino({ level: 'silent' }),
+    loggerInstance: logger,
+    ...(options.https === undefined ? {} : { https: { cert: options.https.certificate, key: options.https.key, minVersion: 'TLSv1.2' as const } }),
     bodyLimit: 64 * 1024,
     // Unknown fields are refused, not silently dropped (Fastify's default drops them).
     ajv: { customOptions: { allowUnionTypes: true, removeAdditional: false } },
   });
   app.setErrorHandler(errorHandler);
-  app.setNotFoundHandler((request, reply) => sendError(reply, { statusCode: 404, code: 'not-found', message: `no route ${request.method} ${request.url}` }));
+  app.setNotFoundHandler((request, reply) => sendError(reply, { statusCode: 404, code: 'not-found', message: `no route ${request.method} ${redactUrl(request.url)}` }));
   app.addSchema(errorResponseSchema);
   await app.register(swagger, {
     openapi: {
@@ -49,16 +50,10 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   });
   await app.register(websocket, { options: { maxPayload: 64 * 1024 } });
 
-  app.addHook('onRequest', async (request, reply) => {
-    const path = request.url.split('?')[0]!;
-    if (openPaths.has(path)) return;
-    const header = request.headers.authorization ?? '';
-    const fromQuery = path === '/api/v1/events' ? new URL(request.url, 'http://localhost').searchParams.get('token') : null;
-    const given = header.startsWith('Bearer ') ? header.slice('Bearer '.length).trim() : (fromQuery ?? '');
-    if (given === '' || !tokenMatches(context.token, given)) {
-      return sendError(reply, { statusCode: 401, code: 'unauthorized', message: 'send the API token as "Authorization: Bearer TOKEN" (it is in the data folder, file api-token)' });
-    }
-  });
+  const tickets = new EventTickets();
+  requireRoles(app);
+  app.decorateRequest('caller', null);
+  app.addHook('onRequest', authenticate(context.tokens, tickets));
 
   await app.register(healthRoutes(context));
   await app.register(async (scoped) => metricsRoutes(scoped, context));
@@ -69,11 +64,11 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
       await retentionRoutes(api, context);
       await timelineRoutes(api, context);
       await exportRoutes(api, context);
-      await eventRoutes(api, context);
+      await eventRoutes(api, context, tickets);
       await jobRoutes(api, context);
     },
     { prefix: '/api/v1' },
   );
-  app.get('/api/docs', { schema: { hide: true } }, async () => app.swagger());
+  app.get('/api/docs', { schema: { hide: true }, config: { role: 'read' } }, async () => app.swagger());
   return app;
 }

@@ -2,7 +2,8 @@
 // status. Every error a route can meet is mapped here, once. The codes never change meaning:
 //
 //   invalid-request 400  the request is malformed, or asks for something impossible
-//   unauthorized    401  no bearer token, or the wrong one
+//   unauthorized    401  no bearer token, a wrong or revoked one, a used or expired ticket
+//   forbidden-role  403  the token's role is too weak (details: roleNeeded, role, token)
 //   read-only       403  a write to something read-only
 //   target-not-allowed 403  a local device or file the operator has not allowed (serve --device-allow, --file-root)
 //   not-found       404  no such volume, snapshot, export or route

@@ -9,6 +9,7 @@ export const errorReference = { $ref: 'Error#' } as const;
 export const commonErrors = {
   400: errorReference,
   401: errorReference,
+  403: errorReference,
   500: errorReference,
   503: errorReference,
 } as const;
@@ -209,7 +210,8 @@ export const exportSchema = {
         properties: { connection: { type: 'integer' }, remote: { type: 'string' }, tls: { type: 'boolean' }, certificate: { type: ['string', 'null'] } },
       },
     },
-    allow: { type: 'array', items: { type: 'string' }, description: 'clients allowed over NBD; empty: all' },
-    tlsOnly: { type: 'boolean', description: 'clients must start TLS first' },
+    allow: { type: 'array', items: { type: 'string' }, description: "clients allowed over NBD: the export's own rules, or its volume's when it has none; empty: all" },
+    tlsOnly: { type: 'boolean', description: 'clients must start TLS first (asked for by the export or its volume)' },
+    inheritAccess: { type: 'boolean', description: "the volume's access policy applies too: a client must pass it and the export's own rules" },
   },
 } as const;

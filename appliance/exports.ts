@@ -2,7 +2,9 @@
 // views and clones people create, each under a name of its own. View and clone exports are kept
 // in data/exports.json and come back after a restart; a clone's overlay lives in
 // data/volumes/<volume>/clones/<export>/. A view holds its instant against expiry until its
-// export is deleted (then it is released).
+// export is deleted (then it is released). A view or clone keeps its volume's access policy
+// (serve --allow, --tls-only): its own rules only narrow it, unless it was made with
+// inheritAccess false (the API lets only an admin ask for that).
 
 import path from 'node:path';
 import {
@@ -16,7 +18,7 @@ import {
   type Volume,
   type VolumeStore,
 } from '../storage/index.js';
-import { openAccessPolicy, parseAccessPolicy, type AccessPolicy, type ExportTable, type NbdServer } from '../server/index.js';
+import { narrowedPolicy, openAccessPolicy, parseAccessPolicy, shownAllowRules, type AccessPolicy, type ExportTable, type NbdServer } from '../server/index.js';
 import { ApplianceError } from './errors.js';
 import { nowMicros, type ApplianceEvents } from './events.js';
 import { explainExpired, instantOf } from './instant.js';
@@ -34,6 +36,11 @@ export interface ExportRequest {
   allow?: string[];
   /** Refuse clients that have not started TLS. */
   tlsOnly?: boolean;
+  /**
+   * True (the default): the volume's access policy applies too, and allow and tlsOnly only narrow
+   * it. False: only allow and tlsOnly apply, which may let in clients the volume refuses.
+   */
+  inheritAccess?: boolean;
 }
 
 /** A view or clone export as kept in data/exports.json. */
@@ -45,9 +52,11 @@ export interface ExportDefinition {
   snapshot: string | null;
   writable: boolean;
   createdMicros: number;
-  /** Absent in files from before access control: everyone, TLS or not. */
+  /** The export's own rules; absent: none of its own. */
   allow?: string[];
   tlsOnly?: boolean;
+  /** Only when false: the volume's policy does not apply. Absent (every file before it): it does. */
+  inheritAccess?: false;
 }
 
 export interface ExportSummary {
@@ -62,8 +71,12 @@ export interface ExportSummary {
   description: string;
   uri: string;
   clients: Array<{ connection: number; remote: string; tls: boolean; certificate: string | null }>;
+  /** Who may attach: the export's own rules, or the volume's it inherits when it has none. */
   allow: string[];
+  /** TLS demanded, by the export or by the volume it inherits from. */
   tlsOnly: boolean;
+  /** The volume's access policy applies too (always for a view or clone unless made without it). */
+  inheritAccess: boolean;
 }
 
 const exportNamePattern = /^[a-z0-9][a-z0-9._@-]{0,127}$/;
@@ -140,7 +153,7 @@ export class ExportManager {
     }
     if (this.table.lookup(name) !== undefined || this.definitions.has(name)) throw new ApplianceError('EEXIST', `an export named ${name} already exists`);
     if (this.definitions.size >= exportCountMax) throw new ApplianceError('EINVAL', `at most ${exportCountMax} view and clone exports`);
-    const policy = this.policyOf(request, { requireTlsOffered: true });
+    const policy = this.policyOf({ ...request, inheritAccess: request.inheritAccess === false ? false : undefined }, { requireTlsOffered: true });
     const micros = 'micros' in instant ? instant.micros : await this.instantMicros(volume, sequence);
     const definition: ExportDefinition = {
       name,
@@ -150,8 +163,9 @@ export class ExportManager {
       snapshot: request.snapshot ?? null,
       writable,
       createdMicros: nowMicros(),
-      ...(policy.allow.length > 0 ? { allow: [...policy.allow] } : {}),
-      ...(policy.tlsOnly ? { tlsOnly: true } : {}),
+      ...(policy.allow.length > 0 ? { allow: [...policy.allow] } : {}), // the export's own rules, normalised
+      ...(request.tlsOnly === true ? { tlsOnly: true } : {}),
+      ...(request.inheritAccess === false ? { inheritAccess: false as const } : {}),
     };
     if (writable) {
       await Clone.create(nodeFileSystem, this.cloneDirectory(definition), {
@@ -226,8 +240,9 @@ export class ExportManager {
       description: entry.description,
       uri: exportUri(this.uriBase, name),
       clients,
-      allow: [...entry.policy.allow],
+      allow: [...shownAllowRules(entry.policy)],
       tlsOnly: entry.policy.tlsOnly,
+      inheritAccess: entry.policy.within !== null,
     };
   }
 
@@ -238,15 +253,21 @@ export class ExportManager {
     this.views.clear();
   }
 
-  /** The access policy of a new or restored export; EINVAL for a bad rule or TLS-only without TLS. */
-  private policyOf(source: { allow?: string[]; tlsOnly?: boolean }, options: { requireTlsOffered: boolean }): AccessPolicy {
+  /**
+   * The access policy of a new or restored view or clone: its own rules narrowing its volume's
+   * (the volume's as serve gives it now), or its own alone when made with inheritAccess false.
+   * EINVAL for a bad rule, or TLS-only while the server offers no TLS.
+   */
+  private policyOf(source: { volume: string; allow?: string[]; tlsOnly?: boolean; inheritAccess?: false | undefined }, options: { requireTlsOffered: boolean }): AccessPolicy {
     const tlsOnly = source.tlsOnly ?? false;
     if (tlsOnly && options.requireTlsOffered && this.nbd.tlsMode === 'off') throw new ApplianceError('EINVAL', 'a TLS-only export needs the NBD server to offer TLS (serve --tls required or selective)');
+    let own: AccessPolicy;
     try {
-      return parseAccessPolicy(source.allow ?? [], { tlsOnly });
+      own = parseAccessPolicy(source.allow ?? [], { tlsOnly });
     } catch (error) {
       throw new ApplianceError('EINVAL', error instanceof Error ? error.message : String(error));
     }
+    return source.inheritAccess === false ? own : narrowedPolicy(this.volumePolicies.get(source.volume) ?? openAccessPolicy, own);
   }
 
   private async openDevice(definition: ExportDefinition): Promise<BlockDevice> {

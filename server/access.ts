@@ -25,6 +25,11 @@ export interface AccessPolicy {
   readonly addresses: net.BlockList;
   readonly certificateNames: ReadonlySet<string>;
   readonly unixSocket: boolean;
+  /**
+   * A policy the client must pass as well: a view's or clone's volume's, which the export
+   * narrows (narrowedPolicy). Null for a policy of its own.
+   */
+  readonly within: AccessPolicy | null;
 }
 
 /** Limits on what a user may configure, so a policy stays cheap to check. */
@@ -33,7 +38,7 @@ export const accessLimits = {
   certificateNameBytesMax: 64,
 } as const;
 
-export const openAccessPolicy: AccessPolicy = compiledPolicy(false, [], new net.BlockList(), new Set(), false);
+export const openAccessPolicy: AccessPolicy = compiledPolicy(false, [], new net.BlockList(), new Set(), false, null);
 
 /** A policy from user input; throws Error with a message for the user on a bad rule. */
 export function parseAccessPolicy(rules: readonly string[], options: { tlsOnly?: boolean } = {}): AccessPolicy {
@@ -57,11 +62,27 @@ export function parseAccessPolicy(rules: readonly string[], options: { tlsOnly?:
       normalised.push(addAddressRule(addresses, text, rule));
     }
   }
-  return compiledPolicy(options.tlsOnly ?? false, normalised, addresses, certificateNames, unixSocket);
+  return compiledPolicy(options.tlsOnly ?? false, normalised, addresses, certificateNames, unixSocket, null);
 }
 
-/** Whether the allowlist lets this client in (TLS-only is checked apart: it has its own reply). */
+/**
+ * `own` narrowing `base`: a client must pass both allowlists, and TLS is demanded if either
+ * demands it. So an export of a volume's past can only ever be used by fewer clients than the
+ * volume itself.
+ */
+export function narrowedPolicy(base: AccessPolicy, own: AccessPolicy): AccessPolicy {
+  if (own.within !== null) throw new TypeError('narrowedPolicy() of a policy that already narrows another');
+  return compiledPolicy(own.tlsOnly || base.tlsOnly, [...own.allow], own.addresses, own.certificateNames, own.unixSocket, base);
+}
+
+/** The rules to show for a policy: its own, or those of the policy it narrows when it has none. */
+export function shownAllowRules(policy: AccessPolicy): readonly AccessRuleText[] {
+  return policy.allow.length > 0 || policy.within === null ? policy.allow : shownAllowRules(policy.within);
+}
+
+/** Whether the allowlists let this client in (TLS-only is checked apart: it has its own reply). */
 export function accessAllows(policy: AccessPolicy, client: ClientIdentity): boolean {
+  if (policy.within !== null && !accessAllows(policy.within, client)) return false;
   if (policy.allow.length === 0) return true;
   if (client.address === null) {
     if (policy.unixSocket) return true;
@@ -104,6 +125,13 @@ function addAddressRule(addresses: net.BlockList, text: string, rule: string): s
   return `${address}/${prefixBits}`;
 }
 
-function compiledPolicy(tlsOnly: boolean, allow: string[], addresses: net.BlockList, certificateNames: Set<string>, unixSocket: boolean): AccessPolicy {
-  return Object.freeze({ tlsOnly, allow: Object.freeze(allow), addresses, certificateNames, unixSocket });
+function compiledPolicy(
+  tlsOnly: boolean,
+  allow: string[],
+  addresses: net.BlockList,
+  certificateNames: ReadonlySet<string>,
+  unixSocket: boolean,
+  within: AccessPolicy | null,
+): AccessPolicy {
+  return Object.freeze({ tlsOnly, allow: Object.freeze(allow), addresses, certificateNames, unixSocket, within });
 }

@@ -3,7 +3,7 @@
 export { NbdServer, parseListenAddress, type ListenAddress, type NbdServerOptions } from './listener.js';
 export { ExportTable, type ExportEntry } from './exports.js';
 export { serverLimits } from './limits.js';
-export { accessAllows, accessLimits, openAccessPolicy, parseAccessPolicy, type AccessPolicy, type ClientIdentity } from './access.js';
+export { accessAllows, accessLimits, narrowedPolicy, openAccessPolicy, parseAccessPolicy, shownAllowRules, type AccessPolicy, type ClientIdentity } from './access.js';
 export { loadServerTls, tlsModes, tlsOff, type ServerTls, type TlsFiles, type TlsMode } from './tls.js';
 export { silentLogger, type Logger } from './logger.js';
 export type { AccessRefusedNotice, Connection } from './connection.js';

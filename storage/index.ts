@@ -42,5 +42,5 @@ export type { LogPosition } from './write-log/batch.js';
 export { writeFileAtomic, type FileSystem, type FileHandle } from './io/file-system.js';
 export { nodeFileSystem } from './io/node-file-system.js';
 // What history takes on disk and what a pack holds, read from outside the process (tools/bench/retention.ts).
-export { measureHistoryBytes } from './retention/space.js';
+export { measureHistoryBytes, type HistoryBytes } from './retention/space.js';
 export { decodePackHeader, packHeaderBytes, parsePackFileName, type PackHeader } from './retention/pack-file.js';

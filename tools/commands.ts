@@ -6,11 +6,12 @@ import { VolumeStore, validateSegmentSize, validateVolumeName } from '../storage
 import { inspectLog } from './log-inspect.js';
 import { serve, serveDefaults } from './serve.js';
 import { runTlsCommand } from './tls-certificates.js';
-import { apiClientOf, apiOptions } from './api-client.js';
+import { apiClientOf, apiOptions, apiOptionsUsage } from './api-client.js';
 import { formatBytes, parseSize } from './sizes.js';
 import { jobUsage, runJob, runRestore, runSeed, runVerify } from './job-commands.js';
 import { retentionChangesOf, retentionOptions, retentionOptionsUsage, runRetention } from './retention-commands.js';
 import { runSnapshot, snapshotUsage } from './snapshot-commands.js';
+import { runToken, tokenUsage } from './token-commands.js';
 
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -26,16 +27,16 @@ ${snapshotUsage}
   cdp-nbd retention set VOLUME [--keep-all 24h] [--hourly 7d] [--daily 30d] [--weekly 8w] [--monthly 6M]
                     [--yearly 2y] [--no-tiers] [--max-history 100G] [--reserve 5% | 10G] [--required-window 24h]
   cdp-nbd export create VOLUME (--at INSTANT | --snapshot NAME | --sequence N) [--writable] [--name NAME]
-                     [--allow RULE]... [--tls-only]
+                     [--allow RULE]... [--tls-only] [--no-inherit-access]
   cdp-nbd export list
   cdp-nbd export delete NAME [--force]
   cdp-nbd tls generate --out DIR [--host NAME]... [--client NAME]...   (a lab CA and certificates)
 ${jobUsage}
+${tokenUsage}
   cdp-nbd help | --help | COMMAND --help
 
-Commands that talk to the appliance take --api URL (default http://127.0.0.1:8080) and the API
-token from --token TOKEN or from DIR/api-token (--data DIR, default ./data). INSTANT is RFC 3339
-with microseconds (2026-11-25T14:03:07.123456Z) or Unix microseconds.
+Commands that talk to the appliance take ${apiOptionsUsage}.
+INSTANT is RFC 3339 with microseconds (2026-11-25T14:03:07.123456Z) or Unix microseconds.
 
 Run \`cdp-nbd serve --help\` for the appliance's options.`;
 
@@ -45,7 +46,11 @@ Options:
   --data DIR              data folder (default ${serveDefaults.dataDirectory})
   --nbd-listen HOST:PORT  NBD over TCP (default ${serveDefaults.nbdListen}; "none" to disable)
   --nbd-socket PATH       also serve NBD on this unix socket
-  --http-listen HOST:PORT REST API and console (default ${serveDefaults.httpListen}; "none" to disable)
+  --http-listen HOST:PORT REST API and console (default ${serveDefaults.httpListen}; "none" to disable);
+                          beyond loopback it needs --http-tls-cert and --http-tls-key, or --http-insecure
+  --http-tls-cert FILE    serve the API over HTTPS with this certificate (PEM; cdp-nbd tls generate's
+                          server-cert.pem does); with --http-tls-key FILE, its private key
+  --http-insecure         serve plain HTTP beyond loopback anyway (tokens cross the network readable)
   --volume-size SIZE      size of the default volume made on first start (default 1G)
   --segment-size SIZE     its write-log segment size, 64M to 4G (default 256M); a small data disk
                           wants small segments: space is taken and given back a segment at a time
@@ -77,7 +82,8 @@ it while the appliance runs):
 ${retentionOptionsUsage}
 
 Each volume is exported over NBD under its own name; the empty export name selects the
-default volume. SIGTERM or SIGINT finish in-flight requests, make everything durable, and exit.`;
+default volume. The API takes tokens made with "cdp-nbd token create NAME --role ROLE" (the
+data folder keeps only their hashes, in api-tokens.json). SIGTERM or SIGINT finish in-flight requests, make everything durable, and exit.`;
 
 type Handler = (argv: string[]) => Promise<number>;
 
@@ -89,6 +95,7 @@ const commands: Record<string, Handler> = {
   retention: runRetention,
   export: runExport,
   tls: runTlsCommand,
+  token: runToken,
   restore: runRestore,
   verify: runVerify,
   seed: runSeed,
@@ -122,12 +129,16 @@ async function runExport(argv: string[]): Promise<number> {
       writable: { type: 'boolean', default: false },
       allow: { type: 'string', multiple: true },
       'tls-only': { type: 'boolean', default: false },
+      'no-inherit-access': { type: 'boolean', default: false },
       name: { type: 'string' },
       force: { type: 'boolean', default: false },
     },
   });
   const usage =
-    'Usage:\n  cdp-nbd export create VOLUME (--at INSTANT | --snapshot NAME | --sequence N) [--writable] [--name NAME] [--allow RULE]... [--tls-only]\n  cdp-nbd export list\n  cdp-nbd export delete NAME [--force]\n';
+    'Usage:\n  cdp-nbd export create VOLUME (--at INSTANT | --snapshot NAME | --sequence N) [--writable] [--name NAME] [--allow RULE]... [--tls-only] [--no-inherit-access]\n  cdp-nbd export list\n  cdp-nbd export delete NAME [--force]\n\n' +
+    "An export of a volume's past keeps the volume's own access rules (serve --allow, --tls-only); --allow and\n" +
+    "--tls-only narrow them. --no-inherit-access (admin token) gives the export only the rules given here, which may be wider.\n" +
+    `Each takes ${apiOptionsUsage}.\n`;
   const [target] = positionals;
   if (values.help || !['create', 'list', 'delete'].includes(action ?? '') || (action !== 'list' && target === undefined)) {
     process.stdout.write(usage);
@@ -144,6 +155,7 @@ async function runExport(argv: string[]): Promise<number> {
       ...(values.name === undefined ? {} : { name: values.name }),
       ...(values.allow === undefined ? {} : { allow: values.allow }),
       ...(values['tls-only'] ? { tlsOnly: true } : {}),
+      ...(values['no-inherit-access'] ? { inheritAccess: false } : {}),
     };
     const created = await client.request<ExportJson>('POST', '/api/v1/exports', body);
     print(created, values.json, () => `exported ${created.volume} at ${created.time} (sequence ${created.sequence}) as ${created.name}, ${created.kind}: ${created.uri}`);
@@ -185,6 +197,9 @@ async function runServe(argv: string[]): Promise<number> {
       'nbd-listen': { type: 'string', default: serveDefaults.nbdListen },
       'nbd-socket': { type: 'string' },
       'http-listen': { type: 'string', default: serveDefaults.httpListen },
+      'http-tls-cert': { type: 'string' },
+      'http-tls-key': { type: 'string' },
+      'http-insecure': { type: 'boolean', default: false },
       'volume-size': { type: 'string', default: '1G' },
       'segment-size': { type: 'string' },
       'default-volume': { type: 'string', default: serveDefaults.defaultVolumeName },
@@ -223,6 +238,7 @@ async function runServe(argv: string[]): Promise<number> {
     nbdListen: values['nbd-listen'],
     nbdSocket: values['nbd-socket'] ?? null,
     httpListen: values['http-listen'],
+    http: { certificateFile: values['http-tls-cert'], keyFile: values['http-tls-key'], insecure: values['http-insecure'] },
     defaultVolumeName: values['default-volume'],
     defaultVolumeSizeBytes: parseSize(values['volume-size']),
     defaultVolumeSegmentSizeBytes: segmentSizeBytes,

@@ -5,8 +5,7 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseEndpoint } from '../transfer/endpoints.js';
-import { ApiClient } from './api-client.js';
-import { serveDefaults } from './serve.js';
+import { apiClientOf, apiOptions, type ApiClient } from './api-client.js';
 import { formatBytes, parseSize } from './sizes.js';
 
 export const jobUsage = `  cdp-nbd restore VOLUME (--at INSTANT | --snapshot NAME | --sequence N) (--to TARGET | --in-place)
@@ -35,12 +34,8 @@ mode 0600). How much is sent:
 --detach starts the job and returns. Ctrl-C cancels; running the same command again resumes.`;
 
 const commonOptions = {
-  api: { type: 'string', default: 'http://127.0.0.1:8080' },
-  token: { type: 'string' },
-  data: { type: 'string', default: serveDefaults.dataDirectory },
-  json: { type: 'boolean', default: false },
+  ...apiOptions,
   detach: { type: 'boolean', default: false },
-  help: { type: 'boolean', short: 'h' },
   at: { type: 'string' },
   snapshot: { type: 'string' },
   sequence: { type: 'string' },
@@ -61,8 +56,8 @@ export interface JobJson {
   error: string | null;
 }
 
-function clientOf(values: { api: string; token?: string | undefined; data: string }): ApiClient {
-  return new ApiClient({ apiBase: values.api, token: values.token, dataDirectory: values.data });
+function clientOf(values: { api: string; token?: string | undefined; 'token-file'?: string | undefined; ca?: string | undefined }): ApiClient {
+  return apiClientOf(values);
 }
 
 function instantOf(values: { at?: string | undefined; snapshot?: string | undefined; sequence?: string | undefined }): Record<string, unknown> {

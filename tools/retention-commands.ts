@@ -15,9 +15,8 @@ import {
   type TierEvery,
 } from '../storage/index.js';
 import type { RetentionStatusJson } from '../api/retention-status.js';
-import { actionUsage, apiClientOf, apiOptions } from './api-client.js';
+import { actionUsage, apiClientOf, apiOptions, apiOptionsUsage } from './api-client.js';
 import { describeDuration, describeSpan, durationExamples, formatDuration, parseDuration } from './durations.js';
-import { serveDefaults } from './serve.js';
 import { formatBytes, parseSize } from './sizes.js';
 
 /** The policy options of `retention set` and `serve`. */
@@ -70,8 +69,7 @@ duration counted back from now, so a tier lasts longer than --keep-all and than 
 before it. Options of set:
 ${retentionOptionsUsage}
 
-Both take --api URL (default http://127.0.0.1:8080) and the token from --token TOKEN or from
-DIR/api-token (--data DIR, default ${serveDefaults.dataDirectory}).`;
+Both take ${apiOptionsUsage}. show needs a read token, set an admin token.`;
 
 /** The changes the options ask for; throws Error naming the option and what it takes. */
 export function retentionChangesOf(values: RetentionOptionValues): RetentionPolicyChanges {

@@ -2,14 +2,17 @@
 // start), recovers every volume, exports each over NBD under its own name (and the view and clone
 // exports of the previous run), serves the HTTP API, and shuts down in order on SIGTERM/SIGINT:
 // stop accepting, finish in-flight requests, make everything durable, close. NBD TLS and the
-// volumes' access policies (--tls, --allow, --tls-only), and what jobs may reach (--device-allow,
-// --file-root, --remote-tls-*), are checked here, before anything opens.
+// volumes' access policies (--tls, --allow, --tls-only), what jobs may reach (--device-allow,
+// --file-root, --remote-tls-*), and the API's HTTPS (--http-tls-cert, --http-tls-key; refused
+// beyond loopback without it unless --http-insecure) are checked here, before anything opens.
 
+import fs from 'node:fs';
+import net from 'node:net';
 import { limitAllocatorRetention } from 'cdp-native';
 import { pino } from 'pino';
 import { buildApp } from '../api/app.js';
 import { Appliance } from '../appliance/appliance.js';
-import { loadOrCreateApiToken } from '../appliance/api-token.js';
+import { migrateLegacyToken, TokenStore } from '../appliance/api-tokens.js';
 import {
   loadServerTls,
   parseAccessPolicy,
@@ -18,6 +21,7 @@ import {
   tlsModes,
   type AccessPolicy,
   type ListenAddress,
+  type Logger,
   type ServerTls,
   type TlsMode,
 } from '../server/index.js';
@@ -43,6 +47,7 @@ export interface ServeOptions {
   /** Changes to the default volume's retention policy (--keep-all, --hourly, ...). */
   defaultVolumeRetention?: RetentionPolicyChanges;
   transfers?: ServeTransferOptions;
+  http?: ServeHttpOptions;
 }
 
 /** What restores, verifications and seeds may reach, as given on the command line; checked by transferSettingsOf. */
@@ -82,6 +87,61 @@ export function transferSettingsOf(options: ServeTransferOptions): TransferSetti
   }
   return { localPaths: { deviceAllow: options.deviceAllow ?? [], fileRoots: options.fileRoots ?? [] }, remoteTls };
 }
+
+/** The API's transport as given on the command line; checked by httpSettingsOf. */
+export interface ServeHttpOptions {
+  certificateFile?: string | undefined;
+  keyFile?: string | undefined;
+  /** Serve plain HTTP beyond loopback anyway (--http-insecure). */
+  insecure?: boolean | undefined;
+}
+
+export interface HttpSettings {
+  address: ListenAddress | null;
+  https: { certificate: Buffer; key: Buffer; validTo: Date } | null;
+  /** Plain HTTP that other machines can reach: tokens cross the network readable. */
+  plaintextBeyondLoopback: boolean;
+}
+
+/**
+ * Check the API's listen address and TLS files. Bearer tokens must not cross a network in
+ * plaintext: a listener beyond loopback needs a certificate, or --http-insecure to say it is meant.
+ */
+export function httpSettingsOf(listen: string, options: ServeHttpOptions): HttpSettings {
+  const address = parseListenAddress(listen);
+  if ((options.certificateFile === undefined) !== (options.keyFile === undefined)) throw new Error('--http-tls-cert FILE and --http-tls-key FILE go together');
+  let https: HttpSettings['https'] = null;
+  if (options.certificateFile !== undefined) {
+    try {
+      const loaded = loadServerTls('required', { certificateFile: options.certificateFile, keyFile: options.keyFile!, caFile: null, verifyClients: false }, serverLimits.negotiationTimeoutMs);
+      https = { certificate: loaded.engineOptions!.cert as Buffer, key: loaded.engineOptions!.key as Buffer, validTo: loaded.certificateValidTo! };
+    } catch (error) {
+      throw new Error(`--http-tls-cert/--http-tls-key: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  }
+  const beyondLoopback = address !== null && address.kind === 'tcp' && !isLoopbackHost(address.host);
+  if (beyondLoopback && https === null && options.insecure !== true) {
+    throw new Error(
+      `--http-listen ${listen} is reachable from other machines, and API tokens would cross the network in plaintext: ` +
+        'give --http-tls-cert FILE --http-tls-key FILE (cdp-nbd tls generate makes them), listen on loopback, or add --http-insecure if you mean it',
+    );
+  }
+  if (options.insecure === true && https !== null) throw new Error('--http-insecure and --http-tls-cert contradict each other');
+  return { address, https, plaintextBeyondLoopback: beyondLoopback && https === null };
+}
+
+/** 127.0.0.0/8, ::1 (also IPv4-mapped) and localhost: only this machine can connect. */
+export function isLoopbackHost(host: string): boolean {
+  if (host === 'localhost') return true;
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(host);
+  const address = mapped === null ? host : mapped[1]!;
+  if (net.isIPv4(address)) return loopbackAddresses.check(address, 'ipv4');
+  return net.isIPv6(address) && loopbackAddresses.check(address, 'ipv6');
+}
+
+const loopbackAddresses = new net.BlockList();
+loopbackAddresses.addSubnet('127.0.0.0', 8, 'ipv4');
+loopbackAddresses.addAddress('::1', 'ipv6');
 
 /** NBD TLS and access options as given on the command line; checked by accessSettingsOf. */
 export interface ServeAccessOptions {
@@ -156,6 +216,7 @@ export async function serve(options: ServeOptions): Promise<void> {
   const tcp = parseListenAddress(options.nbdListen);
   const access = accessSettingsOf(options.access ?? { tlsMode: 'off' });
   const transfers = transferSettingsOf(options.transfers ?? {});
+  const http = httpSettingsOf(options.httpListen, options.http ?? {});
   const appliance = await Appliance.start({
     dataDirectory: options.dataDirectory,
     defaultVolumeName: options.defaultVolumeName,
@@ -170,6 +231,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     localPaths: transfers.localPaths,
     remoteTls: transfers.remoteTls,
   });
+  const tokens = openTokens(options.dataDirectory, log); // once the data folder is ours (the appliance's lock)
   for (const volume of access.volumePolicies.keys()) {
     if (appliance.table.lookup(volume) === undefined) log.warn({ volume }, 'an access policy names a volume that does not exist (yet)');
   }
@@ -179,15 +241,24 @@ export async function serve(options: ServeOptions): Promise<void> {
   if (options.nbdSocket !== null) addresses.push(await appliance.listen({ kind: 'unix', path: options.nbdSocket }));
   appliance.exports.setUriBase(uriBaseOf(addresses[0], access.tls.mode));
 
-  const token = loadOrCreateApiToken(options.dataDirectory);
-  if (token.created) log.info({ token: token.token, file: token.path }, 'created the API token (shown once; the CLI reads the file)');
-  const app = await buildApp({ context: { appliance, startedAtMs: Date.now(), version: options.version, token: token.token }, logger: log });
-  const http = parseListenAddress(options.httpListen);
+  warnOfOpenExports(appliance, addresses, access.tls.mode, log);
+
+  const app = await buildApp({
+    context: { appliance, startedAtMs: Date.now(), version: options.version, tokens },
+    logger: log,
+    ...(http.https === null ? {} : { https: { certificate: http.https.certificate, key: http.https.key } }),
+  });
   let httpAddress: string | null = null;
-  if (http !== null) {
-    await app.listen(http.kind === 'tcp' ? { host: http.host, port: http.port } : { path: http.path });
+  if (http.address !== null) {
+    await app.listen(http.address.kind === 'tcp' ? { host: http.address.host, port: http.address.port } : { path: http.address.path });
     const bound = app.server.address();
     httpAddress = bound === null || typeof bound === 'string' ? bound : `${bound.address}:${bound.port}`;
+  }
+  if (http.plaintextBeyondLoopback) {
+    log.warn(
+      { http: httpAddress },
+      'INSECURE: the HTTP API is served in plaintext beyond loopback (--http-insecure): anyone on the network path can read API tokens and replay them; use --http-tls-cert and --http-tls-key',
+    );
   }
 
   log.info(
@@ -196,6 +267,9 @@ export async function serve(options: ServeOptions): Promise<void> {
       tls: access.tls.mode,
       tlsCertificateValidTo: access.tls.certificateValidTo?.toISOString(),
       http: httpAddress,
+      httpScheme: http.https === null ? 'http' : 'https',
+      httpCertificateValidTo: http.https?.validTo.toISOString(),
+      tokenFile: tokens.path,
       exports: appliance.exports.list().map((entry) => entry.name),
       fileRoots: transfers.localPaths.fileRoots,
       deviceAllow: transfers.localPaths.deviceAllow,
@@ -216,6 +290,37 @@ export async function serve(options: ServeOptions): Promise<void> {
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+/**
+ * The API's tokens: a plaintext token file of an earlier version becomes an admin token; with no
+ * token yet, say how to make one (the secret is only ever shown by `cdp-nbd token create`).
+ */
+function openTokens(dataDirectory: string, log: Logger): TokenStore {
+  const migrated = migrateLegacyToken(dataDirectory);
+  const tokens = new TokenStore(dataDirectory, (problem) => log.error({ file: `${dataDirectory}/api-tokens.json` }, problem));
+  if (migrated !== null) {
+    log.warn({ tokenFile: tokens.path, tokenName: migrated, role: 'admin' }, 'the API token of data/api-token is now the admin token named in tokenName, kept hashed in the token file; the plaintext file is removed (the token still works)');
+  }
+  const count = tokens.count();
+  if (count === 0) {
+    log.warn({ tokenFile: tokens.path }, `no API token yet: make one with "cdp-nbd token create NAME --role admin --data ${dataDirectory}" (it prints the token once; the appliance sees it at once)`);
+  } else {
+    log.info({ tokenFile: tokens.path, tokenCount: count }, 'API tokens (cdp-nbd token list shows them)');
+  }
+  const mode = fs.statSync(tokens.path, { throwIfNoEntry: false })?.mode;
+  if (mode !== undefined && (mode & 0o077) !== 0) log.warn({ tokenFile: tokens.path, mode: (mode & 0o777).toString(8) }, 'the token file is readable by others than its owner: chmod 600 it');
+  return tokens;
+}
+
+/** A warning per export anyone who reaches the NBD port may use: no allowlist, TLS not demanded. */
+function warnOfOpenExports(appliance: Appliance, addresses: readonly ListenAddress[], tlsMode: TlsMode, log: Logger): void {
+  const reachable = addresses.filter((address) => address.kind === 'tcp' && !isLoopbackHost(address.host)).map(describeAddress);
+  if (reachable.length === 0 || tlsMode === 'required') return;
+  for (const entry of appliance.exports.list()) {
+    if (entry.allow.length > 0 || entry.tlsOnly) continue;
+    log.warn({ export: entry.name, nbd: reachable }, 'export open to anyone who reaches the NBD port: no allowlist and no TLS (serve --allow, --tls-only, --tls required; docs/tls.md)');
+  }
 }
 
 function describeAddress(address: ListenAddress): string {

@@ -4,9 +4,8 @@
 
 import { parseArgs } from 'node:util';
 import { parseInstant } from '../appliance/instant.js';
-import { actionUsage, apiClientOf, apiOptions } from './api-client.js';
+import { actionUsage, apiClientOf, apiOptions, apiOptionsUsage } from './api-client.js';
 import { durationExamples, parseDuration } from './durations.js';
-import { serveDefaults } from './serve.js';
 
 export const snapshotUsage = `  cdp-nbd snapshot create VOLUME NAME [--note TEXT] [--pin] [--expires 7d|RFC3339]
   cdp-nbd snapshot list VOLUME
@@ -25,8 +24,7 @@ snapshots too, unless pinned. Deleting a snapshot drops its name; the history st
 the retention policy keeps it.
 DURATION is ${durationExamples}.
 
-Each takes --api URL (default http://127.0.0.1:8080), the token from --token TOKEN or from
-DIR/api-token (--data DIR, default ${serveDefaults.dataDirectory}), and --json.`;
+Each takes ${apiOptionsUsage}, and --json. Listing needs a read token; the others an operator token.`;
 
 const actionOptions = {
   create: { note: { type: 'string', default: '' }, pin: { type: 'boolean', default: false }, expires: { type: 'string' } },

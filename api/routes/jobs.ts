@@ -72,13 +72,13 @@ function jobJson(job: Job) {
 
 /** What starting a job answers: the job (202 running, or 200 finished with ?wait=true) or why not. */
 const startResponses = {
+  ...commonErrors,
   200: jobSchema,
   202: jobSchema,
-  403: { description: 'target-not-allowed: a device or file the operator has not allowed (serve --device-allow, --file-root)', ...errorReference },
+  403: { description: 'target-not-allowed: a device or file the operator has not allowed (serve --device-allow, --file-root); forbidden-role: the token may not start jobs (admin)', ...errorReference },
   404: errorReference,
   409: { description: 'busy: clients are attached; target-in-use: the block device is mounted or held by md, LVM or another program', ...errorReference },
   410: errorReference,
-  ...commonErrors,
 } as const;
 
 const waitQuery = {
@@ -115,6 +115,7 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
   app.post<{ Body: RestoreRequest; Querystring: { wait?: boolean } }>(
     '/restores',
     {
+      config: { role: 'admin' },
       schema: {
         summary: 'Restore a point in time onto a target (NBD URI, block device, file) or onto the volume itself (inPlace)',
         description:
@@ -148,6 +149,7 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
   app.post<{ Body: VerifyRequest; Querystring: { wait?: boolean } }>(
     '/verify',
     {
+      config: { role: 'admin' },
       schema: {
         summary: 'Verify a volume: internally (records, maps, live image), or against a disk, file or NBD URI',
         tags: ['jobs'],
@@ -170,6 +172,7 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
   app.post<{ Body: SeedRequest; Querystring: { wait?: boolean } }>(
     '/seeds',
     {
+      config: { role: 'admin' },
       schema: {
         summary: "Seed a volume's t0 from a disk image, block device or NBD URI (only differing chunks are written)",
         tags: ['jobs'],
@@ -196,13 +199,14 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
 
   app.get(
     '/jobs',
-    { schema: { summary: 'Restores, verifications and seeds, newest first', tags: ['jobs'], response: { 200: { type: 'object', properties: { jobs: { type: 'array', items: jobSchema } } }, ...commonErrors } } },
+    { config: { role: 'admin' }, schema: { summary: 'Restores, verifications and seeds, newest first', tags: ['jobs'], response: { 200: { type: 'object', properties: { jobs: { type: 'array', items: jobSchema } } }, ...commonErrors } } },
     async () => ({ jobs: appliance.jobs.list().map(jobJson) }),
   );
 
   app.get<{ Params: { id: string } }>(
     '/jobs/:id',
     {
+      config: { role: 'admin' },
       schema: {
         summary: 'One job, with its progress and result',
         tags: ['jobs'],
@@ -216,6 +220,7 @@ export async function jobRoutes(app: FastifyInstance, context: AppContext): Prom
   app.delete<{ Params: { id: string } }>(
     '/jobs/:id',
     {
+      config: { role: 'admin' },
       schema: {
         summary: 'Cancel a running job (a cancelled restore or seed resumes when asked for again)',
         tags: ['jobs'],

@@ -76,7 +76,7 @@ function historyMetrics(volumes: readonly Volume[]): Metric[] {
 }
 
 export async function metricsRoutes(app: FastifyInstance, context: AppContext): Promise<void> {
-  app.get('/metrics', { schema: { summary: 'Prometheus metrics', tags: ['health'], produces: ['text/plain'] } }, async (_request, reply) => {
+  app.get('/metrics', { config: { role: 'read' }, schema: { summary: 'Prometheus metrics', tags: ['health'], produces: ['text/plain'] } }, async (_request, reply) => {
     const volumes = context.appliance.store.openVolumes();
     const perVolume = (name: string, help: string, type: Metric['type'], value: (stats: ReturnType<(typeof volumes)[number]['stats']>) => number): Metric => ({
       name,

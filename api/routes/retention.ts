@@ -12,6 +12,7 @@ export async function retentionRoutes(app: FastifyInstance, context: AppContext)
   app.get<{ Params: { volume: string } }>(
     '/volumes/:volume/retention',
     {
+      config: { role: 'read' },
       schema: {
         summary: "Show a volume's retention policy",
         tags: ['retention'],
@@ -26,6 +27,7 @@ export async function retentionRoutes(app: FastifyInstance, context: AppContext)
   app.put<{ Params: { volume: string }; Body: RetentionPolicy }>(
     '/volumes/:volume/retention',
     {
+      config: { role: 'admin' },
       schema: {
         summary: "Replace a volume's retention policy (the whole policy; stored durably before the answer)",
         tags: ['retention'],

@@ -51,6 +51,7 @@ export async function snapshotRoutes(app: FastifyInstance, context: AppContext):
   app.post<{ Params: { volume: string }; Body: { name: string; note?: string; pinned?: boolean; expiresAt?: string; expiresInSeconds?: number } }>(
     '/volumes/:volume/snapshots',
     {
+      config: { role: 'operator' },
       schema: {
         summary: 'Take a snapshot: a named mark in the log, now; pinned, and with an expiry time (expiresAt or expiresInSeconds), if asked',
         tags: ['snapshots'],
@@ -72,6 +73,7 @@ export async function snapshotRoutes(app: FastifyInstance, context: AppContext):
   app.get<{ Params: { volume: string } }>(
     '/volumes/:volume/snapshots',
     {
+      config: { role: 'read' },
       schema: {
         summary: "List a volume's snapshots, oldest first",
         tags: ['snapshots'],
@@ -88,6 +90,7 @@ export async function snapshotRoutes(app: FastifyInstance, context: AppContext):
   app.patch<{ Params: { volume: string; snapshot: string }; Body: { pinned?: boolean; expiresAt?: string | null; expiresInSeconds?: number } }>(
     '/volumes/:volume/snapshots/:snapshot',
     {
+      config: { role: 'operator' },
       schema: {
         summary: 'Pin or unpin a snapshot, or change its expiry time (expiresAt null: kept until deleted)',
         tags: ['snapshots'],
@@ -107,6 +110,7 @@ export async function snapshotRoutes(app: FastifyInstance, context: AppContext):
   app.delete<{ Params: { volume: string; snapshot: string } }>(
     '/volumes/:volume/snapshots/:snapshot',
     {
+      config: { role: 'operator' },
       schema: {
         summary: 'Delete a snapshot (its name; the history itself stays)',
         tags: ['snapshots'],

@@ -19,6 +19,7 @@ export async function timelineRoutes(app: FastifyInstance, context: AppContext):
   app.get<{ Params: { volume: string }; Querystring: { from?: string; to?: string; buckets?: number } }>(
     '/volumes/:volume/timeline',
     {
+      config: { role: 'read' },
       schema: {
         summary: 'Writes per time bucket, snapshot marks, and the protected range',
         tags: ['timeline'],

@@ -10,7 +10,7 @@ import { commonErrors, errorReference, volumeNameParameter, volumeSchema } from 
 export async function volumeRoutes(app: FastifyInstance, context: AppContext): Promise<void> {
   app.get(
     '/volumes',
-    { schema: { summary: 'List volumes', tags: ['volumes'], response: { 200: { type: 'object', properties: { volumes: { type: 'array', items: volumeSchema } } }, ...commonErrors } } },
+    { config: { role: 'read' }, schema: { summary: 'List volumes', tags: ['volumes'], response: { 200: { type: 'object', properties: { volumes: { type: 'array', items: volumeSchema } } }, ...commonErrors } } },
     async () => {
       const volumes = await Promise.all(context.appliance.store.list().map(async (name) => describe(await context.appliance.store.openVolume(name))));
       return { volumes };
@@ -20,6 +20,7 @@ export async function volumeRoutes(app: FastifyInstance, context: AppContext): P
   app.post<{ Body: { name: string; sizeBytes: number } }>(
     '/volumes',
     {
+      config: { role: 'admin' },
       schema: {
         summary: 'Create a volume',
         tags: ['volumes'],
@@ -42,6 +43,7 @@ export async function volumeRoutes(app: FastifyInstance, context: AppContext): P
   app.get<{ Params: { volume: string } }>(
     '/volumes/:volume',
     {
+      config: { role: 'read' },
       schema: {
         summary: 'Show a volume',
         tags: ['volumes'],
@@ -55,6 +57,7 @@ export async function volumeRoutes(app: FastifyInstance, context: AppContext): P
   app.delete<{ Params: { volume: string } }>(
     '/volumes/:volume',
     {
+      config: { role: 'admin' },
       schema: {
         summary: 'Delete a volume and its whole history (refused while clients are attached)',
         tags: ['volumes'],

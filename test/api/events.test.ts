@@ -1,12 +1,11 @@
 // The events websocket on the real appliance: a console subscribed to /api/v1/events sees a
 // client attach, its writes as a write rate, a snapshot, an export created and deleted, and the
-// client leave, in that order; without the token the upgrade is refused.
+// client leave, in that order; the upgrade takes a ticket from POST /api/v1/events/ticket, once.
 
 import t from 'tap';
-import WebSocket from 'ws';
 import { apiRequest } from '../support/api.js';
 import { startAppliance, type Appliance } from '../support/appliance.js';
-import { readToken, subscribe, waitForEvent } from '../support/event-stream.js';
+import { eventsUrl, eventTicket, readToken, subscribe, upgradeStatus, waitForEvent } from '../support/event-stream.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 import { requireTools, run } from '../support/tools.js';
 
@@ -52,19 +51,17 @@ t.test('events: attach, write rate, snapshot, export, detach', async (t) => {
   t.equal(await appliance.stop(), 0);
 });
 
-t.test('events: the upgrade needs the token', async (t) => {
+t.test('events: the upgrade needs a ticket, good once; a token in the URL is refused', async (t) => {
   const appliance = await startAppliance(t, { dataDirectory: `${temporaryDirectory(t)}/data` });
-  for (const token of ['', 'wrong-token']) {
-    const status = await new Promise<number>((resolve, reject) => {
-      const socket = new WebSocket(`${appliance.httpBase.replace(/^http/, 'ws')}/api/v1/events?token=${token}`);
-      socket.once('unexpected-response', (_request, response) => {
-        resolve(response.statusCode ?? 0);
-        socket.terminate();
-      });
-      socket.once('open', () => reject(new Error('opened without a valid token')));
-      socket.once('error', () => undefined);
-    });
-    t.equal(status, 401, `token "${token}" is refused`);
-  }
+  const ticket = await eventTicket(appliance, appliance.token);
+  const cases: Array<[string, string]> = [
+    ['no ticket', `${appliance.httpBase.replace(/^http/, 'ws')}/api/v1/events`],
+    ['a wrong ticket', eventsUrl(appliance, 'wrong-ticket')],
+    ['the token itself in the URL', `${appliance.httpBase.replace(/^http/, 'ws')}/api/v1/events?token=${encodeURIComponent(appliance.token)}`],
+    ['a token as the ticket', eventsUrl(appliance, appliance.token)],
+  ];
+  for (const [what, url] of cases) t.equal(await upgradeStatus(url), 401, `${what} is refused`);
+  t.equal(await upgradeStatus(eventsUrl(appliance, ticket)), 101, 'the ticket opens the stream');
+  t.equal(await upgradeStatus(eventsUrl(appliance, ticket)), 401, 'once');
   t.equal(await appliance.stop(), 0);
 });

@@ -8,14 +8,14 @@
 import t from 'tap';
 import type { RetentionPolicy } from '../../storage/index.js';
 import { apiRequest } from '../support/api.js';
-import { cliPath, startAppliance, type Appliance } from '../support/appliance.js';
+import { cliEnvironment, cliPath, startAppliance, type Appliance } from '../support/appliance.js';
 import { readToken, subscribe, waitForEvent } from '../support/event-stream.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 import { requireTools, run } from '../support/tools.js';
 import { waitFor } from '../support/wait.js';
 
 function cli(appliance: Appliance, args: string[]): ReturnType<typeof run> {
-  return run(process.execPath, [cliPath, ...args, '--api', appliance.httpBase, '--data', appliance.dataDirectory], { timeoutMs: 30_000 });
+  return run(process.execPath, [cliPath, ...args, '--api', appliance.httpBase], { timeoutMs: 30_000, env: cliEnvironment(appliance) });
 }
 
 const time = String.raw`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z`;

@@ -10,7 +10,7 @@ import t from 'tap';
 import { GiB, MiB, defaultRetentionPolicy, type RetentionPolicy } from '../../storage/index.js';
 import { describeDuration, formatDuration, parseDuration } from '../../tools/durations.js';
 import { apiRequest } from '../support/api.js';
-import { cliPath, startAppliance, type Appliance } from '../support/appliance.js';
+import { cliEnvironment, cliPath, startAppliance, type Appliance } from '../support/appliance.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 import { run } from '../support/tools.js';
 
@@ -61,7 +61,7 @@ async function retentionOf(appliance: Appliance): Promise<RetentionPolicy> {
 }
 
 function cli(appliance: Appliance, args: string[]): ReturnType<typeof run> {
-  return run(process.execPath, [cliPath, ...args, '--api', appliance.httpBase, '--data', appliance.dataDirectory], { timeoutMs: 30_000 });
+  return run(process.execPath, [cliPath, ...args, '--api', appliance.httpBase], { timeoutMs: 30_000, env: cliEnvironment(appliance) });
 }
 
 t.test('serve flags, retention show and set, restarts, and a volume made before retention.json', async (t) => {

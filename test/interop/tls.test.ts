@@ -11,7 +11,6 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
-import WebSocket from 'ws';
 import {
   ClientFlag,
   OptionReplyType,
@@ -23,7 +22,8 @@ import {
   serializeListOption,
   serializeStartTlsOption,
 } from 'nbd-protocol-ts';
-import { cliPath, startAppliance, type Appliance } from '../support/appliance.js';
+import { cliEnvironment, cliPath, startAppliance, type Appliance } from '../support/appliance.js';
+import { subscribe } from '../support/event-stream.js';
 import { RawConnection } from '../support/raw-connection.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
 import { requireTools, run } from '../support/tools.js';
@@ -210,7 +210,7 @@ t.test('required mode: nbdinfo and qemu over TLS, plaintext clients refused, bad
   const infoReply = await before.next();
   t.ok(infoReply?.kind === 'optionReply' && infoReply.replyType === OptionReplyType.INFO, 'GO over TLS succeeds');
   for (let reply = await before.next(); reply?.kind === 'optionReply' && reply.replyType !== OptionReplyType.ACK; reply = await before.next());
-  const token = fs.readFileSync(path.join(appliance.dataDirectory, 'api-token'), 'utf8').trim();
+  const token = appliance.token;
   const attached = (await (await fetch(`${appliance.httpBase}/api/v1/exports`, { headers: { authorization: `Bearer ${token}` } })).json()) as { exports: Array<{ uri: string; clients: unknown[] }> };
   t.match(attached.exports[0]?.clients, [{ tls: true, certificate: 'alice' }], 'the API shows the attached client runs TLS, with its certificate name');
   before.destroy();
@@ -265,11 +265,8 @@ t.test('selective mode: TLS-only exports, allowlists by certificate name, addres
   const alice = path.join(certificates, 'clients/alice');
   const bob = path.join(certificates, 'clients/bob');
   t.ok(await logEntry(appliance, (entry) => entry.msg === 'an access policy names a volume that does not exist (yet)' && entry.volume === 'vol2'), 'a policy for a missing volume is reported');
-  const token = fs.readFileSync(path.join(dataDirectory, 'api-token'), 'utf8').trim();
-  const events: Array<Record<string, unknown>> = [];
-  const eventSocket = new WebSocket(`${appliance.httpBase.replace(/^http/, 'ws')}/api/v1/events?token=${encodeURIComponent(token)}`);
-  eventSocket.on('message', (data) => events.push(JSON.parse(String(data)) as Record<string, unknown>));
-  await new Promise((resolve, reject) => eventSocket.once('open', resolve).once('error', reject));
+  const token = appliance.token;
+  const { events, socket: eventSocket } = await subscribe(appliance, token);
   t.teardown(() => eventSocket.close());
 
   const refused = await nbdinfoRefused(appliance.uri('vol0'));
@@ -334,10 +331,10 @@ t.test('selective mode: TLS-only exports, allowlists by certificate name, addres
     body: JSON.stringify({ volume: 'vol1', snapshot: 'before', name: 'vol1-before', allow: ['cn:bob', '192.0.2.0/24'] }),
   });
   t.equal(view.status, 201);
-  t.match(await view.json(), { name: 'vol1-before', allow: ['cn:bob', '192.0.2.0/24'], tlsOnly: false });
+  t.match(await view.json(), { name: 'vol1-before', allow: ['cn:bob', '192.0.2.0/24'], tlsOnly: true, inheritAccess: true }, 'TLS-only, as its volume is');
   const kept = JSON.parse(fs.readFileSync(path.join(dataDirectory, 'exports.json'), 'utf8')) as { exports: Array<{ name: string; allow?: string[] }> };
   t.same(kept.exports.find((entry) => entry.name === 'vol1-before')?.allow, ['cn:bob', '192.0.2.0/24'], 'the allowlist is kept in exports.json');
-  const fromCli = await run(process.execPath, [cliPath, 'export', 'create', 'vol1', '--snapshot', 'before', '--name', 'vol1-cli', '--allow', 'cn:alice', '--allow', 'unix', '--tls-only', '--api', appliance.httpBase, '--data', dataDirectory, '--json']);
+  const fromCli = await run(process.execPath, [cliPath, 'export', 'create', 'vol1', '--snapshot', 'before', '--name', 'vol1-cli', '--allow', 'cn:alice', '--allow', 'unix', '--tls-only', '--api', appliance.httpBase, '--json'], { env: cliEnvironment(appliance) });
   t.equal(fromCli.code, 0, fromCli.stderr);
   t.match(JSON.parse(fromCli.stdout), { name: 'vol1-cli', allow: ['cn:alice', 'unix'], tlsOnly: true }, 'cdp-nbd export create --allow --tls-only');
   const viewAsBob = await run('nbdinfo', ['--size', nbds(appliance, 'vol1-before', bob)]);
@@ -397,7 +394,7 @@ t.test('serve refuses bad TLS and access options before opening anything; TLS-on
   t.notOk(fs.existsSync(path.join(directory, 'refused', 'volumes')), 'no volume was made');
 
   const appliance = await startAppliance(t, { dataDirectory: path.join(directory, 'data') });
-  const token = fs.readFileSync(path.join(appliance.dataDirectory, 'api-token'), 'utf8').trim();
+  const token = appliance.token;
   const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
   await fetch(`${appliance.httpBase}/api/v1/volumes/vol0/snapshots`, { method: 'POST', headers, body: JSON.stringify({ name: 'one' }) });
   const tlsOnly = await fetch(`${appliance.httpBase}/api/v1/exports`, { method: 'POST', headers, body: JSON.stringify({ volume: 'vol0', snapshot: 'one', tlsOnly: true }) });

@@ -1,9 +1,13 @@
 // Start the real appliance (`node dist/tools/cli.js serve`) as a child process on loopback and a
-// unix socket in a temporary data folder; stop it with a signal, or kill -9 it.
+// unix socket in a temporary data folder, with an admin token made for it (over HTTPS when given a
+// certificate); stop it with a signal, or kill -9 it.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createToken } from '../../appliance/api-tokens.js';
 import { waitUntilServing } from '../../tools/serving-announcement.js';
 
 const repositoryRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -24,6 +28,10 @@ export interface ApplianceOptions {
   deviceAllow?: string[];
   /** The appliance's working folder (default: the test's). */
   cwd?: string;
+  /** Serve the API over HTTPS with these PEM files (cdp-nbd tls generate's server-cert.pem, ...). */
+  https?: { certificateFile: string; keyFile: string; caFile: string };
+  /** Make no token before it starts (a first start as a user sees it); token is then ''. */
+  withoutToken?: boolean;
   extraArguments?: string[];
 }
 
@@ -31,7 +39,12 @@ export interface Appliance {
   readonly dataDirectory: string;
   readonly nbdPort: number;
   readonly nbdSocket: string;
+  /** http://127.0.0.1:PORT, or https:// with options.https. */
   readonly httpBase: string;
+  /** The CA of the API's certificate (with options.https). */
+  readonly httpCa: Buffer | undefined;
+  /** An admin token made for this run (test support api.ts and event-stream.ts use it). */
+  readonly token: string;
   readonly child: ChildProcess;
   /** Everything the server printed to stderr so far. */
   readonly output: string[];
@@ -49,6 +62,9 @@ export interface Appliance {
 
 export async function startAppliance(t: Teardown, options: ApplianceOptions): Promise<Appliance> {
   const nbdSocket = path.join(options.dataDirectory, 'nbd.sock');
+  fs.mkdirSync(options.dataDirectory, { recursive: true });
+  const token = options.withoutToken === true ? '' : createToken(options.dataDirectory, { name: `test-admin-${randomBytes(4).toString('hex')}`, role: 'admin' }).secret;
+  const https = options.https === undefined ? [] : ['--http-tls-cert', options.https.certificateFile, '--http-tls-key', options.https.keyFile];
   const child = spawn(
     process.execPath,
     [
@@ -66,6 +82,7 @@ export async function startAppliance(t: Teardown, options: ApplianceOptions): Pr
       options.volumeSize ?? '64M',
       ...(options.fileRoots ?? []).flatMap((root) => ['--file-root', root]),
       ...(options.deviceAllow ?? []).flatMap((device) => ['--device-allow', device]),
+      ...https,
       ...(options.extraArguments ?? []),
     ],
     { stdio: ['ignore', 'ignore', 'pipe'], ...(options.cwd === undefined ? {} : { cwd: options.cwd }) },
@@ -89,7 +106,9 @@ export async function startAppliance(t: Teardown, options: ApplianceOptions): Pr
     dataDirectory: options.dataDirectory,
     nbdPort,
     nbdSocket,
-    httpBase: `http://${ready.http}`,
+    httpBase: `${options.https === undefined ? 'http' : 'https'}://${ready.http}`,
+    httpCa: options.https === undefined ? undefined : fs.readFileSync(options.https.caFile),
+    token,
     child,
     output,
     logEntries: () =>
@@ -113,4 +132,9 @@ export async function startAppliance(t: Teardown, options: ApplianceOptions): Pr
       await exited;
     },
   };
+}
+
+/** The environment for `cdp-nbd` commands that talk to this appliance: its admin token (and CA). */
+export function cliEnvironment(appliance: Appliance, token = appliance.token): NodeJS.ProcessEnv {
+  return { ...process.env, CDP_NBD_TOKEN: token, CDP_NBD_API: appliance.httpBase };
 }

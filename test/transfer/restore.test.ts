@@ -6,7 +6,7 @@
 import t from 'tap';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { cliPath, startAppliance, type Appliance } from '../support/appliance.js';
+import { cliEnvironment, cliPath, startAppliance, type Appliance } from '../support/appliance.js';
 import { apiRequest } from '../support/api.js';
 import { startQemuNbd } from '../support/qemu-nbd.js';
 import { temporaryDirectory } from '../support/temporary-directory.js';
@@ -30,7 +30,7 @@ interface JobJson {
 }
 
 async function cli(appliance: Appliance, args: string[]): Promise<{ code: number; job: JobJson | null; stdout: string; stderr: string }> {
-  const result = await run('node', [cliPath, ...args, '--api', appliance.httpBase, '--data', appliance.dataDirectory, '--json'], { timeoutMs: 300_000 });
+  const result = await run('node', [cliPath, ...args, '--api', appliance.httpBase, '--json'], { timeoutMs: 300_000, env: cliEnvironment(appliance) });
   let job: JobJson | null = null;
   try {
     job = JSON.parse(result.stdout) as JobJson;

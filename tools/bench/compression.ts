@@ -25,6 +25,7 @@ import { installCleanupHandlers, runCommandOrThrow, trackChild } from './process
 import { processCpuSeconds } from './machine.js';
 import { writeMarkedSection } from './report.js';
 import { median } from './statistics.js';
+import { createToken } from '../../appliance/api-tokens.js';
 
 const repositoryRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const workDirectory = path.join(repositoryRoot, '.bench', 'compression');
@@ -61,7 +62,7 @@ async function startAppliance(name: string, mode: Mode): Promise<Appliance> {
     ),
   );
   const { http } = await waitUntilServing(child);
-  return { mode, child, dataDirectory, socket, httpBase: `http://${http}`, token: fs.readFileSync(path.join(dataDirectory, 'api-token'), 'utf8').trim() };
+  return { mode, child, dataDirectory, socket, httpBase: `http://${http}`, token: createToken(dataDirectory, { name: `bench-${process.pid}-${Date.now()}`, role: 'admin' }).secret };
 }
 
 async function stopAppliance(appliance: Appliance): Promise<void> {

@@ -26,6 +26,7 @@ import { runCommandOrThrow } from './processes.js';
 import { writeMarkedSection } from './report.js';
 import { waitUntilServing } from '../serving-announcement.js';
 import { summarize } from './statistics.js';
+import { createToken } from '../../appliance/api-tokens.js';
 
 const repositoryRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const workDirectory = path.join(repositoryRoot, '.bench', 'restore');
@@ -54,7 +55,7 @@ async function startAppliance(dataDirectory: string, sizeBytes: number): Promise
     { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, UV_THREADPOOL_SIZE: '8' } },
   );
   const { http } = await waitUntilServing(child);
-  return { child, httpBase: `http://${http}`, token: fs.readFileSync(path.join(dataDirectory, 'api-token'), 'utf8').trim(), nbdSocket };
+  return { child, httpBase: `http://${http}`, token: createToken(dataDirectory, { name: `bench-${process.pid}-${Date.now()}`, role: 'admin' }).secret, nbdSocket };
 }
 
 async function api(appliance: Appliance, method: string, route: string, body?: unknown): Promise<Record<string, unknown>> {

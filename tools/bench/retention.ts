@@ -38,6 +38,7 @@ import { ensureRandomDataFile, prefillThroughNbd } from './page-cache.js';
 import { installCleanupHandlers, runCommandOrThrow, trackChild } from './processes.js';
 import { formatDuration, writeMarkedSection } from './report.js';
 import { median } from './statistics.js';
+import { createToken } from '../../appliance/api-tokens.js';
 
 const repositoryRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const benchDirectory = path.join(repositoryRoot, '.bench');
@@ -109,7 +110,7 @@ async function startAppliance(name: string): Promise<Appliance> {
   const volumeDirectory = path.join(dataDirectory, 'volumes', 'vol0');
   const watcher = new LifecycleWatcher(volumeDirectory);
   watcher.start();
-  return { name, child, dataDirectory, volumeDirectory, socket, uri: `nbd+unix:///vol0?socket=${socket}`, httpBase: `http://${http}`, token: fs.readFileSync(path.join(dataDirectory, 'api-token'), 'utf8').trim(), watcher };
+  return { name, child, dataDirectory, volumeDirectory, socket, uri: `nbd+unix:///vol0?socket=${socket}`, httpBase: `http://${http}`, token: createToken(dataDirectory, { name: `bench-${process.pid}-${Date.now()}`, role: 'admin' }).secret, watcher };
 }
 
 /** SIGTERM, wait for the exit, delete its data; returns the seconds it took to stop. */

@@ -11,12 +11,16 @@ usage() {
   cat <<'USAGE'
 Usage: snapshot.sh --api URL --volume NAME --name SNAPSHOT [options]
 
-  --api URL            the appliance's HTTP API, e.g. http://192.0.2.10:8080
+  --api URL            the appliance's HTTP API, e.g. https://192.0.2.10:8080 (plain http://
+                       only on the appliance itself: the token would cross the network readable)
   --volume NAME        the volume
   --name SNAPSHOT      the snapshot's name (a-z, 0-9, ".", "_", "-")
   --note TEXT          a note kept with it
-  --token TOKEN        the API token (or --token-file, or the CDP_NBD_TOKEN environment variable)
-  --token-file FILE    a file holding the API token (the appliance's data/api-token)
+  --token TOKEN        an API token (or --token-file, or the CDP_NBD_TOKEN environment variable);
+                       an operator token is enough: cdp-nbd token create NAME --role operator
+  --token-file FILE    a file holding the API token (cdp-nbd token create ... --out FILE)
+  --ca FILE            the CA certificate the appliance's HTTPS certificate is checked against
+                       (or CDP_NBD_CA; cdp-nbd tls generate's ca-cert.pem)
   --freeze DIR         freeze the file system mounted at DIR while the snapshot is taken; may be
                        repeated. The NBD legs under it (directly, or members of its md array)
                        are waited for until idle
@@ -26,7 +30,7 @@ Usage: snapshot.sh --api URL --volume NAME --name SNAPSHOT [options]
 USAGE
 }
 
-api="" volume="" name="" note="" token=${CDP_NBD_TOKEN:-} mountpoints="" legs="" drain_timeout_seconds=30
+api="" volume="" name="" note="" token=${CDP_NBD_TOKEN:-} ca=${CDP_NBD_CA:-} mountpoints="" legs="" drain_timeout_seconds=30
 while [ $# -gt 0 ]; do
   case "$1" in
     --api) need_value "$@"; api=${2%/}; shift 2 ;;
@@ -35,6 +39,7 @@ while [ $# -gt 0 ]; do
     --note) need_value "$@"; note=$2; shift 2 ;;
     --token) need_value "$@"; token=$2; shift 2 ;;
     --token-file) need_value "$@"; token=$(cat "$2") || fail "cannot read $2"; shift 2 ;;
+    --ca) need_value "$@"; ca=$2; shift 2 ;;
     --freeze) need_value "$@"; mountpoints="$mountpoints $2"; shift 2 ;;
     --leg) need_value "$@"; legs="$legs $2"; shift 2 ;;
     --drain-timeout) need_value "$@"; drain_timeout_seconds=$2; shift 2 ;;
@@ -44,6 +49,11 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$api" ] && [ -n "$volume" ] && [ -n "$name" ] || fail "--api, --volume and --name are required"
 [ -n "$token" ] || fail "no API token: give --token, --token-file or CDP_NBD_TOKEN"
+[ -z "$ca" ] || [ -r "$ca" ] || fail "cannot read the CA certificate $ca"
+case "$api" in
+  http://127.*|http://localhost*|http://\[::1\]*|https://*) ;;
+  *) log "warning: $api is plain HTTP: the API token crosses the network readable (serve the API with --http-tls-cert)" ;;
+esac
 printf '%s' "$name" | grep -Eq '^[a-z0-9][a-z0-9._-]{0,63}$' || fail "bad snapshot name $name"
 
 # The NBD devices under a mount point: the device itself, or the nbd members of its md array.
@@ -91,10 +101,13 @@ escaped_note=$(printf '%s' "$note" | sed 's/\\/\\\\/g; s/"/\\"/g')
 body="{\"name\": \"$name\", \"note\": \"$escaped_note\"}"
 url="$api/api/v1/volumes/$volume/snapshots"
 if command -v curl >/dev/null 2>&1; then
-  response=$(curl -sS --fail-with-body -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' -d "$body" "$url") ||
+  set -- ${ca:+--cacert "$ca"}
+  response=$(curl -sS --fail-with-body "$@" -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' -d "$body" "$url") ||
     fail "the appliance refused the snapshot: $response"
 else
-  response=$(wget -q -O - --header "Authorization: Bearer $token" --header 'Content-Type: application/json' --post-data "$body" "$url") ||
+  # GNU wget checks the certificate against --ca-certificate; busybox wget cannot check it at all.
+  set -- ${ca:+--ca-certificate="$ca"}
+  response=$(wget -q -O - "$@" --header "Authorization: Bearer $token" --header 'Content-Type: application/json' --post-data "$body" "$url") ||
     fail "the appliance refused the snapshot (wget has no details; curl shows the error)"
 fi
 thaw
