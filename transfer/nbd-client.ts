@@ -205,7 +205,7 @@ export class NbdClient {
     const cookie = this.nextCookie++;
     return new Promise((resolve, reject) => {
       this.pending.set(cookie, { resolve, reject, type, offsetBytes, lengthBytes, data: null, extents: new Map(), error: null });
-      if (type === CommandType.READ && !this.structuredReplies) this.parser.expectSimpleReadReply(cookie, lengthBytes);
+      this.parser.expectReply(cookie, { type, flags, offsetBytes, lengthBytes });
       this.socket.write(serializeRequestHeader(type, flags, cookie, offsetBytes, lengthBytes));
       if (payload !== null) this.socket.write(payload);
     });
