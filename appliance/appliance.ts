@@ -17,6 +17,7 @@ import {
   type VolumeConfig,
 } from '../storage/index.js';
 import { ExportTable, NbdServer, type AccessPolicy, type ListenAddress, type Logger, type ServerTls } from '../server/index.js';
+import type { NbdTimeouts } from '../transfer/limits.js';
 import { ApplianceError } from './errors.js';
 import { ApplianceEvents, nowMicros } from './events.js';
 import { ExportManager } from './exports.js';
@@ -54,6 +55,8 @@ export interface ApplianceOptions {
    * the defaults when it is created, and to its stored policy at every start.
    */
   defaultVolumeRetention?: RetentionPolicyChanges;
+  /** Time limits of jobs' NBD targets and sources (serve --nbd-connect-timeout, ...); transfer/limits.ts when absent. */
+  nbdTimeouts?: NbdTimeouts;
 }
 
 export class Appliance {
@@ -76,7 +79,13 @@ export class Appliance {
     this.table = new ExportTable();
     this.nbd = new NbdServer({ exports: this.table, log: options.log, tls: options.tls });
     this.exports = new ExportManager({ store, table: this.table, nbd: this.nbd, events: this.events, uriBase: options.nbdUriBase, volumePolicies: options.volumePolicies });
-    this.jobs = new JobManager({ store, nbd: this.nbd, events: this.events, createSnapshot: (volume, name, note) => this.createSnapshot(volume, name, note) });
+    this.jobs = new JobManager({
+      store,
+      nbd: this.nbd,
+      events: this.events,
+      createSnapshot: (volume, name, note) => this.createSnapshot(volume, name, note),
+      nbdTimeouts: options.nbdTimeouts,
+    });
     this.nbd.onAttachChange((entry, connection, attached) => {
       this.events.emit({
         type: attached ? 'client-connected' : 'client-disconnected',

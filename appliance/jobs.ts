@@ -23,6 +23,7 @@ import type { NbdServer } from '../server/index.js';
 import { blockDeviceEndpoint, openEndpoint, EndpointError, requestBytesMax, type Endpoint } from '../transfer/endpoints.js';
 import { changedPlan, comparePieceBytes, wholePlan } from '../transfer/plans.js';
 import { runTransfer, type TransferCheckpoint, type TransferResult } from '../transfer/run.js';
+import type { NbdTimeouts } from '../transfer/limits.js';
 import type { CopyMode } from '../transfer/copy.js';
 import { ApplianceError } from './errors.js';
 import { nowMicros, type ApplianceEvents } from './events.js';
@@ -117,7 +118,14 @@ export class JobManager {
   private readonly directory: string;
 
   constructor(
-    private readonly parts: { store: VolumeStore; nbd: NbdServer; events: ApplianceEvents; createSnapshot: (volume: string, name: string, note: string) => Promise<unknown> },
+    private readonly parts: {
+      store: VolumeStore;
+      nbd: NbdServer;
+      events: ApplianceEvents;
+      createSnapshot: (volume: string, name: string, note: string) => Promise<unknown>;
+      /** Time limits of NBD targets and sources (serve --nbd-connect-timeout, --nbd-request-timeout). */
+      nbdTimeouts?: NbdTimeouts;
+    },
   ) {
     this.directory = path.join(parts.store.dataDirectory, 'jobs');
     fs.mkdirSync(this.directory, { recursive: true });
@@ -475,7 +483,7 @@ export class JobManager {
 
   private async openTarget(text: string, createSizeBytes: number | null, writable = true): Promise<Endpoint> {
     try {
-      const endpoint = await openEndpoint(text, { writable, ...(createSizeBytes === null ? {} : { createSizeBytes }) });
+      const endpoint = await openEndpoint(text, { writable, nbdTimeouts: this.parts.nbdTimeouts, ...(createSizeBytes === null ? {} : { createSizeBytes }) });
       if (createSizeBytes !== null && endpoint.sizeBytes < createSizeBytes) {
         await endpoint.close();
         throw new EndpointError(`${text} has ${endpoint.sizeBytes} bytes, less than the volume's ${createSizeBytes}`);

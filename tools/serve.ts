@@ -21,6 +21,7 @@ import {
   type TlsMode,
 } from '../server/index.js';
 import { GiB, validateVolumeName, type LogCompression, type RetentionPolicyChanges } from '../storage/index.js';
+import type { NbdTimeouts } from '../transfer/limits.js';
 import { servingMessage } from './serving-announcement.js';
 
 export interface ServeOptions {
@@ -39,6 +40,8 @@ export interface ServeOptions {
   access?: ServeAccessOptions;
   /** Changes to the default volume's retention policy (--keep-all, --hourly, ...). */
   defaultVolumeRetention?: RetentionPolicyChanges;
+  /** Time limits of jobs' NBD targets and sources (--nbd-connect-timeout, --nbd-request-timeout). */
+  nbdTimeouts?: NbdTimeouts;
 }
 
 /** NBD TLS and access options as given on the command line; checked by accessSettingsOf. */
@@ -124,6 +127,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     tls: access.tls,
     volumePolicies: access.volumePolicies,
     defaultVolumeRetention: options.defaultVolumeRetention,
+    nbdTimeouts: options.nbdTimeouts,
   });
   for (const volume of access.volumePolicies.keys()) {
     if (appliance.table.lookup(volume) === undefined) log.warn({ volume }, 'an access policy names a volume that does not exist (yet)');

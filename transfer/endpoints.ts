@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import { zeroRange } from 'cdp-native';
 import { TransmissionFlag } from 'nbd-protocol-ts';
 import type { BlockDevice } from '../storage/index.js';
+import { defaultNbdTimeouts, type NbdTimeouts } from './limits.js';
 import { NbdClient, type NbdAddress } from './nbd-client.js';
 
 export interface Endpoint {
@@ -71,12 +72,14 @@ export interface OpenEndpointOptions {
   writable: boolean;
   /** For a file target that does not exist: create it with this size. */
   createSizeBytes?: number;
+  /** For NBD: how long connecting and each request may take (transfer/limits.ts when absent). */
+  nbdTimeouts?: NbdTimeouts;
 }
 
 export async function openEndpoint(text: string, options: OpenEndpointOptions): Promise<Endpoint> {
   const parsed = parseEndpoint(text);
   if ('problem' in parsed) throw new EndpointError(parsed.problem);
-  if (parsed.kind === 'nbd') return NbdEndpoint.open(text, parsed.address, parsed.exportName, options.writable);
+  if (parsed.kind === 'nbd') return NbdEndpoint.open(text, parsed.address, parsed.exportName, options.writable, options.nbdTimeouts ?? defaultNbdTimeouts);
   return FileEndpoint.open(parsed.path, options);
 }
 
@@ -99,10 +102,10 @@ class NbdEndpoint implements Endpoint {
     readonly description: string,
   ) {}
 
-  static async open(description: string, address: NbdAddress, exportName: string, writable: boolean): Promise<NbdEndpoint> {
+  static async open(description: string, address: NbdAddress, exportName: string, writable: boolean, timeouts: NbdTimeouts): Promise<NbdEndpoint> {
     const connect = async (): Promise<NbdClient> => {
       try {
-        return await NbdClient.connect(address, { exportName, structuredReplies: false });
+        return await NbdClient.connect(address, { exportName, structuredReplies: false, ...timeouts });
       } catch (error) {
         throw new EndpointError(`cannot attach ${description}: ${(error as Error).message}`);
       }
