@@ -8,7 +8,11 @@ const MiB = 1024 * 1024;
 export const nbdClientLimits = {
   /** Reaching the server and finishing negotiation (TCP connect, greeting, options, GO). */
   connectTimeoutMsDefault: 30_000,
-  /** Each request's complete reply; past it the connection fails, with every request on it. */
+  /**
+   * While requests are in flight, the longest wait for the next one to be answered in full; past
+   * it the connection fails, with every request on it. A bound on progress, not a deadline per
+   * request, so a slow link with many requests queued is not taken for a dead server.
+   */
   requestTimeoutMsDefault: 60_000,
   /** What people may set either timeout to (serve --nbd-connect-timeout, --nbd-request-timeout). */
   timeoutMsMin: 1_000,

@@ -7,7 +7,8 @@
 // The codec checks every reply against its request (vendor/nbd-protocol-ts, "Reply checks"), and
 // whatever the server does (breaks the protocol, closes, stays silent) ends in an
 // NbdConnectionError that fails this connection's requests; nothing throws out of a socket
-// handler. Connecting and each request have a time limit (transfer/limits.ts).
+// handler. Connecting has a time limit, and so has the wait for the next reply while requests
+// are in flight (transfer/limits.ts).
 
 import net from 'node:net';
 import {
@@ -51,7 +52,10 @@ export interface NbdConnectOptions {
   metaContexts?: string[];
   /** TCP connect and negotiation together; default nbdClientLimits.connectTimeoutMsDefault. */
   connectTimeoutMs?: number;
-  /** Each request's complete reply; default nbdClientLimits.requestTimeoutMsDefault. */
+  /**
+   * While requests are in flight, the longest wait for the next one to be answered in full;
+   * default nbdClientLimits.requestTimeoutMsDefault.
+   */
   requestTimeoutMs?: number;
 }
 
@@ -71,7 +75,7 @@ export type NbdConnectionErrorCode =
   | 'PROTOCOL_ERROR'
   /** No connection and negotiation within the connect timeout. */
   | 'CONNECT_TIMEOUT'
-  /** A request was not answered within the request timeout. */
+  /** Requests were in flight and none was answered within the request timeout. */
   | 'REQUEST_TIMEOUT'
   /** The server closed the connection. */
   | 'CLOSED'
@@ -103,7 +107,6 @@ interface Pending {
   data: Buffer | null;
   extents: Map<number, BlockStatusExtent[]>;
   error: NbdRequestError | null;
-  timer: NodeJS.Timeout;
 }
 
 type PendingResult = { data: Buffer | null; extents: Map<number, BlockStatusExtent[]> };
@@ -130,7 +133,10 @@ export class NbdClient {
   private readonly socket: net.Socket;
   private readonly parser: ClientParser;
   private readonly requestTimeoutMs: number;
+  /** In the order sent: the first is the oldest. */
   private readonly pending = new Map<bigint, Pending>();
+  /** Runs while requests are in flight; restarted by every complete reply. */
+  private replyTimer: NodeJS.Timeout | null = null;
   private nextCookie = 1n;
   private closedError: Error | null = null;
 
@@ -227,8 +233,8 @@ export class NbdClient {
     return new Promise((resolve, reject) => {
       // First, so that arguments that do not fit a request reject here with TypeError.
       this.parser.expectReply(cookie, { type, flags, offsetBytes, lengthBytes });
-      const timer = setTimeout(() => this.failTimedOut(type, offsetBytes, lengthBytes), this.requestTimeoutMs);
-      this.pending.set(cookie, { resolve, reject, type, offsetBytes, lengthBytes, data: null, extents: new Map(), error: null, timer });
+      this.pending.set(cookie, { resolve, reject, type, offsetBytes, lengthBytes, data: null, extents: new Map(), error: null });
+      this.replyTimer ??= setTimeout(() => this.failTimedOut(), this.requestTimeoutMs);
       this.socket.write(serializeRequestHeader(type, flags, cookie, offsetBytes, lengthBytes));
       if (payload !== null) this.socket.write(payload);
     });
@@ -295,28 +301,38 @@ export class NbdClient {
     else pending.resolve({ data: pending.type === CommandType.READ ? (pending.data ?? Buffer.alloc(0)) : null, extents: pending.extents });
   }
 
+  /** A request answered in full: the server made progress, so the wait for the next reply starts over. */
   private take(cookie: bigint): Pending {
     const pending = this.pending.get(cookie);
     if (pending === undefined) throw new Error(`the codec passed a reply for cookie ${cookie}, which is not in flight`);
     this.pending.delete(cookie);
-    clearTimeout(pending.timer);
+    if (this.pending.size > 0) this.replyTimer?.refresh();
+    else this.stopReplyTimer();
     return pending;
   }
 
-  private failTimedOut(type: number, offsetBytes: number, lengthBytes: number): void {
-    const what = `${commandTypeName(type)} ${offsetBytes}+${lengthBytes}`;
-    this.fail(new NbdConnectionError('REQUEST_TIMEOUT', `${this.server} did not answer ${what} within ${this.requestTimeoutMs} ms`));
+  /**
+   * A progress bound, not a deadline per request: with many requests queued on a slow link the
+   * last waits for all before it, but a healthy server answers one of them every so often.
+   */
+  private failTimedOut(): void {
+    const oldest = this.pending.values().next().value as Pending | undefined;
+    const what = oldest === undefined ? 'a request' : `${commandTypeName(oldest.type)} ${oldest.offsetBytes}+${oldest.lengthBytes}`;
+    this.fail(new NbdConnectionError('REQUEST_TIMEOUT', `${this.server} did not answer ${what} (nor any of the ${this.pending.size} requests in flight) within ${this.requestTimeoutMs} ms`));
+  }
+
+  private stopReplyTimer(): void {
+    if (this.replyTimer !== null) clearTimeout(this.replyTimer);
+    this.replyTimer = null;
   }
 
   /** The connection is over: every request in flight fails with the first reason, the socket goes. */
   private fail(error: Error): void {
     this.closedError ??= error;
+    this.stopReplyTimer();
     const pending = [...this.pending.values()];
     this.pending.clear();
-    for (const request of pending) {
-      clearTimeout(request.timer);
-      request.reject(this.closedError);
-    }
+    for (const request of pending) request.reject(this.closedError);
     this.socket.destroy();
   }
 }
@@ -488,6 +504,8 @@ function protocolError(server: string, error: ProtocolError): NbdConnectionError
 
 function socketError(server: string, error: Error): NbdConnectionError {
   const code = (error as NodeJS.ErrnoException).code;
+  // Writing to, or reading from, a connection the server has closed.
+  if (code === 'EPIPE' || code === 'ECONNRESET') return new NbdConnectionError('CLOSED', `${server} closed the connection (${code})`, { cause: error });
   return new NbdConnectionError('SOCKET_ERROR', `the connection to ${server} failed: ${code ?? error.message}`, { cause: error });
 }
 

@@ -10,7 +10,7 @@ import t from 'tap';
 import { ChunkType, CommandType, Errno, ReplyFlag, serializeErrorChunk } from 'nbd-protocol-ts';
 import { NbdClient, NbdConnectionError, NbdRequestError, type NbdConnectOptions } from '../../transfer/nbd-client.js';
 import { nbdClientLimits } from '../../transfer/limits.js';
-import { withinMs } from '../support/waits.js';
+import { sleep, withinMs } from '../support/waits.js';
 import { chunk, offsetDataPayload, simpleReply, startHostileNbdServer, type Behaviour, type HostileServer } from '../support/hostile-nbd-server.js';
 
 const sizeBytes = 1024 * 1024;
@@ -153,8 +153,24 @@ t.test('a server that stops answering: requests in flight fail after the request
   const errors = await withinMs(requests, 10_000, 'requests to a silent server');
   const elapsedMs = performance.now() - startedMs;
   for (const error of errors) t.equal((error as NbdConnectionError).code, 'REQUEST_TIMEOUT');
-  t.match((errors[0] as Error).message, /did not answer NBD_CMD_READ 0\+4096 within 300 ms/);
+  t.match((errors[0] as Error).message, /did not answer NBD_CMD_READ 0\+4096 \(nor any of the 3 requests in flight\) within 300 ms/);
   t.ok(elapsedMs >= 250 && elapsedMs < 5000, `failed after ${Math.round(elapsedMs)} ms`);
+  await client.disconnect();
+});
+
+t.test('a slow server that keeps answering is not timed out, though its queue takes longer than the timeout', async (t) => {
+  let answered = Promise.resolve();
+  const server = await startHostileNbdServer(t, {
+    sizeBytes,
+    behaviour: (request, peer) => {
+      answered = answered.then(() => sleep(100)).then(() => peer.honest(request));
+    },
+  });
+  const client = await connect(server, { requestTimeoutMs: 400 });
+  const startedMs = performance.now();
+  const reads = await Promise.all(Array.from({ length: 12 }, (_, index) => client.read(index * 4096, 4096)));
+  t.equal(reads.length, 12);
+  t.ok(performance.now() - startedMs > 800, 'the last request waited well past the timeout');
   await client.disconnect();
 });
 
