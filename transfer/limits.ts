@@ -25,7 +25,7 @@ export const nbdClientLimits = {
    */
   chunkPayloadBytesMax: 32 * MiB + 8,
   /** Option replies received and not yet read during negotiation; more than this is a flood. */
-  negotiationRepliesQueuedMax: 64,
+  queuedOptionReplyCountMax: 64,
 } as const;
 
 /** The timeouts of one connection, as NbdClient.connect takes them. */

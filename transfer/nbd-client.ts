@@ -449,10 +449,10 @@ function messageReader(socket: net.Socket, parser: ClientParser, server: string)
           const waiting = waiter;
           waiter = null;
           waiting.resolve(message);
-        } else if (queued.length < nbdClientLimits.negotiationRepliesQueuedMax) {
+        } else if (queued.length < nbdClientLimits.queuedOptionReplyCountMax) {
           queued.push(message);
         } else {
-          return failWith(new NbdConnectionError('PROTOCOL_ERROR', `${server} sent more than ${nbdClientLimits.negotiationRepliesQueuedMax} option replies nobody asked for`));
+          return failWith(new NbdConnectionError('PROTOCOL_ERROR', `${server} sent more than ${nbdClientLimits.queuedOptionReplyCountMax} option replies nobody asked for`));
         }
       }
     } catch (error) {

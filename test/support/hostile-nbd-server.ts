@@ -54,6 +54,10 @@ export interface HostileServerOptions {
   silentHandshake?: boolean;
   /** Keep the connection open after NBD_CMD_DISC instead of closing it. */
   ignoreDisconnect?: boolean;
+  /** NBD_INFO_EXPORT replies sent for GO before its ACK (default 1). */
+  goInfoReplyCount?: number;
+  /** Bytes sent right after the ACK to GO, before any request. */
+  afterGoAck?: Buffer;
 }
 
 export interface HostileServer {
@@ -130,8 +134,9 @@ function serveConnection(socket: net.Socket, disk: Buffer, options: HostileServe
           data.queries.forEach((query, index) => socket.write(serializeMetaContextReply(message.option, index + 1, query)));
           socket.write(serializeAckReply(message.option));
         } else if (message.option === OptionType.GO) {
-          socket.write(serializeInfoExportReply(message.option, disk.length, transmissionFlags));
-          socket.write(serializeAckReply(message.option));
+          const infoReply = serializeInfoExportReply(message.option, disk.length, transmissionFlags);
+          socket.write(Buffer.concat(Array.from({ length: options.goInfoReplyCount ?? 1 }, () => infoReply)));
+          socket.write(Buffer.concat([serializeAckReply(message.option), options.afterGoAck ?? Buffer.alloc(0)]));
           parser.enterTransmission();
         } else {
           socket.write(serializeOptionErrorReply(message.option, OptionReplyType.ERR_UNSUP));

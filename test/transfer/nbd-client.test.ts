@@ -190,6 +190,17 @@ t.test('a server that accepts and says nothing: connect fails after the connect 
   t.ok(performance.now() - startedMs < 5000);
 });
 
+t.test('negotiation: bytes after the ACK to GO, or a flood of option replies, fail the connect', async (t) => {
+  const early = await startHostileNbdServer(t, { sizeBytes, behaviour: () => undefined, afterGoAck: simpleReply(1n, 0) });
+  const earlyError = await rejectionOf(connect(early));
+  t.equal((earlyError as NbdConnectionError).code, 'PROTOCOL_ERROR');
+  t.match((earlyError as Error).message, /sent 16 bytes after the ACK to GO, before any request/);
+  const flood = await startHostileNbdServer(t, { sizeBytes, behaviour: () => undefined, goInfoReplyCount: 10_000 });
+  const floodError = await rejectionOf(connect(flood));
+  t.equal((floodError as NbdConnectionError).code, 'PROTOCOL_ERROR');
+  t.match((floodError as Error).message, new RegExp(`more than ${nbdClientLimits.queuedOptionReplyCountMax} option replies nobody asked for`));
+});
+
 t.test('a server that does not close after NBD_CMD_DISC is cut after the disconnect timeout', async (t) => {
   const server = await startHostileNbdServer(t, { sizeBytes, behaviour: (request, peer) => peer.honest(request), ignoreDisconnect: true });
   const client = await connect(server);
