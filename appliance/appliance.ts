@@ -19,6 +19,7 @@ import {
 import { ExportTable, NbdServer, type AccessPolicy, type ListenAddress, type Logger, type ServerTls } from '../server/index.js';
 import { LocalPathPolicy, noLocalPaths, type LocalPathRules } from '../transfer/local-paths.js';
 import type { NbdClientTls } from '../transfer/client-tls.js';
+import type { NbdTimeouts } from '../transfer/limits.js';
 import { ApplianceError } from './errors.js';
 import { ApplianceEvents, nowMicros } from './events.js';
 import { ExportManager } from './exports.js';
@@ -63,6 +64,8 @@ export interface ApplianceOptions {
   localPaths?: LocalPathRules;
   /** The CA (and client certificate) for nbds:// targets and sources (serve --remote-tls-*); absent: nbds:// is refused. */
   remoteTls?: NbdClientTls | null;
+  /** Time limits of jobs' NBD targets and sources (serve --nbd-connect-timeout, ...); transfer/limits.ts when absent. */
+  nbdTimeouts?: NbdTimeouts;
 }
 
 export class Appliance {
@@ -92,6 +95,7 @@ export class Appliance {
       createSnapshot: (volume, name, note) => this.createSnapshot(volume, name, note),
       localPaths,
       remoteTls: options.remoteTls ?? null,
+      nbdTimeouts: options.nbdTimeouts,
     });
     this.nbd.onAttachChange((entry, connection, attached) => {
       this.events.emit({

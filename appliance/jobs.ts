@@ -26,6 +26,7 @@ import type { LocalPathPolicy, LocalPathUse } from '../transfer/local-paths.js';
 import type { NbdClientTls } from '../transfer/client-tls.js';
 import { changedPlan, comparePieceBytes, wholePlan } from '../transfer/plans.js';
 import { runTransfer, type TransferCheckpoint, type TransferResult } from '../transfer/run.js';
+import type { NbdTimeouts } from '../transfer/limits.js';
 import type { CopyMode } from '../transfer/copy.js';
 import { ApplianceError, type ApplianceErrorCode } from './errors.js';
 import { nowMicros, type ApplianceEvents } from './events.js';
@@ -129,6 +130,8 @@ export class JobManager {
       localPaths: LocalPathPolicy;
       /** The CA and client certificate for nbds:// targets and sources (serve --remote-tls-*). */
       remoteTls: NbdClientTls | null;
+      /** Time limits of NBD targets and sources (serve --nbd-connect-timeout, --nbd-request-timeout). */
+      nbdTimeouts?: NbdTimeouts;
     },
   ) {
     this.directory = path.join(parts.store.dataDirectory, 'jobs');
@@ -499,7 +502,7 @@ export class JobManager {
 
   private async openTarget(text: string, createSizeBytes: number | null, writable = true): Promise<Endpoint> {
     try {
-      const endpoint = await openEndpoint(text, { writable, localPaths: this.parts.localPaths, remoteTls: this.parts.remoteTls, ...(createSizeBytes === null ? {} : { createSizeBytes }) });
+      const endpoint = await openEndpoint(text, { writable, localPaths: this.parts.localPaths, remoteTls: this.parts.remoteTls, nbdTimeouts: this.parts.nbdTimeouts, ...(createSizeBytes === null ? {} : { createSizeBytes }) });
       if (createSizeBytes !== null && endpoint.sizeBytes < createSizeBytes) {
         await endpoint.close();
         throw new EndpointError(`${text} has ${endpoint.sizeBytes} bytes, less than the volume's ${createSizeBytes}`);

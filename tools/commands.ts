@@ -12,6 +12,8 @@ import { jobUsage, runJob, runRestore, runSeed, runVerify } from './job-commands
 import { retentionChangesOf, retentionOptions, retentionOptionsUsage, runRetention } from './retention-commands.js';
 import { runSnapshot, snapshotUsage } from './snapshot-commands.js';
 import { runToken, tokenUsage } from './token-commands.js';
+import { parseDuration } from './durations.js';
+import { defaultNbdTimeouts, nbdClientLimits, nbdTimeoutProblem } from '../transfer/limits.js';
 
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -65,6 +67,11 @@ Options:
   --tls-only VOLUME       (repeatable) the volume's export refuses clients that did not start TLS
   --allow VOLUME=RULES    (repeatable) only these clients may use the volume's export; RULES are
                           comma-separated IP, CIDR (10.0.0.0/8), cn:CERTIFICATE-NAME or unix
+  --nbd-connect-timeout DURATION
+                          a restore, verify or seed fails when its NBD target or source has not
+                          connected and negotiated within this (default ${nbdClientLimits.connectTimeoutMsDefault / 1000}s)
+  --nbd-request-timeout DURATION
+                          ... or has not answered a request within this (default ${nbdClientLimits.requestTimeoutMsDefault / 1000}s)
 
 What restores, verifications and seeds may reach besides NBD URIs (default: nothing local):
   --file-root DIR         (repeatable) regular files under DIR may be restored onto (a missing one
@@ -217,6 +224,8 @@ async function runServe(argv: string[]): Promise<number> {
       'remote-tls-ca': { type: 'string' },
       'remote-tls-cert': { type: 'string' },
       'remote-tls-key': { type: 'string' },
+      'nbd-connect-timeout': { type: 'string' },
+      'nbd-request-timeout': { type: 'string' },
       ...retentionOptions,
       help: { type: 'boolean', short: 'h' },
     },
@@ -233,6 +242,10 @@ async function runServe(argv: string[]): Promise<number> {
   const segmentSizeBytes = values['segment-size'] === undefined ? undefined : parseSize(values['segment-size']);
   const segmentProblem = segmentSizeBytes === undefined ? null : validateSegmentSize(segmentSizeBytes);
   if (segmentProblem !== null) throw new Error(`--segment-size: ${segmentProblem}`);
+  const nbdTimeouts = {
+    connectTimeoutMs: nbdTimeoutOption('nbd-connect-timeout', values['nbd-connect-timeout']) ?? defaultNbdTimeouts.connectTimeoutMs,
+    requestTimeoutMs: nbdTimeoutOption('nbd-request-timeout', values['nbd-request-timeout']) ?? defaultNbdTimeouts.requestTimeoutMs,
+  };
   await serve({
     dataDirectory: values.data,
     nbdListen: values['nbd-listen'],
@@ -246,6 +259,7 @@ async function runServe(argv: string[]): Promise<number> {
     logCompression,
     version,
     defaultVolumeRetention: retention,
+    nbdTimeouts,
     access: {
       tlsMode: values.tls,
       certificateFile: values['tls-cert'],
@@ -264,6 +278,15 @@ async function runServe(argv: string[]): Promise<number> {
     },
   });
   return -1; // keeps running until a signal
+}
+
+/** A timeout flag's milliseconds (the flag takes a duration: 30s, 2m), or undefined when not given. */
+function nbdTimeoutOption(flag: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const timeoutMs = parseDuration(text) * 1000;
+  const problem = nbdTimeoutProblem(timeoutMs);
+  if (problem !== null) throw new Error(`--${flag}: ${problem}`);
+  return timeoutMs;
 }
 
 async function runVolume(argv: string[]): Promise<number> {

@@ -28,6 +28,7 @@ import {
 import { GiB, validateVolumeName, type LogCompression, type RetentionPolicyChanges } from '../storage/index.js';
 import type { LocalPathRules } from '../transfer/local-paths.js';
 import { loadNbdClientTls, type NbdClientTls } from '../transfer/client-tls.js';
+import type { NbdTimeouts } from '../transfer/limits.js';
 import { servingMessage } from './serving-announcement.js';
 
 export interface ServeOptions {
@@ -48,6 +49,8 @@ export interface ServeOptions {
   defaultVolumeRetention?: RetentionPolicyChanges;
   transfers?: ServeTransferOptions;
   http?: ServeHttpOptions;
+  /** Time limits of jobs' NBD targets and sources (--nbd-connect-timeout, --nbd-request-timeout). */
+  nbdTimeouts?: NbdTimeouts;
 }
 
 /** What restores, verifications and seeds may reach, as given on the command line; checked by transferSettingsOf. */
@@ -230,6 +233,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     defaultVolumeRetention: options.defaultVolumeRetention,
     localPaths: transfers.localPaths,
     remoteTls: transfers.remoteTls,
+    nbdTimeouts: options.nbdTimeouts,
   });
   const tokens = openTokens(options.dataDirectory, log); // once the data folder is ours (the appliance's lock)
   for (const volume of access.volumePolicies.keys()) {

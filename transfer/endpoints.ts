@@ -10,6 +10,7 @@ import type { BlockDevice } from '../storage/index.js';
 import { EndpointError } from './endpoint-error.js';
 import { openAllowedPath, type AllowedPath, type LocalPathPolicy } from './local-paths.js';
 import type { NbdClientTls } from './client-tls.js';
+import { defaultNbdTimeouts, type NbdTimeouts } from './limits.js';
 import { NbdClient, type NbdAddress } from './nbd-client.js';
 
 export { EndpointError } from './endpoint-error.js';
@@ -85,6 +86,8 @@ export interface OpenEndpointOptions {
   localPaths: LocalPathPolicy;
   /** The CA (and client certificate) for nbds://; null: nbds:// is refused. */
   remoteTls: NbdClientTls | null;
+  /** For NBD: how long connecting and each request may take (transfer/limits.ts when absent). */
+  nbdTimeouts?: NbdTimeouts;
 }
 
 /** Open a target or source; EndpointError says why not (refusal: invalid, not-allowed, in-use). */
@@ -93,7 +96,7 @@ export async function openEndpoint(text: string, options: OpenEndpointOptions): 
   if ('problem' in parsed) throw new EndpointError(parsed.problem);
   if (parsed.kind === 'nbd') {
     const tls = parsed.tls && parsed.address.kind === 'tcp' ? { ...remoteTlsOf(text, options.remoteTls), serverName: parsed.address.host } : null;
-    return NbdEndpoint.open(text, parsed.address, parsed.exportName, options.writable, tls);
+    return NbdEndpoint.open(text, parsed.address, parsed.exportName, options.writable, tls, options.nbdTimeouts ?? defaultNbdTimeouts);
   }
   const allowed = await options.localPaths.authorize(parsed.path, options.writable ? 'write' : 'read');
   return FileEndpoint.open(parsed.path, allowed, options);
@@ -127,10 +130,10 @@ class NbdEndpoint implements Endpoint {
     readonly description: string,
   ) {}
 
-  static async open(description: string, address: NbdAddress, exportName: string, writable: boolean, tls: (NbdClientTls & { serverName: string }) | null): Promise<NbdEndpoint> {
+  static async open(description: string, address: NbdAddress, exportName: string, writable: boolean, tls: (NbdClientTls & { serverName: string }) | null, timeouts: NbdTimeouts): Promise<NbdEndpoint> {
     const connect = async (): Promise<NbdClient> => {
       try {
-        return await NbdClient.connect(address, { exportName, structuredReplies: false, ...(tls === null ? {} : { tls }) });
+        return await NbdClient.connect(address, { exportName, structuredReplies: false, ...timeouts, ...(tls === null ? {} : { tls }) });
       } catch (error) {
         throw new EndpointError(`cannot attach ${description}: ${(error as Error).message}`);
       }

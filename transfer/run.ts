@@ -69,15 +69,27 @@ export async function runTransfer(options: TransferOptions): Promise<TransferRes
 
   let doneThroughBytes = resumeFromBytes;
   let processedBytes = 0;
-  let checkpointing: Promise<void> | null = null;
   const checkpoint = async (): Promise<void> => {
     const taken: TransferCheckpoint = { doneThroughBytes, written: written.list().map((range) => ({ ...range })) };
     await options.target.flush();
     await options.onCheckpoint?.(taken);
   };
+  // A periodic checkpoint runs beside the copy. If it fails (the target's FLUSH fails, or a silent
+  // target times out), the copy stops and the transfer fails with that error; the promise never
+  // rejects unobserved, which would end the process.
+  let checkpointing: Promise<void> | null = null;
+  let checkpointFailure: unknown = null;
+  const checkpointFailed = new AbortController();
   const timer = setInterval(() => {
-    if (checkpointing === null) checkpointing = checkpoint().finally(() => (checkpointing = null));
+    if (checkpointing !== null) return;
+    checkpointing = checkpoint()
+      .catch((error: unknown) => {
+        checkpointFailure ??= error;
+        checkpointFailed.abort(error);
+      })
+      .finally(() => (checkpointing = null));
   }, options.checkpointIntervalMs ?? checkpointIntervalMsDefault);
+  const copySignal = options.signal === undefined ? checkpointFailed.signal : AbortSignal.any([options.signal, checkpointFailed.signal]);
 
   let counters: CopyCounters;
   try {
@@ -89,17 +101,20 @@ export async function runTransfer(options: TransferOptions): Promise<TransferRes
       written,
       differing,
       ...(options.rateBytesPerSecondMax === undefined ? {} : { rateBytesPerSecondMax: options.rateBytesPerSecondMax }),
-      ...(options.signal === undefined ? {} : { signal: options.signal }),
+      signal: copySignal,
       onProgress: (progress) => {
         doneThroughBytes = Math.max(doneThroughBytes, progress.doneThroughBytes);
         processedBytes = progress.processedBytes;
         options.onProgress?.({ phase: 'transfer', doneBytes: resumedBytes + processedBytes, totalBytes: plannedBytes, doneThroughBytes });
       },
     });
+  } catch (error) {
+    throw checkpointFailure ?? error;
   } finally {
     clearInterval(timer);
-    await (checkpointing as Promise<void> | null)?.catch(() => undefined);
+    await (checkpointing as Promise<void> | null);
   }
+  if (checkpointFailure !== null) throw checkpointFailure;
   doneThroughBytes = options.plan.length === 0 ? 0 : options.plan[options.plan.length - 1]!.endBytes;
   await checkpoint();
 

@@ -2,7 +2,7 @@
 // server's parsed messages one by one, see whether the server hung up.
 
 import net from 'node:net';
-import { ClientParser, type ServerMessage } from 'nbd-protocol-ts';
+import { ClientParser, serializeRequestHeader, type ServerMessage } from 'nbd-protocol-ts';
 
 export class RawConnection {
   readonly parser = new ClientParser();
@@ -47,6 +47,12 @@ export class RawConnection {
 
   send(...buffers: Buffer[]): void {
     for (const buffer of buffers) this.socket.write(buffer);
+  }
+
+  /** Send a request (and its payload), registered with the parser, which frames and checks its reply. */
+  request(type: number, flags: number, cookie: bigint, offsetBytes: number, lengthBytes: number, payload?: Buffer): void {
+    this.parser.expectReply(cookie, { type, flags, offsetBytes, lengthBytes });
+    this.send(serializeRequestHeader(type, flags, cookie, offsetBytes, lengthBytes), ...(payload === undefined ? [] : [payload]));
   }
 
   /** The next message, or undefined once the server has closed and nothing is left. */

@@ -2,13 +2,15 @@
 // replies, the EXPORT_NAME reply, simple replies and structured reply chunks
 // (proto.md "Newstyle negotiation", "Fixed newstyle negotiation", "Simple
 // reply message", "Structured reply chunk message"). A simple reply does
-// not say whether data follows, so the client registers each READ it sends
-// with expectSimpleReadReply(); structured chunks carry their own length.
+// not say whether data follows, so the client registers every request it
+// sends with expectReply(); every reply is then checked against its request
+// (reply-checker.ts) and a reply that breaks the spec's rules is fatal.
 // Used by our tools and tests; the server never needs it.
 import { ByteQueue } from './byte-queue.js';
 import { Magic, WireSize } from './constants.js';
 import { type FatalMessage, ProtocolError, type ProtocolErrorCode } from './errors.js';
-import { assertCookie, readUint64AsNumber } from './wire-integers.js';
+import { ReplyChecker, type ExpectedRequest } from './reply-checker.js';
+import { readUint64AsNumber } from './wire-integers.js';
 
 export interface GreetingMessage {
   kind: 'greeting';
@@ -33,7 +35,7 @@ export interface SimpleReplyMessage {
   kind: 'simpleReply';
   cookie: bigint;
   error: number;
-  /** Present for a successful reply to a READ registered with expectSimpleReadReply(). */
+  /** Present exactly for a successful reply to a READ: the request's length in bytes. */
   data?: Buffer;
 }
 
@@ -56,7 +58,10 @@ export type ServerMessage =
 export interface ClientParserOptions {
   /** Largest option reply data accepted; more is fatal (default 65536). */
   maxOptionReplyDataBytes?: number;
-  /** Largest structured chunk payload accepted; more is fatal (default 2^26). */
+  /**
+   * Largest structured chunk payload accepted; more is fatal (default 2^26). Chunks whose size
+   * their request bounds (OFFSET_DATA: the READ's length + 8) are held to that first.
+   */
   maxChunkPayloadBytes?: number;
 }
 
@@ -77,7 +82,7 @@ export class ClientParser {
   private readonly queue = new ByteQueue();
   private readonly maxOptionReplyDataBytes: number;
   private readonly maxChunkPayloadBytes: number;
-  private readonly pendingReadLengths = new Map<bigint, number>();
+  private readonly replies = new ReplyChecker();
   private state: ClientParserState = 'greeting';
   private exportNameReplyLengthBytes = 0;
   // Header fields of the message whose data is still arriving.
@@ -95,6 +100,16 @@ export class ClientParser {
 
   get bufferedBytes(): number {
     return this.queue.lengthBytes;
+  }
+
+  /** Whether the server acknowledged NBD_OPT_STRUCTURED_REPLY (since the last STARTTLS). */
+  get structuredRepliesNegotiated(): boolean {
+    return this.replies.structuredRepliesNegotiated;
+  }
+
+  /** Requests registered with expectReply() and not yet answered. */
+  get requestsInFlight(): number {
+    return this.replies.requestCount;
   }
 
   push(chunk: Buffer): void {
@@ -125,17 +140,17 @@ export class ClientParser {
     this.requireOptionPhase('startTls');
     const discardedBytes = this.queue.lengthBytes;
     this.queue.clear();
+    this.replies.resetNegotiation();
     return discardedBytes;
   }
 
-  /** Call when sending a READ without structured replies, so its data can be framed. */
-  expectSimpleReadReply(cookie: bigint, lengthBytes: number): void {
-    assertCookie(cookie);
-    if (this.pendingReadLengths.has(cookie)) throw new TypeError(`cookie ${cookie} already has a READ in flight`);
-    if (!Number.isInteger(lengthBytes) || lengthBytes < 0 || lengthBytes > 0xffffffff) {
-      throw new TypeError(`lengthBytes must be a u32, got ${lengthBytes}`);
-    }
-    this.pendingReadLengths.set(cookie, lengthBytes);
+  /**
+   * Call for every request sent (all but NBD_CMD_DISC), before its reply can arrive: a reply
+   * is accepted only for a request in flight, and only in a form that request can have.
+   * TypeError for a cookie already in flight or fields that do not fit a compact request.
+   */
+  expectReply(cookie: bigint, request: ExpectedRequest): void {
+    this.replies.expect(cookie, request);
   }
 
   next(): ServerMessage | undefined {
@@ -197,12 +212,9 @@ export class ClientParser {
   private completeOptionReply(): ServerMessage | undefined {
     if (this.queue.lengthBytes < this.pendingLengthBytes) return undefined;
     this.state = 'optionReplyHeader';
-    return {
-      kind: 'optionReply',
-      option: this.pendingOption,
-      replyType: this.pendingReplyType,
-      data: this.queue.consume(this.pendingLengthBytes),
-    };
+    const data = this.queue.consume(this.pendingLengthBytes);
+    this.replies.noteOptionReply(this.pendingOption, this.pendingReplyType, data);
+    return { kind: 'optionReply', option: this.pendingOption, replyType: this.pendingReplyType, data };
   }
 
   // The 124 reserved bytes are not checked: they carry nothing, and a
@@ -230,13 +242,12 @@ export class ClientParser {
     const header = this.queue.consume(WireSize.SIMPLE_REPLY_HEADER);
     const error = header.readUInt32BE(4);
     const cookie = header.readBigUInt64BE(8);
-    const readLengthBytes = this.pendingReadLengths.get(cookie);
-    if (readLengthBytes === undefined) return { kind: 'simpleReply', cookie, error };
-    this.pendingReadLengths.delete(cookie);
-    // The spec sends no data after a failed READ's simple reply.
-    if (error !== 0) return { kind: 'simpleReply', cookie, error };
+    const framing = this.replies.simpleReply(cookie, error);
+    if (framing instanceof ProtocolError) return this.failWith(framing);
+    // The spec sends no data after a failed READ's simple reply, nor after other commands'.
+    if (!framing.dataFollows) return { kind: 'simpleReply', cookie, error };
     this.pendingCookie = cookie;
-    this.pendingLengthBytes = readLengthBytes;
+    this.pendingLengthBytes = framing.dataBytes;
     this.state = 'simpleReplyData';
     return this.completeSimpleReply();
   }
@@ -251,12 +262,17 @@ export class ClientParser {
     if (this.queue.lengthBytes < WireSize.STRUCTURED_REPLY_HEADER) return undefined;
     const header = this.queue.consume(WireSize.STRUCTURED_REPLY_HEADER);
     const lengthBytes = header.readUInt32BE(16);
+    const flags = header.readUInt16BE(4);
+    const type = header.readUInt16BE(6);
+    const cookie = header.readBigUInt64BE(8);
+    const problem = this.replies.chunkHeader(cookie, flags, type, lengthBytes);
+    if (problem !== null) return this.failWith(problem);
     if (lengthBytes > this.maxChunkPayloadBytes) {
       return this.fail('CHUNK_TOO_BIG', `chunk payload of ${lengthBytes} bytes exceeds ${this.maxChunkPayloadBytes}`);
     }
-    this.pendingFlags = header.readUInt16BE(4);
-    this.pendingReplyType = header.readUInt16BE(6);
-    this.pendingCookie = header.readBigUInt64BE(8);
+    this.pendingFlags = flags;
+    this.pendingReplyType = type;
+    this.pendingCookie = cookie;
     this.pendingLengthBytes = lengthBytes;
     this.state = 'chunkPayload';
     return this.completeChunk();
@@ -265,13 +281,10 @@ export class ClientParser {
   private completeChunk(): ServerMessage | undefined {
     if (this.queue.lengthBytes < this.pendingLengthBytes) return undefined;
     this.state = 'replyHeader';
-    return {
-      kind: 'structuredChunk',
-      flags: this.pendingFlags,
-      type: this.pendingReplyType,
-      cookie: this.pendingCookie,
-      payload: this.queue.consume(this.pendingLengthBytes),
-    };
+    const payload = this.queue.consume(this.pendingLengthBytes);
+    const problem = this.replies.chunk(this.pendingCookie, this.pendingFlags, this.pendingReplyType, payload);
+    if (problem !== null) return this.failWith(problem);
+    return { kind: 'structuredChunk', flags: this.pendingFlags, type: this.pendingReplyType, cookie: this.pendingCookie, payload };
   }
 
   private requireOptionPhase(method: string): void {
@@ -281,10 +294,14 @@ export class ClientParser {
   }
 
   private fail(code: ProtocolErrorCode, message: string): FatalMessage {
-    this.fatalMessage = { kind: 'fatal', error: new ProtocolError(code, message) };
+    return this.failWith(new ProtocolError(code, message));
+  }
+
+  private failWith(error: ProtocolError): FatalMessage {
+    this.fatalMessage = { kind: 'fatal', error };
     this.state = 'fatal';
     this.queue.clear();
-    this.pendingReadLengths.clear();
+    this.replies.clear();
     return this.fatalMessage;
   }
 }

@@ -25,6 +25,18 @@ export type ProtocolErrorCode =
   | 'OPTION_REPLY_TOO_BIG'
   /** A structured chunk declared a payload larger than the client parser accepts. */
   | 'CHUNK_TOO_BIG'
+  /** A structured chunk arrived, but structured replies were not negotiated. */
+  | 'STRUCTURED_REPLY_NOT_NEGOTIATED'
+  /** A reply names a cookie no request in flight has (never sent, or already answered). */
+  | 'UNKNOWN_COOKIE'
+  /** A reply of a form its request cannot have (a chunk type, a simple reply, a flag). */
+  | 'UNEXPECTED_REPLY'
+  /** A chunk describes bytes outside its request, or bytes an earlier chunk described. */
+  | 'OUT_OF_RANGE'
+  /** A reply claimed success without describing everything its request asked for. */
+  | 'INCOMPLETE_REPLY'
+  /** A READ's chunks left more separate pieces than the client parser tracks. */
+  | 'REPLY_TOO_FRAGMENTED'
   /** A declared length runs past the end of the data. */
   | 'TRUNCATED'
   /** Bytes remain after the last field the layout declares. */

@@ -27,6 +27,7 @@ export {
   type SimpleReplyMessage,
   type StructuredChunkMessage,
 } from './client-parser.js';
+export { READ_REPLY_PIECE_COUNT_MAX, type ExpectedRequest } from './reply-checker.js';
 export * from './option-data.js';
 export * from './option-reply-data.js';
 export * from './chunk-payloads.js';

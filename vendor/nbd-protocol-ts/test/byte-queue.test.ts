@@ -105,7 +105,7 @@ t.test('READ data inside one chunk reaches the client as a view', async (t) => {
   parser.push(serializeGreeting());
   parser.next();
   parser.enterTransmission();
-  parser.expectSimpleReadReply(9n, 8192);
+  parser.expectReply(9n, { type: CommandType.READ, flags: 0, offsetBytes: 0, lengthBytes: 8192 });
   const chunk = Buffer.concat([serializeSimpleReplyHeader(9n, 0), Buffer.alloc(8192, 1)]);
   parser.push(chunk);
   const message = parser.next();

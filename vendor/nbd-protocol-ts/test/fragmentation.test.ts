@@ -12,6 +12,7 @@ import {
   clientSession,
   serverExportNameSession,
   serverSession,
+  serverStructuredSession,
 } from './streams.js';
 
 // Compares without building one assertion per split position, which would
@@ -34,7 +35,7 @@ for (const conversation of serverSide) {
   });
 }
 
-const clientSide: ClientConversation[] = [serverSession(), serverExportNameSession(true), serverExportNameSession(false)];
+const clientSide: ClientConversation[] = [serverSession(), serverStructuredSession(), serverExportNameSession(true), serverExportNameSession(false)];
 for (const conversation of clientSide) {
   t.test(`${conversation.name}: every split yields the same messages`, async (t) => {
     const parse = (pieces: Buffer[]): Plain[] => parseAsClient(pieces, conversation.script).map(plain);

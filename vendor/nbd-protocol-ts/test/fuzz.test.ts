@@ -30,8 +30,8 @@ import {
   parseMetaContextData,
   type ServerMessage,
 } from '../src/index.js';
-import { seededRandom } from './helpers.js';
-import { SMALL_LIMITS, clientSession, serverSession } from './streams.js';
+import { type ClientScript, seededRandom } from './helpers.js';
+import { SMALL_LIMITS, clientSession, serverSession, serverStructuredSession } from './streams.js';
 
 const random = seededRandom(0x6e6264);
 const integer = (limit: number): number => Math.floor(random() * limit);
@@ -114,9 +114,9 @@ function runServerParser(stream: Buffer, startInTransmission: boolean): string |
   return undefined;
 }
 
-function runClientParser(stream: Buffer): string | undefined {
+function runClientParser(stream: Buffer, script: ClientScript): string | undefined {
   const parser = new ClientParser({ maxChunkPayloadBytes: 4096 });
-  parser.expectSimpleReadReply(1n, 64);
+  for (const [cookie, request] of script.requests ?? []) parser.expectReply(cookie, request);
   let messageCount = 0;
   for (const piece of randomPieces(stream)) {
     parser.push(piece);
@@ -149,7 +149,7 @@ const decoders: Array<(data: Buffer) => unknown> = [
 
 t.test('2000 random and mutated inputs never break an invariant', async (t) => {
   const clientStream = clientSession().stream;
-  const serverStream = serverSession().stream;
+  const serverConversations = [serverSession(), serverStructuredSession()];
   const failures: string[] = [];
   const attempt = (label: string, run: () => string | undefined): void => {
     try {
@@ -169,11 +169,13 @@ t.test('2000 random and mutated inputs never break an invariant', async (t) => {
         attempt(label, () => runServerParser(mutate(clientStream), false));
         break;
       case 2:
-        attempt(label, () => runClientParser(randomBytes(integer(300))));
+        attempt(label, () => runClientParser(randomBytes(integer(300)), serverConversations[integer(2)]!.script));
         break;
-      case 3:
-        attempt(label, () => runClientParser(mutate(serverStream)));
+      case 3: {
+        const conversation = serverConversations[integer(2)]!;
+        attempt(label, () => runClientParser(mutate(conversation.stream), conversation.script));
         break;
+      }
       default:
         attempt(label, () => {
           const data = random() < 0.5 ? randomBytes(integer(64)) : mutate(clientStream.subarray(integer(clientStream.length)));

@@ -4,6 +4,7 @@
 import {
   ClientParser,
   type ClientMessage,
+  type ExpectedRequest,
   OptionReplyType,
   OptionType,
   ProtocolError,
@@ -72,8 +73,8 @@ export function parseAsServer(pieces: Buffer[], options: ServerParserOptions = {
 export interface ClientScript {
   /** Expect an EXPORT_NAME reply right after the greeting. */
   exportNameReplyAfterGreeting?: { noZeroes: boolean };
-  /** READs registered before any input, as [cookie, lengthBytes]. */
-  simpleReads?: Array<[bigint, number]>;
+  /** Requests registered with expectReply() before any input, as a client sends them. */
+  requests?: Array<[bigint, ExpectedRequest]>;
 }
 
 /**
@@ -82,7 +83,7 @@ export interface ClientScript {
  */
 export function parseAsClient(pieces: Buffer[], script: ClientScript = {}): ServerMessage[] {
   const parser = new ClientParser();
-  for (const [cookie, lengthBytes] of script.simpleReads ?? []) parser.expectSimpleReadReply(cookie, lengthBytes);
+  for (const [cookie, request] of script.requests ?? []) parser.expectReply(cookie, request);
   const messages: ServerMessage[] = [];
   for (const piece of pieces) {
     parser.push(piece);

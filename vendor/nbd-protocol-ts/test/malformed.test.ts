@@ -4,6 +4,7 @@
 // leave the connection parseable for the next message.
 import t from 'tap';
 import {
+  ChunkType,
   ClientFlag,
   ClientParser,
   CommandType,
@@ -14,6 +15,7 @@ import {
   parseInfoOrGoData,
   parseMetaContextData,
   parseExportNameData,
+  serializeAckReply,
   serializeClientFlags,
   serializeGreeting,
   serializeOption,
@@ -238,13 +240,25 @@ t.test('client parser fatal cases', async (t) => {
   };
   t.equal(fatalCode(Buffer.from([0x96, 0x74, 0x46, 0x68]), enter), 'BAD_REPLY_MAGIC', 'detected from 4 bytes');
   t.equal(fatalCode(Buffer.from([0x6e, 0x8a, 0x27, 0x8c]), enter), 'EXTENDED_HEADERS_UNSUPPORTED');
-  t.equal(fatalCode(serializeStructuredChunkHeader(1n, 0, 1, 101), enter), 'CHUNK_TOO_BIG');
+  const enterStructured = (parser: ClientParser): void => {
+    parser.push(Buffer.concat([greeting, serializeAckReply(OptionType.STRUCTURED_REPLY)]));
+    parser.next();
+    parser.next();
+    parser.enterTransmission();
+    parser.expectReply(1n, { type: CommandType.BLOCK_STATUS, flags: 0, offsetBytes: 0, lengthBytes: 4096 });
+  };
+  t.equal(fatalCode(serializeStructuredChunkHeader(1n, 0, ChunkType.BLOCK_STATUS, 108), enterStructured), 'CHUNK_TOO_BIG');
 });
 
 t.test('client parser misuse throws TypeError', async (t) => {
   const parser = new ClientParser();
   t.throws(() => parser.enterTransmission(), TypeError);
   t.throws(() => parser.expectExportNameReply(true), TypeError);
-  parser.expectSimpleReadReply(1n, 10);
-  t.throws(() => parser.expectSimpleReadReply(1n, 10), TypeError, 'duplicate cookie');
+  const read = { type: CommandType.READ, flags: 0, offsetBytes: 0, lengthBytes: 10 };
+  parser.expectReply(1n, read);
+  t.throws(() => parser.expectReply(1n, read), TypeError, 'duplicate cookie');
+  t.throws(() => parser.expectReply(2n, { ...read, type: CommandType.DISC }), TypeError, 'DISC has no reply');
+  t.throws(() => parser.expectReply(3n, { ...read, lengthBytes: 2 ** 32 }), TypeError, 'length beyond a compact request');
+  t.throws(() => parser.expectReply(4n, { ...read, offsetBytes: -1 }), TypeError, 'negative offset');
+  t.throws(() => parser.expectReply(-1n, read), TypeError, 'negative cookie');
 });

@@ -43,6 +43,7 @@ import {
   serializeSimpleReplyHeader,
   serializeStartTlsOption,
   serializeStructuredReplyOption,
+  type ExpectedRequest,
   type ServerParserOptions,
   buildInfoOrGoData,
   buildMetaContextData,
@@ -166,61 +167,102 @@ export function clientExportNameSession(): Conversation {
   return { name: 'client EXPORT_NAME session', stream, expected: expected.map(plain) };
 }
 
-/** Everything a server sends over a whole GO session, for the ClientParser. */
-export function serverSession(): ClientConversation {
-  const readData = patterned(64, 9);
-  const chunkData = patterned(33, 2);
+/** Collects a server's stream and the messages the ClientParser must make of it. */
+function serverStream() {
   const parts: Buffer[] = [];
   const expected: unknown[] = [];
-  const add = (bytes: Buffer, ...messages: unknown[]): void => {
-    parts.push(bytes);
-    expected.push(...messages);
+  return {
+    add(bytes: Buffer, ...messages: unknown[]): void {
+      parts.push(bytes);
+      expected.push(...messages);
+    },
+    done(name: string, script: ClientScript): ClientConversation {
+      return { name, stream: Buffer.concat(parts), expected: expected.map(plain), script };
+    },
   };
-  const reply = (option: number, replyType: number, data: Buffer = Buffer.alloc(0)): unknown => ({ kind: 'optionReply', option, replyType, data });
+}
+
+const optionReply = (option: number, replyType: number, data: Buffer = Buffer.alloc(0)): unknown => ({ kind: 'optionReply', option, replyType, data });
+const structuredChunk = (flags: number, type: number, cookie: bigint, payload: Buffer): unknown => ({ kind: 'structuredChunk', flags, type, cookie, payload });
+
+/**
+ * Everything a server sends over a whole GO session without structured replies, for the
+ * ClientParser: every option reply type, then simple replies (READ data, a failed READ, a WRITE).
+ */
+export function serverSession(): ClientConversation {
+  const readData = patterned(64, 9);
+  const { add, done } = serverStream();
   const handshakeFlags = HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES;
   add(serializeGreeting(), { kind: 'greeting', handshakeFlags });
-  add(serializeServerReply('disk', 'the main disk'), reply(OptionType.LIST, OptionReplyType.SERVER, buildServerReplyData('disk', 'the main disk')));
-  add(serializeServerReply('spare'), reply(OptionType.LIST, OptionReplyType.SERVER, buildServerReplyData('spare')));
-  add(serializeAckReply(OptionType.LIST), reply(OptionType.LIST, OptionReplyType.ACK));
-  add(serializeOptionErrorReply(OptionType.STARTTLS, OptionReplyType.ERR_POLICY, 'no TLS here'), reply(OptionType.STARTTLS, OptionReplyType.ERR_POLICY, Buffer.from('no TLS here')));
-  add(serializeAckReply(OptionType.STRUCTURED_REPLY), reply(OptionType.STRUCTURED_REPLY, OptionReplyType.ACK));
-  add(serializeInfoExportReply(OptionType.INFO, EXPORT_SIZE_BYTES, TRANSMISSION_FLAGS), reply(OptionType.INFO, OptionReplyType.INFO, buildInfoExportData(EXPORT_SIZE_BYTES, TRANSMISSION_FLAGS)));
-  add(serializeInfoNameReply(OptionType.INFO, 'disk'), reply(OptionType.INFO, OptionReplyType.INFO, buildInfoNameData('disk')));
-  add(serializeInfoDescriptionReply(OptionType.INFO, 'über disk'), reply(OptionType.INFO, OptionReplyType.INFO, buildInfoDescriptionData('über disk')));
-  add(serializeInfoBlockSizeReply(OptionType.INFO, BLOCK_SIZES), reply(OptionType.INFO, OptionReplyType.INFO, buildInfoBlockSizeData(BLOCK_SIZES)));
-  add(serializeAckReply(OptionType.INFO), reply(OptionType.INFO, OptionReplyType.ACK));
-  add(serializeMetaContextReply(OptionType.LIST_META_CONTEXT, 0, 'base:allocation'), reply(OptionType.LIST_META_CONTEXT, OptionReplyType.META_CONTEXT, buildMetaContextReplyData(0, 'base:allocation')));
-  add(serializeAckReply(OptionType.LIST_META_CONTEXT), reply(OptionType.LIST_META_CONTEXT, OptionReplyType.ACK));
-  add(serializeMetaContextReply(OptionType.SET_META_CONTEXT, 1, 'base:allocation'), reply(OptionType.SET_META_CONTEXT, OptionReplyType.META_CONTEXT, buildMetaContextReplyData(1, 'base:allocation')));
-  add(serializeAckReply(OptionType.SET_META_CONTEXT), reply(OptionType.SET_META_CONTEXT, OptionReplyType.ACK));
-  add(serializeOptionErrorReply(999, OptionReplyType.ERR_UNSUP), reply(999, OptionReplyType.ERR_UNSUP));
-  add(serializeInfoExportReply(OptionType.GO, EXPORT_SIZE_BYTES, TRANSMISSION_FLAGS), reply(OptionType.GO, OptionReplyType.INFO, buildInfoExportData(EXPORT_SIZE_BYTES, TRANSMISSION_FLAGS)));
-  add(serializeAckReply(OptionType.GO), reply(OptionType.GO, OptionReplyType.ACK));
+  add(serializeServerReply('disk', 'the main disk'), optionReply(OptionType.LIST, OptionReplyType.SERVER, buildServerReplyData('disk', 'the main disk')));
+  add(serializeServerReply('spare'), optionReply(OptionType.LIST, OptionReplyType.SERVER, buildServerReplyData('spare')));
+  add(serializeAckReply(OptionType.LIST), optionReply(OptionType.LIST, OptionReplyType.ACK));
+  add(serializeOptionErrorReply(OptionType.STARTTLS, OptionReplyType.ERR_POLICY, 'no TLS here'), optionReply(OptionType.STARTTLS, OptionReplyType.ERR_POLICY, Buffer.from('no TLS here')));
+  add(serializeInfoExportReply(OptionType.INFO, EXPORT_SIZE_BYTES, TRANSMISSION_FLAGS), optionReply(OptionType.INFO, OptionReplyType.INFO, buildInfoExportData(EXPORT_SIZE_BYTES, TRANSMISSION_FLAGS)));
+  add(serializeInfoNameReply(OptionType.INFO, 'disk'), optionReply(OptionType.INFO, OptionReplyType.INFO, buildInfoNameData('disk')));
+  add(serializeInfoDescriptionReply(OptionType.INFO, 'über disk'), optionReply(OptionType.INFO, OptionReplyType.INFO, buildInfoDescriptionData('über disk')));
+  add(serializeInfoBlockSizeReply(OptionType.INFO, BLOCK_SIZES), optionReply(OptionType.INFO, OptionReplyType.INFO, buildInfoBlockSizeData(BLOCK_SIZES)));
+  add(serializeAckReply(OptionType.INFO), optionReply(OptionType.INFO, OptionReplyType.ACK));
+  add(serializeMetaContextReply(OptionType.LIST_META_CONTEXT, 0, 'base:allocation'), optionReply(OptionType.LIST_META_CONTEXT, OptionReplyType.META_CONTEXT, buildMetaContextReplyData(0, 'base:allocation')));
+  add(serializeAckReply(OptionType.LIST_META_CONTEXT), optionReply(OptionType.LIST_META_CONTEXT, OptionReplyType.ACK));
+  add(serializeMetaContextReply(OptionType.SET_META_CONTEXT, 1, 'base:allocation'), optionReply(OptionType.SET_META_CONTEXT, OptionReplyType.META_CONTEXT, buildMetaContextReplyData(1, 'base:allocation')));
+  add(serializeAckReply(OptionType.SET_META_CONTEXT), optionReply(OptionType.SET_META_CONTEXT, OptionReplyType.ACK));
+  add(serializeOptionErrorReply(999, OptionReplyType.ERR_UNSUP), optionReply(999, OptionReplyType.ERR_UNSUP));
+  add(serializeInfoExportReply(OptionType.GO, EXPORT_SIZE_BYTES, TRANSMISSION_FLAGS), optionReply(OptionType.GO, OptionReplyType.INFO, buildInfoExportData(EXPORT_SIZE_BYTES, TRANSMISSION_FLAGS)));
+  add(serializeAckReply(OptionType.GO), optionReply(OptionType.GO, OptionReplyType.ACK));
   add(Buffer.concat([serializeSimpleReplyHeader(1n, 0), readData]), { kind: 'simpleReply', cookie: 1n, error: 0, data: readData });
   add(serializeSimpleReplyHeader(2n, Errno.EIO), { kind: 'simpleReply', cookie: 2n, error: Errno.EIO });
   add(serializeSimpleReplyHeader(3n, 0), { kind: 'simpleReply', cookie: 3n, error: 0 });
-  const chunk = (flags: number, type: number, cookie: bigint, payload: Buffer): unknown => ({ kind: 'structuredChunk', flags, type, cookie, payload });
+  return done('server GO session', {
+    requests: [
+      [1n, { type: CommandType.READ, flags: 0, offsetBytes: 0, lengthBytes: readData.length }],
+      [2n, { type: CommandType.READ, flags: 0, offsetBytes: 4096, lengthBytes: 4096 }],
+      [3n, { type: CommandType.WRITE, flags: 0, offsetBytes: 0, lengthBytes: 512 }],
+    ],
+  });
+}
+
+/** Requests of serverStructuredSession(), as the client registered them. */
+export const STRUCTURED_SESSION_REQUESTS: Array<[bigint, ExpectedRequest]> = [
+  [4n, { type: CommandType.READ, flags: 0, offsetBytes: 1024, lengthBytes: 33 + 512 }],
+  [5n, { type: CommandType.BLOCK_STATUS, flags: 0, offsetBytes: 0, lengthBytes: 8192 }],
+  [6n, { type: CommandType.READ, flags: 0, offsetBytes: 0, lengthBytes: 4096 }],
+  [7n, { type: CommandType.WRITE, flags: 0, offsetBytes: 8192, lengthBytes: 512 }],
+  [8n, { type: CommandType.FLUSH, flags: 0, offsetBytes: 0, lengthBytes: 0 }],
+];
+
+/**
+ * A GO session with structured replies and base:allocation selected: a READ answered in a data
+ * chunk, a hole and NONE; BLOCK_STATUS whose last descriptor reaches past the request (allowed);
+ * a failed READ; an ERROR_OFFSET inside a WRITE; a simple reply to a FLUSH (allowed).
+ */
+export function serverStructuredSession(): ClientConversation {
+  const chunkData = patterned(33, 2);
+  const { add, done } = serverStream();
+  const handshakeFlags = HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES;
+  add(serializeGreeting(), { kind: 'greeting', handshakeFlags });
+  add(serializeAckReply(OptionType.STRUCTURED_REPLY), optionReply(OptionType.STRUCTURED_REPLY, OptionReplyType.ACK));
+  add(serializeMetaContextReply(OptionType.SET_META_CONTEXT, 1, 'base:allocation'), optionReply(OptionType.SET_META_CONTEXT, OptionReplyType.META_CONTEXT, buildMetaContextReplyData(1, 'base:allocation')));
+  add(serializeAckReply(OptionType.SET_META_CONTEXT), optionReply(OptionType.SET_META_CONTEXT, OptionReplyType.ACK));
+  add(serializeInfoExportReply(OptionType.GO, EXPORT_SIZE_BYTES, TRANSMISSION_FLAGS), optionReply(OptionType.GO, OptionReplyType.INFO, buildInfoExportData(EXPORT_SIZE_BYTES, TRANSMISSION_FLAGS)));
+  add(serializeAckReply(OptionType.GO), optionReply(OptionType.GO, OptionReplyType.ACK));
   const offsetDataHeader = serializeOffsetDataHeader(4n, 0, 1024, chunkData.length);
-  add(Buffer.concat([offsetDataHeader, chunkData]), chunk(0, ChunkType.OFFSET_DATA, 4n, Buffer.concat([offsetDataHeader.subarray(20), chunkData])));
-  const hole = serializeOffsetHoleChunk(4n, 0, 2048, 512);
-  add(hole, chunk(0, ChunkType.OFFSET_HOLE, 4n, hole.subarray(20)));
-  add(serializeNoneChunk(4n), chunk(ReplyFlag.DONE, ChunkType.NONE, 4n, Buffer.alloc(0)));
+  add(Buffer.concat([offsetDataHeader, chunkData]), structuredChunk(0, ChunkType.OFFSET_DATA, 4n, Buffer.concat([offsetDataHeader.subarray(20), chunkData])));
+  const hole = serializeOffsetHoleChunk(4n, 0, 1024 + chunkData.length, 512);
+  add(hole, structuredChunk(0, ChunkType.OFFSET_HOLE, 4n, hole.subarray(20)));
+  add(serializeNoneChunk(4n), structuredChunk(ReplyFlag.DONE, ChunkType.NONE, 4n, Buffer.alloc(0)));
   const extents = [
     { lengthBytes: 4096, flags: 0 },
     { lengthBytes: 65536, flags: StateFlag.HOLE | StateFlag.ZERO },
   ];
   const status = serializeBlockStatusChunk(5n, ReplyFlag.DONE, 1, extents);
-  add(status, chunk(ReplyFlag.DONE, ChunkType.BLOCK_STATUS, 5n, status.subarray(20)));
+  add(status, structuredChunk(ReplyFlag.DONE, ChunkType.BLOCK_STATUS, 5n, status.subarray(20)));
   const error = serializeErrorChunk(6n, ReplyFlag.DONE, Errno.EINVAL, 'bad offset');
-  add(error, chunk(ReplyFlag.DONE, ChunkType.ERROR, 6n, error.subarray(20)));
+  add(error, structuredChunk(ReplyFlag.DONE, ChunkType.ERROR, 6n, error.subarray(20)));
   const errorOffset = serializeErrorOffsetChunk(7n, 0, Errno.EIO, 8192, 'disk error');
-  add(errorOffset, chunk(0, ChunkType.ERROR_OFFSET, 7n, errorOffset.subarray(20)));
-  return {
-    name: 'server GO session',
-    stream: Buffer.concat(parts),
-    expected: expected.map(plain),
-    script: { simpleReads: [[1n, readData.length], [2n, 4096]] },
-  };
+  add(errorOffset, structuredChunk(0, ChunkType.ERROR_OFFSET, 7n, errorOffset.subarray(20)));
+  add(serializeSimpleReplyHeader(8n, 0), { kind: 'simpleReply', cookie: 8n, error: 0 });
+  return done('server GO session with structured replies', { requests: STRUCTURED_SESSION_REQUESTS });
 }
 
 /** A server answering EXPORT_NAME, with or without the 124 zero bytes. */
@@ -240,6 +282,6 @@ export function serverExportNameSession(noZeroes: boolean): ClientConversation {
     name: `server EXPORT_NAME session (noZeroes ${noZeroes})`,
     stream,
     expected: expected.map(plain),
-    script: { exportNameReplyAfterGreeting: { noZeroes } },
+    script: { exportNameReplyAfterGreeting: { noZeroes }, requests: [[9n, { type: CommandType.WRITE, flags: 0, offsetBytes: 0, lengthBytes: 512 }]] },
   };
 }
