@@ -16,7 +16,7 @@ import {
   type Volume,
   type VolumeConfig,
 } from '../storage/index.js';
-import { ExportTable, NbdServer, type AccessPolicy, type ListenAddress, type Logger, type ServerTls } from '../server/index.js';
+import { ExportTable, NbdServer, type AccessPolicy, type ConnectionLimits, type ListenAddress, type Logger, type ServerTls } from '../server/index.js';
 import { ApplianceError } from './errors.js';
 import { ApplianceEvents, nowMicros } from './events.js';
 import { ExportManager } from './exports.js';
@@ -47,6 +47,8 @@ export interface ApplianceOptions {
   nbdUriBase: string;
   /** NBD TLS mode and credentials; off when absent. */
   tls?: ServerTls;
+  /** Changes to the NBD server's connection limits (serve --memory-budget, ...); defaults when absent. */
+  connectionLimits?: Partial<ConnectionLimits>;
   /** Access policies of volumes' live exports, by volume name (serve --allow, --tls-only). */
   volumePolicies?: ReadonlyMap<string, AccessPolicy>;
   /**
@@ -74,7 +76,7 @@ export class Appliance {
     this.log = options.log;
     this.defaultVolumeName = options.defaultVolumeName;
     this.table = new ExportTable();
-    this.nbd = new NbdServer({ exports: this.table, log: options.log, tls: options.tls });
+    this.nbd = new NbdServer({ exports: this.table, log: options.log, tls: options.tls, limits: options.connectionLimits });
     this.exports = new ExportManager({ store, table: this.table, nbd: this.nbd, events: this.events, uriBase: options.nbdUriBase, volumePolicies: options.volumePolicies });
     this.jobs = new JobManager({ store, nbd: this.nbd, events: this.events, createSnapshot: (volume, name, note) => this.createSnapshot(volume, name, note) });
     this.nbd.onAttachChange((entry, connection, attached) => {

@@ -2,7 +2,9 @@
 
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { connectionLimitsOf, defaultConnectionLimits, type ConnectionLimits } from '../server/index.js';
 import { VolumeStore, validateSegmentSize, validateVolumeName } from '../storage/index.js';
+import { parseDuration } from './durations.js';
 import { inspectLog } from './log-inspect.js';
 import { serve, serveDefaults } from './serve.js';
 import { runTlsCommand } from './tls-certificates.js';
@@ -60,6 +62,18 @@ Options:
   --tls-only VOLUME       (repeatable) the volume's export refuses clients that did not start TLS
   --allow VOLUME=RULES    (repeatable) only these clients may use the volume's export; RULES are
                           comma-separated IP, CIDR (10.0.0.0/8), cn:CERTIFICATE-NAME or unix
+
+NBD connection limits (docs/limits.md):
+  --memory-budget SIZE    memory all NBD connections share beyond 2 MiB each: requests being
+                          received, in flight and replies queued (default ${formatBytes(defaultConnectionLimits.memoryBudgetBytes)}); when it is used up,
+                          the connections that need more stop being read until memory frees
+  --max-connections-per-address N   TCP connections from one address (default ${defaultConnectionLimits.connectionsPerAddressMax})
+  --max-negotiating N     connections still negotiating, from all addresses (default ${defaultConnectionLimits.negotiatingConnectionCountMax})
+  --negotiation-timeout DURATION    time to finish the handshake, TLS included (default ${defaultConnectionLimits.negotiationTimeoutMs / 1000}s)
+  --stall-timeout DURATION          drop a client whose replies wait unread, or whose request stays
+                                    half sent, this long (default ${defaultConnectionLimits.stallTimeoutMs / 1000}s); idle clients stay
+  --dead-peer-timeout DURATION      drop a TCP client that answers nothing, keepalive probes
+                                    included, this long (default ${defaultConnectionLimits.deadPeerTimeoutMs / 1000}s)
 
 The default volume's retention policy: these options set it when the volume is made, and change
 it at every start they are given (what is not given stays as stored; "cdp-nbd retention set" changes
@@ -187,6 +201,12 @@ async function runServe(argv: string[]): Promise<number> {
       'tls-verify-clients': { type: 'boolean', default: false },
       'tls-only': { type: 'string', multiple: true, default: [] },
       allow: { type: 'string', multiple: true, default: [] },
+      'memory-budget': { type: 'string' },
+      'max-connections-per-address': { type: 'string' },
+      'max-negotiating': { type: 'string' },
+      'negotiation-timeout': { type: 'string' },
+      'stall-timeout': { type: 'string' },
+      'dead-peer-timeout': { type: 'string' },
       ...retentionOptions,
       help: { type: 'boolean', short: 'h' },
     },
@@ -215,6 +235,7 @@ async function runServe(argv: string[]): Promise<number> {
     logCompression,
     version,
     defaultVolumeRetention: retention,
+    connectionLimits: connectionLimitChangesOf(values),
     access: {
       tlsMode: values.tls,
       certificateFile: values['tls-cert'],
@@ -226,6 +247,31 @@ async function runServe(argv: string[]): Promise<number> {
     },
   });
   return -1; // keeps running until a signal
+}
+
+/** The connection limits the serve options change; checked against each other by connectionLimitsOf. */
+function connectionLimitChangesOf(values: Record<string, string | boolean | string[] | undefined>): Partial<ConnectionLimits> {
+  const text = (name: string): string | undefined => values[name] as string | undefined;
+  const count = (name: string): number | undefined => {
+    const given = text(name);
+    if (given === undefined) return undefined;
+    if (!/^\d+$/.test(given)) throw new Error(`--${name} takes a whole number, not "${given}"`);
+    return Number(given);
+  };
+  const milliseconds = (name: string): number | undefined => {
+    const given = text(name);
+    return given === undefined ? undefined : parseDuration(given) * 1000;
+  };
+  const changes: Partial<ConnectionLimits> = {
+    memoryBudgetBytes: text('memory-budget') === undefined ? undefined : parseSize(text('memory-budget')!),
+    connectionsPerAddressMax: count('max-connections-per-address'),
+    negotiatingConnectionCountMax: count('max-negotiating'),
+    negotiationTimeoutMs: milliseconds('negotiation-timeout'),
+    stallTimeoutMs: milliseconds('stall-timeout'),
+    deadPeerTimeoutMs: milliseconds('dead-peer-timeout'),
+  };
+  connectionLimitsOf(changes); // throws, naming the limit, before anything opens
+  return changes;
 }
 
 async function runVolume(argv: string[]): Promise<number> {

@@ -10,12 +10,14 @@ import { buildApp } from '../api/app.js';
 import { Appliance } from '../appliance/appliance.js';
 import { loadOrCreateApiToken } from '../appliance/api-token.js';
 import {
+  connectionLimitsOf,
+  connectionMemoryBoundBytes,
   loadServerTls,
   parseAccessPolicy,
   parseListenAddress,
-  serverLimits,
   tlsModes,
   type AccessPolicy,
+  type ConnectionLimits,
   type ListenAddress,
   type ServerTls,
   type TlsMode,
@@ -39,6 +41,8 @@ export interface ServeOptions {
   access?: ServeAccessOptions;
   /** Changes to the default volume's retention policy (--keep-all, --hourly, ...). */
   defaultVolumeRetention?: RetentionPolicyChanges;
+  /** Changes to the NBD connection limits (--memory-budget, --max-connections-per-address, ...). */
+  connectionLimits?: Partial<ConnectionLimits>;
 }
 
 /** NBD TLS and access options as given on the command line; checked by accessSettingsOf. */
@@ -60,7 +64,8 @@ export interface AccessSettings {
 }
 
 /** Check the TLS and access options and load the credentials; throws Error naming the bad option. */
-export function accessSettingsOf(options: ServeAccessOptions): AccessSettings {
+/** `handshakeTimeoutMs` bounds the TLS handshake (the negotiation timeout). */
+export function accessSettingsOf(options: ServeAccessOptions, handshakeTimeoutMs: number): AccessSettings {
   if (!(tlsModes as readonly string[]).includes(options.tlsMode)) throw new Error(`--tls is one of ${tlsModes.join(', ')}, not "${options.tlsMode}"`);
   const mode = options.tlsMode as TlsMode;
   const anyFile = options.certificateFile !== undefined || options.keyFile !== undefined || options.caFile !== undefined || options.verifyClients === true;
@@ -68,7 +73,7 @@ export function accessSettingsOf(options: ServeAccessOptions): AccessSettings {
   const files = anyFile
     ? { certificateFile: options.certificateFile!, keyFile: options.keyFile!, caFile: options.caFile ?? null, verifyClients: options.verifyClients ?? false }
     : null;
-  const tls = loadServerTls(mode, files, serverLimits.negotiationTimeoutMs);
+  const tls = loadServerTls(mode, files, handshakeTimeoutMs);
 
   const rulesByVolume = new Map<string, string[]>();
   const tlsOnlyVolumes = new Set<string>();
@@ -112,7 +117,8 @@ export async function serve(options: ServeOptions): Promise<void> {
   limitAllocatorRetention(); // large payload buffers go back to the system when freed
   const log = pino({ level: options.logLevel, base: undefined }, pino.destination(2));
   const tcp = parseListenAddress(options.nbdListen);
-  const access = accessSettingsOf(options.access ?? { tlsMode: 'off' });
+  const connectionLimits = connectionLimitsOf(options.connectionLimits);
+  const access = accessSettingsOf(options.access ?? { tlsMode: 'off' }, connectionLimits.negotiationTimeoutMs);
   const appliance = await Appliance.start({
     dataDirectory: options.dataDirectory,
     defaultVolumeName: options.defaultVolumeName,
@@ -124,6 +130,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     tls: access.tls,
     volumePolicies: access.volumePolicies,
     defaultVolumeRetention: options.defaultVolumeRetention,
+    connectionLimits,
   });
   for (const volume of access.volumePolicies.keys()) {
     if (appliance.table.lookup(volume) === undefined) log.warn({ volume }, 'an access policy names a volume that does not exist (yet)');
@@ -145,6 +152,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     httpAddress = bound === null || typeof bound === 'string' ? bound : `${bound.address}:${bound.port}`;
   }
 
+  log.info({ ...connectionLimits, memoryBoundBytes: connectionMemoryBoundBytes(connectionLimits) }, 'NBD connection limits');
   log.info({ nbd: addresses.map(describeAddress), tls: access.tls.mode, tlsCertificateValidTo: access.tls.certificateValidTo?.toISOString(), http: httpAddress, exports: appliance.exports.list().map((entry) => entry.name) }, servingMessage);
 
   let stopping = false;
