@@ -1,9 +1,11 @@
 // Finding TCP peers that vanished (docs/limits.md "Dead and stuck clients"). A host that lost
 // power sends no FIN: without help its connection stays open, and its export stays attached,
-// forever. Keepalive probes find it while the connection is idle, and TCP_USER_TIMEOUT bounds
-// how long replies sent to it may stay unacknowledged. Node sets only the idle time; the probe
-// interval, the count and the user timeout come from the native addon. A healthy client that is
-// only quiet answers the probes from its kernel, so it is never dropped.
+// forever. Keepalive probes find it while the connection is idle; TCP_USER_TIMEOUT bounds how long
+// replies sent to it may stay unacknowledged, which keepalive does not cover (it does not probe
+// while data is outstanding, and retransmissions alone last ~15 minutes). Node chooses only the
+// idle time (libuv fixes 10 probes 1 s apart) and never sets the user timeout: both come from the
+// native addon. A healthy client that is only quiet answers the probes from its kernel, so it is
+// never dropped for being idle.
 
 import type { Socket } from 'node:net';
 import { setTcpKeepAlive, setTcpUserTimeout } from 'cdp-native';

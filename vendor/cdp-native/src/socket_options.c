@@ -1,7 +1,7 @@
-/* TCP keepalive timing and TCP_USER_TIMEOUT on a connected socket (tcp(7)). Node sets only
- * SO_KEEPALIVE and TCP_KEEPIDLE; without the rest, a peer that vanished is found only after the
- * system's defaults (9 probes 75 s apart) or, with replies unacknowledged, after about 15 minutes
- * of retransmissions. */
+/* TCP keepalive timing and TCP_USER_TIMEOUT on a connected socket (tcp(7)). Node's setKeepAlive
+ * sets the idle time, and libuv fixes the probes at 10, 1 s apart; nothing in Node sets
+ * TCP_USER_TIMEOUT, and keepalive does not probe while sent data is unacknowledged, so a peer that
+ * vanished with replies in flight is found only after about 15 minutes of retransmissions. */
 #include "socket_options.h"
 
 #include <errno.h>

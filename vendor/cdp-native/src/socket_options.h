@@ -1,5 +1,6 @@
-/* TCP options Node's net module cannot set: the keepalive probe interval and count, and
- * TCP_USER_TIMEOUT. See README.md. Each function returns 0 or the errno of the failed call. */
+/* TCP options Node's net module does not let a caller choose: the keepalive probe interval and
+ * count, and TCP_USER_TIMEOUT. See README.md. Each function returns 0 or the errno of the failed
+ * call. */
 #ifndef CDP_NATIVE_SOCKET_OPTIONS_H
 #define CDP_NATIVE_SOCKET_OPTIONS_H
 
