@@ -48,6 +48,16 @@ export interface ConnectionContext {
   limits: ConnectionLimits;
 }
 
+/**
+ * Bytes of the writes handed to libuv that the kernel has not taken yet. Unlike writableLength,
+ * it goes down as the kernel takes them, not only when a whole write (up to a batch of replies)
+ * is done, so a slow reader is seen to make progress. Null when the handle does not say.
+ */
+function kernelQueueBytesOf(socket: Socket): number | null {
+  const size = (socket as unknown as { _handle?: { writeQueueSize?: unknown } | null })._handle?.writeQueueSize;
+  return typeof size === 'number' ? size : null;
+}
+
 /** Socket errors that mean the peer stopped answering: keepalive or TCP_USER_TIMEOUT gave up on it. */
 const deadPeerErrorCodes = new Set(['ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN']);
 
@@ -96,6 +106,7 @@ export class Connection implements ReplySink, BudgetHolder {
   private receivedBytesSeen = 0;
   private receiveProgressMs = Date.now();
   private finishedReplyBytesSeen = 0;
+  private kernelQueueBytesSeen = Number.POSITIVE_INFINITY;
   private writeProgressMs = Date.now();
   private paused = false;
   private disconnecting = false;
@@ -135,11 +146,15 @@ export class Connection implements ReplySink, BudgetHolder {
     return this.transmission === null && !this.closed;
   }
 
-  /** Bytes this connection holds: received and not yet served, held, in flight, replies queued. */
+  /**
+   * Bytes this connection holds: received and not yet served, held, in flight, replies queued.
+   * Over TLS, replies are queued twice: as written, and encrypted on the socket beneath.
+   */
   heldBytes(): number {
     const received = Math.max(this.parser.bufferedBytes, this.reservedBytes);
     const held = this.heldRequest?.payload?.length ?? 0;
-    return received + held + this.inFlightBytes + this.socket.writableLength;
+    const encrypted = this.socket === this.rawSocket ? 0 : (kernelQueueBytesOf(this.rawSocket) ?? 0);
+    return received + held + this.inFlightBytes + this.socket.writableLength + encrypted;
   }
 
   /** The memory budget has room for what this connection waits for. */
@@ -168,14 +183,19 @@ export class Connection implements ReplySink, BudgetHolder {
     this.drop('its negotiating slot went to a client from an address with fewer', 'evicted');
   }
 
-  /** How long replies have waited without any of them leaving (0 when none wait or they move). */
+  /**
+   * How long replies have waited without any byte of them leaving (0 when none wait or they move):
+   * a write finished, or the kernel took part of one (the raw socket's queue went down; over TLS
+   * it holds the encrypted replies).
+   */
   private writeStalledMs(nowMs: number): number {
     const queuedBytes = this.socket.writableLength;
     const finishedBytes = (this.socket.bytesWritten ?? 0) - queuedBytes;
-    if (queuedBytes === 0 || finishedBytes !== this.finishedReplyBytesSeen) {
-      this.finishedReplyBytesSeen = finishedBytes;
-      this.writeProgressMs = nowMs;
-    }
+    const kernelQueueBytes = kernelQueueBytesOf(this.rawSocket) ?? 0;
+    const moved = finishedBytes !== this.finishedReplyBytesSeen || kernelQueueBytes < this.kernelQueueBytesSeen;
+    this.finishedReplyBytesSeen = finishedBytes;
+    this.kernelQueueBytesSeen = kernelQueueBytes;
+    if (queuedBytes === 0 || moved) this.writeProgressMs = nowMs;
     return nowMs - this.writeProgressMs;
   }
 
@@ -463,7 +483,9 @@ export class Connection implements ReplySink, BudgetHolder {
   private startRequest(request: RequestMessage): boolean {
     const transmission = this.transmission!;
     const payloadBytes = request.payload?.length ?? 0;
-    const neededBytes = payloadBytes + transmission.replyBytesMax(request);
+    // Over TLS a reply is held twice for a while: as written, and encrypted beneath (heldBytes).
+    const replyCopies = this.socket === this.rawSocket ? 1 : 2;
+    const neededBytes = payloadBytes + replyCopies * transmission.replyBytesMax(request);
     if (this.reservedBytes > 0) {
       this.reservedBytes = 0; // the reservation (payload and reply bound) becomes in-flight bytes
     } else {

@@ -56,6 +56,20 @@ class StuckClient extends RawConnection {
     this.send(Buffer.concat(headers));
   }
 
+  /** Read about `bytesPerTurn` every `intervalMs`, and no more (the socket is paused in between). */
+  readSlowly(bytesPerTurn: number, intervalMs: number): NodeJS.Timeout {
+    let readBytes = 0;
+    this.socket.pause();
+    this.socket.on('data', (chunk: Buffer) => {
+      readBytes += chunk.length;
+      if (readBytes >= bytesPerTurn) this.socket.pause();
+    });
+    return setInterval(() => {
+      readBytes = 0;
+      this.socket.resume();
+    }, intervalMs);
+  }
+
   /** A WRITE header for 1 MiB and 100 KiB of its payload, then nothing. */
   sendHalfAWrite(): void {
     this.send(serializeRequestHeader(CommandType.WRITE, 0, 1n, 0, MiB), Buffer.alloc(100 * KiB, 0x77));
@@ -170,4 +184,23 @@ t.test('waiting for memory is not stalling, and a slow sender is not a stalled o
     const reply = await reader.next(60_000);
     t.ok(reply?.kind === 'simpleReply' && reply.cookie === cookie && reply.error === 0 && reply.data?.length === 8 * MiB, `read ${cookie} is served once the slow writers are gone`);
   }
+});
+
+t.test('a client that reads its replies slowly is not a stalled one', async (t) => {
+  // Two 16 MiB replies, read 1 MiB every quarter second: about 8 s, when the stall timeout is 3 s.
+  // Whole writes finish only at the end (they may go as one batch), but the kernel takes their
+  // bytes all along: that is progress.
+  const appliance = await startAppliance(t, { dataDirectory: temporaryDirectory(t), extraArguments: ['--stall-timeout', '3s'] });
+  const reader = await StuckClient.attach(appliance);
+  t.teardown(() => reader.destroy());
+  const pump = reader.readSlowly(MiB, 250);
+  t.teardown(() => clearInterval(pump));
+  for (const cookie of [1n, 2n]) reader.parser.expectSimpleReadReply(cookie, 16 * MiB);
+  reader.send(serializeRequestHeader(CommandType.READ, 0, 1n, 0, 16 * MiB), serializeRequestHeader(CommandType.READ, 0, 2n, 16 * MiB, 16 * MiB));
+  for (const cookie of [1n, 2n]) {
+    const reply = await reader.next(120_000);
+    t.ok(reply?.kind === 'simpleReply' && reply.cookie === cookie && reply.error === 0 && reply.data?.length === 16 * MiB, `read ${cookie} arrives whole`);
+  }
+  t.equal(sample(await readMetrics(appliance), 'cdp_nbd_connections_dropped_total{reason="writeStall"}'), 0, 'the slow reader was not dropped');
+  t.equal(await attachedCount(appliance), 1);
 });
