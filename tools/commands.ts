@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { connectionLimitsOf, defaultConnectionLimits, type ConnectionLimits } from '../server/index.js';
 import { VolumeStore, validateSegmentSize, validateVolumeName } from '../storage/index.js';
-import { parseDuration } from './durations.js';
+import { formatDuration, parseDuration } from './durations.js';
 import { inspectLog } from './log-inspect.js';
 import { serve, serveDefaults } from './serve.js';
 import { runTlsCommand } from './tls-certificates.js';
@@ -69,11 +69,11 @@ NBD connection limits (docs/limits.md):
                           the connections that need more stop being read until memory frees
   --max-connections-per-address N   TCP connections from one address (default ${defaultConnectionLimits.connectionsPerAddressMax})
   --max-negotiating N     connections still negotiating, from all addresses (default ${defaultConnectionLimits.negotiatingConnectionCountMax})
-  --negotiation-timeout DURATION    time to finish the handshake, TLS included (default ${defaultConnectionLimits.negotiationTimeoutMs / 1000}s)
+  --negotiation-timeout DURATION    time to finish the handshake, TLS included (default ${formatDuration(defaultConnectionLimits.negotiationTimeoutMs / 1000)})
   --stall-timeout DURATION          drop a client whose replies wait unread, or whose request stays
-                                    half sent, this long (default ${defaultConnectionLimits.stallTimeoutMs / 1000}s); idle clients stay
+                                    half sent, this long (default ${formatDuration(defaultConnectionLimits.stallTimeoutMs / 1000)}); idle clients stay
   --dead-peer-timeout DURATION      drop a TCP client that answers nothing, keepalive probes
-                                    included, this long (default ${defaultConnectionLimits.deadPeerTimeoutMs / 1000}s)
+                                    included, this long (default ${formatDuration(defaultConnectionLimits.deadPeerTimeoutMs / 1000)})
 
 The default volume's retention policy: these options set it when the volume is made, and change
 it at every start they are given (what is not given stays as stored; "cdp-nbd retention set" changes

@@ -6,11 +6,19 @@
 // - per address, no more connections than the cap; when the negotiating slots are full, a
 //   newcomer from a lighter address takes the oldest slot of the heaviest, and one from the
 //   heaviest is refused;
-// - refusals are logged at most once per interval per reason, with the count since the last line.
+// - refusals are logged at most once per interval per reason, with the count since the last line;
+// - keepalive probes start at half the dead-peer timeout and fit in it, in whole seconds;
+// - serve refuses limits that break a relationship, naming it, before anything opens.
 // The same code runs under the real server in negotiation-flood, stuck-readers and vanished-peer.
 
 import t from 'tap';
+import fs from 'node:fs';
 import { ConnectionCaps, RefusalLog } from '../../server/connection-caps.js';
+import { keepAliveSettingsOf } from '../../server/keepalive.js';
+import { connectionLimitsOf, connectionMemoryBoundBytes, defaultConnectionLimits } from '../../server/limits.js';
+import { cliPath } from '../support/appliance.js';
+import { temporaryDirectory } from '../support/temporary-directory.js';
+import { run } from '../support/tools.js';
 import { MemoryBudget, type BudgetHolder } from '../../server/memory-budget.js';
 
 const MiB = 1024 * 1024;
@@ -139,4 +147,34 @@ t.test('refusals are logged once per interval per reason, with the count since t
     ['negotiating', 1],
     ['perAddress', 100],
   ]);
+});
+
+t.test('keepalive from the dead-peer timeout', async (t) => {
+  t.same(keepAliveSettingsOf(120_000), { idleSeconds: 60, intervalSeconds: 15, probeCount: 4, userTimeoutMs: 120_000 }, 'the default: probes from 60 s, 15 s apart, given up at 2 min');
+  t.same(keepAliveSettingsOf(4000), { idleSeconds: 2, intervalSeconds: 1, probeCount: 4, userTimeoutMs: 4000 }, 'a short one still counts whole seconds, at least 1');
+  for (const timeoutMs of [2000, 5000, 61_000, 3_600_000]) {
+    const settings = keepAliveSettingsOf(timeoutMs);
+    t.ok(settings.idleSeconds + settings.probeCount * settings.intervalSeconds <= Math.max(2, timeoutMs / 1000) + settings.probeCount, `${timeoutMs} ms: the probes end near the timeout`);
+  }
+});
+
+t.test('limits are checked against each other; serve refuses bad ones before opening anything', async (t) => {
+  t.same(connectionLimitsOf(), defaultConnectionLimits);
+  t.equal(connectionMemoryBoundBytes(defaultConnectionLimits), 512 * MiB + 512 * (2 * MiB + 128 * 1024), 'the stated bound with the defaults: 1.6 GiB');
+  t.throws(() => connectionLimitsOf({ memoryBudgetBytes: 16 * MiB }), /memory budget holds a maximal request/);
+  t.throws(() => connectionLimitsOf({ connectionsPerAddressMax: 0 }), /connections per address/);
+  t.throws(() => connectionLimitsOf({ negotiatingConnectionCountMax: 513 }), /connections negotiating/);
+  t.throws(() => connectionLimitsOf({ stallTimeoutMs: 1000 }), /stall timeout/);
+  t.throws(() => connectionLimitsOf({ deadPeerTimeoutMs: 1000 }), /dead-peer timeout/);
+  const directory = temporaryDirectory(t);
+  for (const [option, value, problem] of [
+    ['--memory-budget', '1M', /memory budget holds a maximal request/],
+    ['--max-negotiating', 'many', /--max-negotiating takes a whole number/],
+    ['--stall-timeout', '1s', /stall timeout/],
+  ] as const) {
+    const result = await run(process.execPath, [cliPath, 'serve', '--data', `${directory}/data`, '--nbd-listen', '127.0.0.1:0', '--http-listen', 'none', option, value], { timeoutMs: 30_000 });
+    t.not(result.code, 0, `serve ${option} ${value} is refused`);
+    t.match(result.stderr, problem);
+  }
+  t.notOk(fs.existsSync(`${directory}/data`), 'before anything was made');
 });
