@@ -56,6 +56,11 @@ export class ConnectionCaps<C extends CappedConnection> {
     this.negotiatingSet.delete(connection);
   }
 
+  /** The connection gave its negotiating slot to a newcomer: the slot is free now, not when it closes. */
+  evicted(connection: C): void {
+    this.negotiatingSet.delete(connection);
+  }
+
   closed(connection: C): void {
     this.negotiatingSet.delete(connection);
     const address = connection.address;

@@ -110,6 +110,8 @@ export class Connection implements ReplySink, BudgetHolder {
   private writeProgressMs = Date.now();
   private paused = false;
   private disconnecting = false;
+  /** Set once the server decided to end the connection (drop): later reasons are not counted again. */
+  private dropped = false;
   private corked = false;
   private negotiationTimer: NodeJS.Timeout | null;
   private idleWaiters: Array<() => void> = [];
@@ -250,8 +252,8 @@ export class Connection implements ReplySink, BudgetHolder {
   };
 
   private readonly onError = (error: NodeJS.ErrnoException): void => {
-    if (error.code !== undefined && deadPeerErrorCodes.has(error.code) && !this.disconnecting) {
-      this.disconnecting = true;
+    if (error.code !== undefined && deadPeerErrorCodes.has(error.code) && !this.dropped) {
+      this.dropped = this.disconnecting = true;
       this.log.warn({ connection: this.id, remote: this.remote, export: this.entry?.name, error: error.message }, 'client stopped answering (keepalive or unacknowledged replies): dropped');
       this.hooks.dropped('deadPeer');
       return;
@@ -285,6 +287,7 @@ export class Connection implements ReplySink, BudgetHolder {
       this.hangUp();
     } else {
       this.transmission.shuttingDown = true;
+      this.resumeIfRoom(); // a request waiting for memory is answered now
       await this.whenIdle();
       this.socket.end();
     }
@@ -486,9 +489,11 @@ export class Connection implements ReplySink, BudgetHolder {
     // Over TLS a reply is held twice for a while: as written, and encrypted beneath (heldBytes).
     const replyCopies = this.socket === this.rawSocket ? 1 : 2;
     const neededBytes = payloadBytes + replyCopies * transmission.replyBytesMax(request);
+    // A reserved WRITE needs nothing more: its reservation becomes in-flight bytes. While shutting
+    // down, every request is answered at once with ESHUTDOWN, a small reply that waits for nothing.
     if (this.reservedBytes > 0) {
-      this.reservedBytes = 0; // the reservation (payload and reply bound) becomes in-flight bytes
-    } else {
+      this.reservedBytes = 0;
+    } else if (!transmission.shuttingDown) {
       const countedBytes = request === this.heldRequest ? payloadBytes : 0;
       if (!this.budget.admit(this, neededBytes - countedBytes)) {
         this.heldRequest = request;
@@ -524,6 +529,8 @@ export class Connection implements ReplySink, BudgetHolder {
 
   /** Close at once, saying why; a reason the counters know is counted (and logged less loudly when floods make it common). */
   private drop(reason: string, counted?: DropReason): void {
+    if (this.dropped) return;
+    this.dropped = true;
     const fields = { connection: this.id, remote: this.remote, export: this.entry?.name, reason };
     if (counted === 'evicted') this.log.debug(fields, 'dropping connection');
     else if (counted === 'negotiationTimeout') this.log.info(fields, 'dropping connection');

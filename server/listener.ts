@@ -165,7 +165,10 @@ export class NbdServer {
       this.refuse(verdict.reason, socket.remoteAddress === undefined ? 'unix socket' : `${socket.remoteAddress}:${socket.remotePort}`);
       return;
     }
-    if (verdict.kind === 'acceptEvicting') verdict.evicted.evict();
+    if (verdict.kind === 'acceptEvicting') {
+      this.caps.evicted(verdict.evicted);
+      verdict.evicted.evict();
+    }
     if (socket.remoteAddress !== undefined) this.enableKeepAlive(socket);
     const connection = new Connection(this.nextConnectionId++, socket, this.exports, this.log, {
       attached: (entry, attachedConnection) => {

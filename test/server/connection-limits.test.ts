@@ -132,6 +132,13 @@ t.test('per-address cap, negotiating cap, and who gives up a negotiating slot', 
   t.same(caps.judge(null), { kind: 'acceptEvicting', evicted: { address: '10.0.0.2', name: 'b1' } }, 'unix-socket clients count as one address of their own, lighter than 10.0.0.2');
   caps.attached(c1);
   t.same(caps.judge('10.0.0.3'), { kind: 'accept' }, 'an attached connection no longer holds a negotiating slot');
+  open('10.0.0.4', 'd1');
+  const verdict = caps.judge('10.0.0.5');
+  t.same(verdict, { kind: 'acceptEvicting', evicted: { address: '10.0.0.2', name: 'b1' } });
+  if (verdict.kind === 'acceptEvicting') caps.evicted(verdict.evicted);
+  open('10.0.0.5', 'e1');
+  t.equal(caps.negotiatingCount, 4, 'an evicted connection gives up its slot at once, not when it has closed');
+  t.not((caps.judge('10.0.0.6') as { evicted?: StandIn }).evicted?.name, 'b1', 'so a second newcomer in the same turn does not evict it again');
 });
 
 t.test('refusals are logged once per interval per reason, with the count since the last line', async (t) => {

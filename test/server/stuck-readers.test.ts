@@ -8,7 +8,7 @@
 //   through a WRITE, while a client that is only idle, with nothing pending, stays attached.
 
 import t from 'tap';
-import { ClientFlag, CommandType, OptionReplyType, serializeClientFlags, serializeGoOption, serializeRequestHeader } from 'nbd-protocol-ts';
+import { ClientFlag, CommandType, Errno, OptionReplyType, serializeClientFlags, serializeGoOption, serializeRequestHeader } from 'nbd-protocol-ts';
 import { NbdClient } from '../../transfer/nbd-client.js';
 import { apiRequest } from '../support/api.js';
 import { startAppliance, type Appliance } from '../support/appliance.js';
@@ -203,4 +203,23 @@ t.test('a client that reads its replies slowly is not a stalled one', async (t) 
   }
   t.equal(sample(await readMetrics(appliance), 'cdp_nbd_connections_dropped_total{reason="writeStall"}'), 0, 'the slow reader was not dropped');
   t.equal(await attachedCount(appliance), 1);
+});
+
+t.test('on shutdown, a request waiting for memory is answered ESHUTDOWN', async (t) => {
+  // The memory is held by clients that read no replies: shutting down does not free it (their
+  // replies never drain; the grace period ends them), so only answering at once helps the waiter.
+  const appliance = await startAppliance(t, { dataDirectory: temporaryDirectory(t), extraArguments: ['--memory-budget', '64M'] });
+  const stuck = await Promise.all(Array.from({ length: 3 }, () => StuckClient.attach(appliance)));
+  t.teardown(() => stuck.forEach((client) => client.destroy()));
+  for (const client of stuck) client.pipelineReads(96);
+  await waitFor('the stuck clients to use up the budget', async () => (sample(await readMetrics(appliance), 'cdp_nbd_connection_memory_shared_bytes') >= budgetBytes - 2 * MiB ? true : undefined));
+  const reader = await StuckClient.attach(appliance);
+  t.teardown(() => reader.destroy());
+  reader.parser.expectSimpleReadReply(1n, 8 * MiB);
+  reader.send(serializeRequestHeader(CommandType.READ, 0, 1n, 0, 8 * MiB));
+  await waitFor('the read to wait for memory', async () => (sample(await readMetrics(appliance), 'cdp_nbd_connections_waiting_for_memory') >= 1 ? true : undefined));
+  const stopped = appliance.stop();
+  const reply = await reader.next(60_000);
+  t.ok(reply?.kind === 'simpleReply' && reply.cookie === 1n && reply.error === Errno.ESHUTDOWN, `the waiting read is answered ESHUTDOWN (${JSON.stringify(reply?.kind === 'simpleReply' ? { cookie: String(reply.cookie), error: reply.error } : (reply?.kind ?? 'closed'))})`);
+  t.equal(await stopped, 0, 'and the appliance stops cleanly (the stuck clients are cut after the grace period)');
 });
