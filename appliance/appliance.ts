@@ -16,7 +16,7 @@ import {
   type Volume,
   type VolumeConfig,
 } from '../storage/index.js';
-import { ExportTable, NbdServer, type AccessPolicy, type ListenAddress, type Logger, type ServerTls } from '../server/index.js';
+import { ExportTable, NbdServer, type AccessPolicy, type ConnectionLimits, type ListenAddress, type Logger, type ServerTls } from '../server/index.js';
 import { LocalPathPolicy, noLocalPaths, type LocalPathRules } from '../transfer/local-paths.js';
 import type { NbdClientTls } from '../transfer/client-tls.js';
 import type { NbdTimeouts } from '../transfer/limits.js';
@@ -50,6 +50,8 @@ export interface ApplianceOptions {
   nbdUriBase: string;
   /** NBD TLS mode and credentials; off when absent. */
   tls?: ServerTls;
+  /** Changes to the NBD server's connection limits (serve --memory-budget, ...); defaults when absent. */
+  connectionLimits?: Partial<ConnectionLimits>;
   /** Access policies of volumes' live exports, by volume name (serve --allow, --tls-only). */
   volumePolicies?: ReadonlyMap<string, AccessPolicy>;
   /**
@@ -86,7 +88,7 @@ export class Appliance {
     this.log = options.log;
     this.defaultVolumeName = options.defaultVolumeName;
     this.table = new ExportTable();
-    this.nbd = new NbdServer({ exports: this.table, log: options.log, tls: options.tls });
+    this.nbd = new NbdServer({ exports: this.table, log: options.log, tls: options.tls, limits: options.connectionLimits });
     this.exports = new ExportManager({ store, table: this.table, nbd: this.nbd, events: this.events, uriBase: options.nbdUriBase, volumePolicies: options.volumePolicies });
     this.jobs = new JobManager({
       store,

@@ -21,6 +21,10 @@ import { StorageError, storageLimits } from '../storage/index.js';
 import { serverLimits } from './limits.js';
 import type { Negotiated } from './negotiation.js';
 
+/** A structured reply chunk's header, and one extent of a BLOCK_STATUS chunk (proto.md). */
+const structuredReplyHeaderBytes = 20;
+const blockStatusExtentBytes = 8;
+
 /** Where replies go: the connection writes them to the socket in order of arrival here. */
 export interface ReplySink {
   send(buffers: readonly Buffer[]): void;
@@ -92,6 +96,32 @@ export class Transmission {
     } catch (error) {
       this.sendError(request, wireErrno(error), messageOf(error));
     }
+  }
+
+  /**
+   * The most bytes the request's reply can take, its payload aside: what the connection asks
+   * the memory budget for before serving it (a READ too long to serve is answered with an error).
+   */
+  replyBytesMax(request: RequestMessage): number {
+    if (request.type === CommandType.READ && request.lengthBytes <= serverLimits.payloadBytesMax) {
+      return request.lengthBytes + serverLimits.readReplyHeaderBytesMax;
+    }
+    if (request.type === CommandType.BLOCK_STATUS && this.negotiated.contexts.length > 0) {
+      const chunkBytesMax = structuredReplyHeaderBytes + 4 + blockStatusExtentBytes * this.extentCountMax(request.flags);
+      return Math.max(serverLimits.smallReplyBytesMax, this.negotiated.contexts.length * chunkBytesMax);
+    }
+    return serverLimits.smallReplyBytesMax;
+  }
+
+  /**
+   * Extents per context in one BLOCK_STATUS reply: REQ_ONE asks for one; otherwise as many as
+   * fit the reply's bound when shared by every selected context (at least one each, which the
+   * protocol allows: the client asks again for the rest).
+   */
+  private extentCountMax(flags: number): number {
+    if ((flags & CommandFlag.REQ_ONE) !== 0) return 1;
+    const shareBytes = serverLimits.blockStatusReplyBytesMax / Math.max(1, this.negotiated.contexts.length);
+    return Math.max(1, Math.min(serverLimits.blockStatusExtentCountMax, Math.floor(shareBytes / blockStatusExtentBytes)));
   }
 
   /** Answer a WRITE whose payload was over the limit (the parser skipped it). */
@@ -188,7 +218,7 @@ export class Transmission {
 
   private async blockStatus(request: RequestMessage): Promise<void> {
     const { cookie, flags, offsetBytes, lengthBytes } = request;
-    const extentCountMax = (flags & CommandFlag.REQ_ONE) !== 0 ? 1 : serverLimits.blockStatusExtentCountMax;
+    const extentCountMax = this.extentCountMax(flags);
     const contexts = this.negotiated.contexts;
     const extentLists = await Promise.all(contexts.map((context) => this.contextExtents(context.name, offsetBytes, lengthBytes, extentCountMax)));
     const chunks = contexts.map((context, index) =>

@@ -2,7 +2,9 @@
 
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { connectionLimitsOf, defaultConnectionLimits, type ConnectionLimits } from '../server/index.js';
 import { VolumeStore, validateSegmentSize, validateVolumeName } from '../storage/index.js';
+import { formatDuration, parseDuration } from './durations.js';
 import { inspectLog } from './log-inspect.js';
 import { serve, serveDefaults } from './serve.js';
 import { runTlsCommand } from './tls-certificates.js';
@@ -12,7 +14,6 @@ import { jobUsage, runJob, runRestore, runSeed, runVerify } from './job-commands
 import { retentionChangesOf, retentionOptions, retentionOptionsUsage, runRetention } from './retention-commands.js';
 import { runSnapshot, snapshotUsage } from './snapshot-commands.js';
 import { runToken, tokenUsage } from './token-commands.js';
-import { parseDuration } from './durations.js';
 import { defaultNbdTimeouts, nbdClientLimits, nbdTimeoutProblem } from '../transfer/limits.js';
 
 const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -82,6 +83,18 @@ What restores, verifications and seeds may reach besides NBD URIs (default: noth
   --remote-tls-ca FILE    nbds:// targets and sources: the CA their certificates must chain to
   --remote-tls-cert FILE  with --remote-tls-key FILE: the appliance's client certificate, for
                           servers that verify clients
+
+NBD connection limits (docs/limits.md):
+  --memory-budget SIZE    memory all NBD connections share beyond 2 MiB each: requests being
+                          received, in flight and replies queued (default ${formatBytes(defaultConnectionLimits.memoryBudgetBytes)}); when it is used up,
+                          the connections that need more stop being read until memory frees
+  --max-connections-per-address N   TCP connections from one address (default ${defaultConnectionLimits.connectionsPerAddressMax})
+  --max-negotiating N     connections still negotiating, from all addresses (default ${defaultConnectionLimits.negotiatingConnectionCountMax})
+  --negotiation-timeout DURATION    time to finish the handshake, TLS included (default ${formatDuration(defaultConnectionLimits.negotiationTimeoutMs / 1000)})
+  --stall-timeout DURATION          drop a client whose replies wait unread, or whose request stays
+                                    half sent, this long (default ${formatDuration(defaultConnectionLimits.stallTimeoutMs / 1000)}); idle clients stay
+  --dead-peer-timeout DURATION      drop a TCP client that answers nothing, keepalive probes
+                                    included, this long (default ${formatDuration(defaultConnectionLimits.deadPeerTimeoutMs / 1000)})
 
 The default volume's retention policy: these options set it when the volume is made, and change
 it at every start they are given (what is not given stays as stored; "cdp-nbd retention set" changes
@@ -226,6 +239,12 @@ async function runServe(argv: string[]): Promise<number> {
       'remote-tls-key': { type: 'string' },
       'nbd-connect-timeout': { type: 'string' },
       'nbd-request-timeout': { type: 'string' },
+      'memory-budget': { type: 'string' },
+      'max-connections-per-address': { type: 'string' },
+      'max-negotiating': { type: 'string' },
+      'negotiation-timeout': { type: 'string' },
+      'stall-timeout': { type: 'string' },
+      'dead-peer-timeout': { type: 'string' },
       ...retentionOptions,
       help: { type: 'boolean', short: 'h' },
     },
@@ -260,6 +279,7 @@ async function runServe(argv: string[]): Promise<number> {
     version,
     defaultVolumeRetention: retention,
     nbdTimeouts,
+    connectionLimits: connectionLimitChangesOf(values),
     access: {
       tlsMode: values.tls,
       certificateFile: values['tls-cert'],
@@ -287,6 +307,31 @@ function nbdTimeoutOption(flag: string, text: string | undefined): number | unde
   const problem = nbdTimeoutProblem(timeoutMs);
   if (problem !== null) throw new Error(`--${flag}: ${problem}`);
   return timeoutMs;
+}
+
+/** The connection limits the serve options change; checked against each other by connectionLimitsOf. */
+function connectionLimitChangesOf(values: Record<string, string | boolean | string[] | undefined>): Partial<ConnectionLimits> {
+  const text = (name: string): string | undefined => values[name] as string | undefined;
+  const count = (name: string): number | undefined => {
+    const given = text(name);
+    if (given === undefined) return undefined;
+    if (!/^\d+$/.test(given)) throw new Error(`--${name} takes a whole number, not "${given}"`);
+    return Number(given);
+  };
+  const milliseconds = (name: string): number | undefined => {
+    const given = text(name);
+    return given === undefined ? undefined : parseDuration(given) * 1000;
+  };
+  const changes: Partial<ConnectionLimits> = {
+    memoryBudgetBytes: text('memory-budget') === undefined ? undefined : parseSize(text('memory-budget')!),
+    connectionsPerAddressMax: count('max-connections-per-address'),
+    negotiatingConnectionCountMax: count('max-negotiating'),
+    negotiationTimeoutMs: milliseconds('negotiation-timeout'),
+    stallTimeoutMs: milliseconds('stall-timeout'),
+    deadPeerTimeoutMs: milliseconds('dead-peer-timeout'),
+  };
+  connectionLimitsOf(changes); // throws, naming the limit, before anything opens
+  return changes;
 }
 
 async function runVolume(argv: string[]): Promise<number> {

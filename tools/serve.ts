@@ -14,12 +14,15 @@ import { buildApp } from '../api/app.js';
 import { Appliance } from '../appliance/appliance.js';
 import { migrateLegacyToken, TokenStore } from '../appliance/api-tokens.js';
 import {
+  connectionLimitsOf,
+  connectionMemoryBoundBytes,
+  defaultConnectionLimits,
   loadServerTls,
   parseAccessPolicy,
   parseListenAddress,
-  serverLimits,
   tlsModes,
   type AccessPolicy,
+  type ConnectionLimits,
   type ListenAddress,
   type Logger,
   type ServerTls,
@@ -51,6 +54,8 @@ export interface ServeOptions {
   http?: ServeHttpOptions;
   /** Time limits of jobs' NBD targets and sources (--nbd-connect-timeout, --nbd-request-timeout). */
   nbdTimeouts?: NbdTimeouts;
+  /** Changes to the NBD connection limits (--memory-budget, --max-connections-per-address, ...). */
+  connectionLimits?: Partial<ConnectionLimits>;
 }
 
 /** What restores, verifications and seeds may reach, as given on the command line; checked by transferSettingsOf. */
@@ -116,7 +121,7 @@ export function httpSettingsOf(listen: string, options: ServeHttpOptions): HttpS
   let https: HttpSettings['https'] = null;
   if (options.certificateFile !== undefined) {
     try {
-      const loaded = loadServerTls('required', { certificateFile: options.certificateFile, keyFile: options.keyFile!, caFile: null, verifyClients: false }, serverLimits.negotiationTimeoutMs);
+      const loaded = loadServerTls('required', { certificateFile: options.certificateFile, keyFile: options.keyFile!, caFile: null, verifyClients: false }, defaultConnectionLimits.negotiationTimeoutMs);
       https = { certificate: loaded.engineOptions!.cert as Buffer, key: loaded.engineOptions!.key as Buffer, validTo: loaded.certificateValidTo! };
     } catch (error) {
       throw new Error(`--http-tls-cert/--http-tls-key: ${error instanceof Error ? error.message : String(error)}`);
@@ -165,7 +170,8 @@ export interface AccessSettings {
 }
 
 /** Check the TLS and access options and load the credentials; throws Error naming the bad option. */
-export function accessSettingsOf(options: ServeAccessOptions): AccessSettings {
+/** `handshakeTimeoutMs` bounds the TLS handshake (the negotiation timeout). */
+export function accessSettingsOf(options: ServeAccessOptions, handshakeTimeoutMs: number): AccessSettings {
   if (!(tlsModes as readonly string[]).includes(options.tlsMode)) throw new Error(`--tls is one of ${tlsModes.join(', ')}, not "${options.tlsMode}"`);
   const mode = options.tlsMode as TlsMode;
   const anyFile = options.certificateFile !== undefined || options.keyFile !== undefined || options.caFile !== undefined || options.verifyClients === true;
@@ -173,7 +179,7 @@ export function accessSettingsOf(options: ServeAccessOptions): AccessSettings {
   const files = anyFile
     ? { certificateFile: options.certificateFile!, keyFile: options.keyFile!, caFile: options.caFile ?? null, verifyClients: options.verifyClients ?? false }
     : null;
-  const tls = loadServerTls(mode, files, serverLimits.negotiationTimeoutMs);
+  const tls = loadServerTls(mode, files, handshakeTimeoutMs);
 
   const rulesByVolume = new Map<string, string[]>();
   const tlsOnlyVolumes = new Set<string>();
@@ -217,7 +223,8 @@ export async function serve(options: ServeOptions): Promise<void> {
   limitAllocatorRetention(); // large payload buffers go back to the system when freed
   const log = pino({ level: options.logLevel, base: undefined }, pino.destination(2));
   const tcp = parseListenAddress(options.nbdListen);
-  const access = accessSettingsOf(options.access ?? { tlsMode: 'off' });
+  const connectionLimits = connectionLimitsOf(options.connectionLimits);
+  const access = accessSettingsOf(options.access ?? { tlsMode: 'off' }, connectionLimits.negotiationTimeoutMs);
   const transfers = transferSettingsOf(options.transfers ?? {});
   const http = httpSettingsOf(options.httpListen, options.http ?? {});
   const appliance = await Appliance.start({
@@ -234,6 +241,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     localPaths: transfers.localPaths,
     remoteTls: transfers.remoteTls,
     nbdTimeouts: options.nbdTimeouts,
+    connectionLimits,
   });
   const tokens = openTokens(options.dataDirectory, log); // once the data folder is ours (the appliance's lock)
   for (const volume of access.volumePolicies.keys()) {
@@ -265,6 +273,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     );
   }
 
+  log.info({ ...connectionLimits, memoryBoundBytes: connectionMemoryBoundBytes(connectionLimits) }, 'NBD connection limits');
   log.info(
     {
       nbd: addresses.map(describeAddress),

@@ -2,6 +2,7 @@
 // volume's history lifecycle (bytes by part, how far back it reaches, reclaim and its cost).
 
 import type { FastifyInstance } from 'fastify';
+import type { ConnectionFigures } from '../../server/index.js';
 import type { RetentionStatus, Volume } from '../../storage/index.js';
 import type { AppContext } from '../context.js';
 
@@ -37,6 +38,27 @@ function securityMetrics(counts: { tlsStarted: number; tlsFailed: number; access
       ],
     },
     { name: 'cdp_nbd_access_refusals_total', help: 'NBD clients an export allowlist turned away.', type: 'counter', samples: [{ labels: {}, value: counts.accessRefused }] },
+  ];
+}
+
+/** The NBD server's connection limits at work (docs/limits.md): memory held, clients refused and dropped. */
+function connectionLimitMetrics(figures: ConnectionFigures): Metric[] {
+  const gauge = (name: string, help: string, value: number): Metric => ({ name, help, type: 'gauge', samples: [{ labels: {}, value }] });
+  const byReason = (name: string, help: string, counts: Record<string, number>): Metric => ({
+    name,
+    help,
+    type: 'counter',
+    samples: Object.entries(counts).map(([reason, value]) => ({ labels: { reason }, value })),
+  });
+  return [
+    gauge('cdp_nbd_connections_negotiating', 'NBD connections that have not chosen an export yet.', figures.negotiatingCount),
+    gauge('cdp_nbd_connections_waiting_for_memory', 'NBD connections not read until the memory budget has room for their next request.', figures.waitingForMemoryCount),
+    gauge('cdp_nbd_connection_memory_bytes', 'Bytes NBD connections hold: requests being received, in flight, replies queued.', figures.heldBytes),
+    gauge('cdp_nbd_connection_memory_shared_bytes', "Of those, the bytes beyond the connections' floors, which the budget bounds.", figures.sharedBytes),
+    gauge('cdp_nbd_connection_memory_budget_bytes', 'The memory budget shared by NBD connections (serve --memory-budget).', figures.memoryBudgetBytes),
+    gauge('cdp_nbd_connection_memory_bound_bytes', 'The most NBD connections can hold: the budget, a floor per connection and a read per socket.', figures.memoryBoundBytes),
+    byReason('cdp_nbd_connections_refused_total', 'NBD connections closed at accept, by cap: serverFull, perAddress, negotiating.', figures.refusedCounts),
+    byReason('cdp_nbd_connections_dropped_total', 'NBD connections the server ended, by reason: negotiationTimeout, evicted, writeStall, receiveStall, deadPeer.', figures.droppedCounts),
   ];
 }
 
@@ -117,6 +139,7 @@ export async function metricsRoutes(app: FastifyInstance, context: AppContext): 
       { name: 'cdp_nbd_connections', help: 'NBD connections open.', type: 'gauge', samples: [{ labels: {}, value: context.appliance.nbd.connectionCount }] },
       { name: 'cdp_nbd_exports', help: 'NBD exports (live volumes, views and clones).', type: 'gauge', samples: [{ labels: {}, value: context.appliance.exports.list().length }] },
       ...securityMetrics(context.appliance.nbd.securityCounts),
+      ...connectionLimitMetrics(context.appliance.nbd.figures),
       ...historyMetrics(volumes),
     ];
     return reply.type('text/plain; version=0.0.4').send(render(metrics));

@@ -21,6 +21,7 @@ const packageOf: Record<string, string> = {
   cpio: 'cpio',
   debugfs: 'e2fsprogs',
   'mkfs.ext4': 'e2fsprogs',
+  ip: 'iproute2',
 };
 
 export function hasTool(name: string): boolean {

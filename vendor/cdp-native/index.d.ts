@@ -56,13 +56,13 @@ export declare function seekHole(fd: number, offsetBytes: number): number;
  */
 export declare function blockSize(fd: number): number;
 
-/** What the file functions throw when their system call fails; shaped like Node's fs errors. */
+/** What the file and socket functions throw when their system call fails; shaped like Node's fs errors. */
 export interface SystemCallError extends Error {
   /** The errno name, for example 'EBADF', 'EOPNOTSUPP', 'ENOSPC', 'EINVAL'; 'UNKNOWN' for an unlisted errno. */
   code: string;
   /** The errno negated, as in Node's fs errors (EBADF gives -9). */
   errno: number;
-  syscall: 'fallocate' | 'lseek' | 'fstat';
+  syscall: 'fallocate' | 'lseek' | 'fstat' | 'setsockopt';
 }
 
 /**
@@ -114,3 +114,19 @@ export declare function pwriteAlignedSync(
  * arenas. Process-wide; call once at start. No effect on other C libraries.
  */
 export declare function limitAllocatorRetention(): void;
+
+/**
+ * Keepalive on a connected TCP socket: SO_KEEPALIVE, the first probe after `idleSeconds` of
+ * silence (TCP_KEEPIDLE), then one every `intervalSeconds` (TCP_KEEPINTVL); after `probeCount`
+ * unanswered probes (TCP_KEEPCNT) the kernel ends the connection with ETIMEDOUT. Each at least 1.
+ * `fd` is the socket's descriptor (`socket._handle.fd` of a net.Socket on Linux).
+ * @throws SystemCallError (syscall 'setsockopt': ENOTSOCK, EOPNOTSUPP for a unix socket, EBADF), TypeError on bad arguments.
+ */
+export declare function setTcpKeepAlive(fd: number, idleSeconds: number, intervalSeconds: number, probeCount: number): void;
+
+/**
+ * TCP_USER_TIMEOUT: the longest sent data or a keepalive probe may stay unacknowledged before the
+ * kernel ends the connection with ETIMEDOUT; 0 restores the system's default.
+ * @throws SystemCallError (syscall 'setsockopt'), TypeError on bad arguments.
+ */
+export declare function setTcpUserTimeout(fd: number, timeoutMs: number): void;

@@ -19,3 +19,5 @@ export const pwriteAligned = binding.pwriteAligned;
 export const preadNoWait = binding.preadNoWait;
 export const pwriteAlignedSync = binding.pwriteAlignedSync;
 export const limitAllocatorRetention = binding.limitAllocatorRetention;
+export const setTcpKeepAlive = binding.setTcpKeepAlive;
+export const setTcpUserTimeout = binding.setTcpUserTimeout;

@@ -14,12 +14,13 @@
 #include "file_ranges.h"
 #include "write_batch.h"
 #include "aligned_write.h"
+#include "socket_options.h"
 
 /* Largest offset or length accepted: every integer up to it is exact in a double. */
 #define BYTE_COUNT_MAX 9007199254740992.0 /* 2^53 */
 #define FD_MAX 2147483647.0               /* INT32_MAX */
 #define CRC_MAX 4294967295.0              /* UINT32_MAX */
-#define ARGUMENT_COUNT_MAX 3
+#define ARGUMENT_COUNT_MAX 4
 
 /* Ends the calling callback with NULL (undefined plus a pending exception)
  * when a Node-API call fails; such failures are bugs or out-of-memory. */
@@ -37,7 +38,7 @@ struct errno_description {
   const char *message;
 };
 
-/* The errnos that fallocate(2), lseek(2) and fstat(2) document, worded as libuv words them. */
+/* The errnos that fallocate(2), lseek(2), fstat(2) and setsockopt(2) document, worded as libuv words them. */
 static const struct errno_description errno_descriptions[] = {
     {EACCES, "EACCES", "permission denied"},
     {EAGAIN, "EAGAIN", "resource temporarily unavailable"},
@@ -53,6 +54,8 @@ static const struct errno_description errno_descriptions[] = {
     {ENOMEM, "ENOMEM", "not enough memory"},
     {ENOSPC, "ENOSPC", "no space left on device"},
     {ENOSYS, "ENOSYS", "function not implemented"},
+    {ENOTSOCK, "ENOTSOCK", "socket operation on non-socket"},
+    {ENOPROTOOPT, "ENOPROTOOPT", "protocol not available"},
     {ENXIO, "ENXIO", "no such device or address"},
     {EOPNOTSUPP, "EOPNOTSUPP", "operation not supported"},
     {EOVERFLOW, "EOVERFLOW", "value too large for defined data type"},
@@ -368,6 +371,46 @@ static napi_value block_size(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* Keepalive settings are whole seconds (tcp(7)); a day is more than anyone means. */
+#define KEEPALIVE_SECONDS_MAX 86400.0
+#define KEEPALIVE_PROBE_COUNT_MAX 127.0
+#define USER_TIMEOUT_MS_MAX 2147483647.0
+
+/* setTcpKeepAlive(fd, idleSeconds, intervalSeconds, probeCount): undefined */
+static napi_value set_tcp_keepalive(napi_env env, napi_callback_info info) {
+  napi_value arguments[ARGUMENT_COUNT_MAX];
+  int fd;
+  double idle_seconds, interval_seconds, probe_count;
+  if (!read_arguments(env, info, 4, arguments) || !read_fd(env, arguments[0], &fd) ||
+      !read_integer(env, arguments[1], "idleSeconds", KEEPALIVE_SECONDS_MAX, "86400", &idle_seconds) ||
+      !read_integer(env, arguments[2], "intervalSeconds", KEEPALIVE_SECONDS_MAX, "86400", &interval_seconds) ||
+      !read_integer(env, arguments[3], "probeCount", KEEPALIVE_PROBE_COUNT_MAX, "127", &probe_count)) {
+    return NULL;
+  }
+  /* The kernel refuses 0 for each of them with EINVAL: say so in the caller's terms. */
+  if (idle_seconds < 1 || interval_seconds < 1 || probe_count < 1) {
+    napi_throw_type_error(env, "ERR_OUT_OF_RANGE", "idleSeconds, intervalSeconds and probeCount must be at least 1");
+    return NULL;
+  }
+  int error_number = socket_set_tcp_keepalive(fd, (int)idle_seconds, (int)interval_seconds, (int)probe_count);
+  if (error_number != 0) throw_system_error(env, error_number, "setsockopt");
+  return NULL;
+}
+
+/* setTcpUserTimeout(fd, timeoutMs): undefined */
+static napi_value set_tcp_user_timeout(napi_env env, napi_callback_info info) {
+  napi_value arguments[ARGUMENT_COUNT_MAX];
+  int fd;
+  double timeout_ms;
+  if (!read_arguments(env, info, 2, arguments) || !read_fd(env, arguments[0], &fd) ||
+      !read_integer(env, arguments[1], "timeoutMs", USER_TIMEOUT_MS_MAX, "2147483647", &timeout_ms)) {
+    return NULL;
+  }
+  int error_number = socket_set_tcp_user_timeout(fd, (unsigned int)timeout_ms);
+  if (error_number != 0) throw_system_error(env, error_number, "setsockopt");
+  return NULL;
+}
+
 /* Completion of a pwriteBatch: resolve, or reject with an fs-shaped error. */
 static void complete_write_batch(napi_env env, napi_status status, void *data) {
   struct write_batch *batch = data;
@@ -607,6 +650,7 @@ static const struct exported_function exported_functions[] = {
     {"pwriteAligned", pwrite_aligned}, {"pwriteAlignedSync", pwrite_aligned_sync},
     {"preadNoWait", pread_no_wait},
     {"limitAllocatorRetention", limit_allocator_retention},
+    {"setTcpKeepAlive", set_tcp_keepalive}, {"setTcpUserTimeout", set_tcp_user_timeout},
 };
 
 static napi_value initialize_module(napi_env env, napi_value exports) {

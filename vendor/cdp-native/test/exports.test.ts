@@ -17,6 +17,8 @@ t.test('exports', async (t) => {
     'pwriteBatch',
     'seekData',
     'seekHole',
+    'setTcpKeepAlive',
+    'setTcpUserTimeout',
     'zeroRange',
   ]);
   for (const [name, value] of Object.entries(native)) {

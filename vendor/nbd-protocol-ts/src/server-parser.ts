@@ -114,6 +114,15 @@ export class ServerParser {
     return this.queue.lengthBytes;
   }
 
+  /**
+   * The payload length of a WRITE whose header has been read while its
+   * payload is still arriving, else 0: a server can reserve room for the
+   * payload before reading it.
+   */
+  get pendingWritePayloadBytes(): number {
+    return this.state === 'writePayload' ? this.pendingLengthBytes : 0;
+  }
+
   push(chunk: Buffer): void {
     if (this.state === 'fatal') return;
     this.queue.push(chunk);

@@ -262,3 +262,22 @@ t.test('client parser misuse throws TypeError', async (t) => {
   t.throws(() => parser.expectReply(4n, { ...read, offsetBytes: -1 }), TypeError, 'negative offset');
   t.throws(() => parser.expectReply(-1n, read), TypeError, 'negative cookie');
 });
+
+t.test('a WRITE whose payload is still arriving names its length, so a server can reserve room first', async (t) => {
+  const parser = transmissionParser({ maxWritePayloadBytes: 1024 });
+  t.equal(parser.pendingWritePayloadBytes, 0, 'nothing pending before a header');
+  const header = serializeRequestHeader(CommandType.WRITE, 0, 7n, 0, 1000);
+  parser.push(header.subarray(0, 20));
+  t.equal(parser.next(), undefined);
+  t.equal(parser.pendingWritePayloadBytes, 0, 'nor with half a header');
+  parser.push(header.subarray(20));
+  parser.push(Buffer.alloc(300, 0xaa));
+  t.equal(parser.next(), undefined);
+  t.equal(parser.pendingWritePayloadBytes, 1000, 'the header read, the payload named before it is all there');
+  parser.push(Buffer.alloc(700, 0xaa));
+  t.equal(parser.next()?.kind, 'request');
+  t.equal(parser.pendingWritePayloadBytes, 0, 'nothing pending once the WRITE is delivered');
+  parser.push(serializeRequestHeader(CommandType.WRITE, 0, 8n, 0, 5000));
+  t.equal(parser.next()?.kind, 'writeTooBig');
+  t.equal(parser.pendingWritePayloadBytes, 0, 'a payload being skipped is not pending: it is not kept');
+});
