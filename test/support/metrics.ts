@@ -6,8 +6,7 @@ import type { Appliance } from './appliance.js';
 
 /** Every sample of GET /metrics, keyed by name and labels as written: `name` or `name{reason="x"}`. */
 export async function readMetrics(appliance: Appliance): Promise<Map<string, number>> {
-  const token = fs.readFileSync(`${appliance.dataDirectory}/api-token`, 'utf8').trim();
-  const response = await fetch(`${appliance.httpBase}/metrics`, { headers: { authorization: `Bearer ${token}` } });
+  const response = await fetch(`${appliance.httpBase}/metrics`, { headers: { authorization: `Bearer ${appliance.token}` } });
   if (response.status !== 200) throw new Error(`GET /metrics answered ${response.status}`);
   const samples = new Map<string, number>();
   for (const line of (await response.text()).split('\n')) {
