@@ -33,7 +33,6 @@ export {
   type TierPoint,
 } from './retention/policy.js';
 export type { LifecycleEvent, LifecycleStatistics, RetentionStatus } from './retention/lifecycle.js';
-export type { HistoryBytes } from './retention/space.js';
 export { changeRetentionPolicy, retentionChangesAreEmpty, type RetentionPolicyChanges } from './retention/policy-changes.js';
 export type { RetentionPolicyListener } from './retention/policy-file.js';
 export type { RecoveryReport } from './recovery.js';

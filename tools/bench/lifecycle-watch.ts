@@ -12,7 +12,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { decodePackHeader, measureHistoryBytes, packHeaderBytes, parsePackFileName, volumePaths, type HistoryBytes } from '../../storage/index.js';
+import { decodePackHeader, measureHistoryBytes, nodeFileSystem, packHeaderBytes, parsePackFileName, volumePaths, type HistoryBytes } from '../../storage/index.js';
 
 export interface LifecycleActivity {
   /** Pack files written by packing fine windows, and their bytes. */
@@ -115,7 +115,7 @@ export class LifecycleWatcher {
       this.pollPacks();
       this.pollSegments();
       this.pollBase();
-      this.lastHistory = measureHistoryBytes(volumePaths(this.volumeDirectory));
+      this.lastHistory = measureHistoryBytes(nodeFileSystem, volumePaths(this.volumeDirectory));
       this.peakHistoryBytes = Math.max(this.peakHistoryBytes, this.lastHistory.totalBytes);
       this.baselineTaken = true;
     } catch (error) {
