@@ -154,9 +154,11 @@ export const retentionStatusProperties = {
 
 export const volumeSchema = {
   type: 'object',
-  required: ['name', 'sizeBytes', 'createdMicros'],
+  required: ['name', 'state'],
   properties: {
     name: { type: 'string' },
+    state: { type: 'string', enum: ['open', 'failed'], description: 'failed: it could not be opened (error says why); not exported, until restart or deletion' },
+    error: { type: ['string', 'null'] },
     sizeBytes: { type: 'integer' },
     regionSizeBytes: { type: 'integer' },
     segmentSizeBytes: { type: 'integer' },
@@ -211,5 +213,7 @@ export const exportSchema = {
     },
     allow: { type: 'array', items: { type: 'string' }, description: 'clients allowed over NBD; empty: all' },
     tlsOnly: { type: 'boolean', description: 'clients must start TLS first' },
+    state: { type: 'string', enum: ['serving', 'failed'], description: 'failed: it could not be restored at start (error says why); not served, kept until deleted' },
+    error: { type: ['string', 'null'] },
   },
 } as const;

@@ -1,8 +1,10 @@
 // The data folder: data/volumes/<name>/ for every volume, and a lock so that one process at a
-// time owns the folder (two appliances writing one log would corrupt it).
+// time owns the folder (two appliances writing one log would corrupt it). A volume that fails to
+// open (a corrupt DRL, an unreadable index, a bad header) stays failed, with its error, until the
+// process restarts or the volume is deleted; the other volumes are not affected.
 
 import fs from 'node:fs';
-import { StorageError } from './errors.js';
+import { StorageError, messageWithCauses } from './errors.js';
 import type { FileSystem } from './io/file-system.js';
 import { nodeFileSystem } from './io/node-file-system.js';
 import { assertStorageLimits, storageLimits } from './limits.js';
@@ -13,6 +15,8 @@ export class VolumeStore {
   readonly dataDirectory: string;
   private readonly fileSystem: FileSystem;
   private readonly open = new Map<string, Volume>();
+  /** Volumes that failed to open, with why: not tried again until restart (recovery may write). */
+  private readonly openFailures = new Map<string, StorageError>();
   private readonly lockPath: string;
   private readonly openOptions: OpenVolumeOptions;
 
@@ -76,23 +80,41 @@ export class VolumeStore {
     return this.config(options.name);
   }
 
-  /** Open a volume (recovering it if needed); the same instance is returned while it is open. */
+  /**
+   * Open a volume (recovering it if needed); the same instance is returned while it is open. A
+   * volume that cannot be opened is failed: this and every later call throw EIO with the cause.
+   */
   async openVolume(name: string): Promise<Volume> {
     this.requireValidName(name);
     const existing = this.open.get(name);
     if (existing !== undefined) return existing;
-    this.config(name); // ENOENT for a missing volume
-    const volume = await Volume.open(this.directoryOf(name), this.fileSystem, this.openOptions);
+    const failure = this.openFailures.get(name);
+    if (failure !== undefined) throw failure;
+    this.requireExisting(name);
+    let volume: Volume;
+    try {
+      volume = await Volume.open(this.directoryOf(name), this.fileSystem, this.openOptions);
+    } catch (error) {
+      const failed = new StorageError('EIO', `volume ${name} failed to open: ${messageWithCauses(error)}`, { cause: error });
+      this.openFailures.set(name, failed);
+      throw failed;
+    }
     this.open.set(name, volume);
     return volume;
   }
 
-  /** Close a volume (if open) and delete it with its whole history. */
+  /** The volumes that failed to open, by name, with why. */
+  failedVolumes(): Array<{ name: string; error: string }> {
+    return [...this.openFailures].map(([name, error]) => ({ name, error: error.message })).sort((left, right) => left.name.localeCompare(right.name));
+  }
+
+  /** Close a volume (if open) and delete it with its whole history (a failed one too). */
   async delete(name: string): Promise<void> {
     this.requireValidName(name);
-    this.config(name); // ENOENT for a missing volume
+    this.requireExisting(name);
     const volume = this.open.get(name);
     this.open.delete(name);
+    this.openFailures.delete(name);
     await volume?.close();
     const directory = this.directoryOf(name);
     const doomed = `${this.volumesDirectory}/.deleting-${name}`;
@@ -115,6 +137,11 @@ export class VolumeStore {
 
   private directoryOf(name: string): string {
     return `${this.volumesDirectory}/${name}`;
+  }
+
+  /** ENOENT for a volume that does not exist (its volume.json may still be unreadable). */
+  private requireExisting(name: string): void {
+    if (!this.fileSystem.exists(volumePaths(this.directoryOf(name)).config)) throw new StorageError('ENOENT', `no volume named ${name}`);
   }
 
   private requireValidName(name: string): void {

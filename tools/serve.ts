@@ -145,7 +145,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     httpAddress = bound === null || typeof bound === 'string' ? bound : `${bound.address}:${bound.port}`;
   }
 
-  log.info({ nbd: addresses.map(describeAddress), tls: access.tls.mode, tlsCertificateValidTo: access.tls.certificateValidTo?.toISOString(), http: httpAddress, exports: appliance.exports.list().map((entry) => entry.name) }, servingMessage);
+  log.info({ nbd: addresses.map(describeAddress), tls: access.tls.mode, tlsCertificateValidTo: access.tls.certificateValidTo?.toISOString(), http: httpAddress, exports: appliance.exports.list().filter((entry) => entry.state === 'serving').map((entry) => entry.name), failedVolumes: appliance.store.failedVolumes().map((failure) => failure.name), failedExports: appliance.exports.failures().map((failure) => failure.name) }, servingMessage);
 
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {

@@ -101,6 +101,8 @@ export async function metricsRoutes(app: FastifyInstance, context: AppContext): 
     for (const volume of volumes) {
       (volume.history?.mapsPerLevel ?? []).forEach((count, level) => maps.samples.push({ labels: { volume: volume.config.name, level: String(level) }, value: count }));
     }
+    const volumeFailedMetric = perVolume('cdp_nbd_volume_failed', '1 when the volume failed to open (not exported), or failed since and refuses writes until restart.', 'gauge', (stats) => (stats.failed === null ? 0 : 1));
+    for (const failure of context.appliance.store.failedVolumes()) volumeFailedMetric.samples.push({ labels: { volume: failure.name }, value: 1 });
     const metrics: Metric[] = [
       perVolume('cdp_nbd_writes_total', 'Writes received (WRITE requests).', 'counter', (stats) => stats.writeCount),
       perVolume('cdp_nbd_write_bytes_total', 'Bytes written by WRITE requests.', 'counter', (stats) => stats.writeBytes),
@@ -111,7 +113,7 @@ export async function metricsRoutes(app: FastifyInstance, context: AppContext): 
       perVolume('cdp_nbd_log_bytes', 'Bytes of the write log on disk.', 'gauge', (stats) => stats.logBytes),
       perVolume('cdp_nbd_dirty_regions', 'Regions of the live image that may differ from the log.', 'gauge', (stats) => stats.dirtyRegionCount),
       perVolume('cdp_nbd_unapplied_bytes', 'Bytes in the write-log buffer not yet in the live image.', 'gauge', (stats) => stats.unappliedBytes),
-      perVolume('cdp_nbd_volume_failed', '1 when the volume failed and refuses writes until restart.', 'gauge', (stats) => (stats.failed === null ? 0 : 1)),
+      volumeFailedMetric,
       flushHistogram,
       maps,
       { name: 'cdp_nbd_connections', help: 'NBD connections open.', type: 'gauge', samples: [{ labels: {}, value: context.appliance.nbd.connectionCount }] },
