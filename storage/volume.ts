@@ -369,14 +369,31 @@ export class Volume implements BlockDevice {
     if (fua) await this.log.syncThrough(record.sequence);
   }
 
-  /** Steps 1 and 2: admission, then the append that orders this write among all others. */
+  /**
+   * Steps 1 and 2: admission (room in the index's in-memory tail, then in the write-log buffer and
+   * a ready segment; both checked again after any wait, so both hold at the append), then the
+   * append that orders this write among all others.
+   */
   private async appendRecord(kind: RecordKind, flags: number, offsetBytes: number, lengthBytes: number, payload: Buffer | null): Promise<AppendedRecord> {
     const recordBytes = recordHeaderBytes + (payload?.length ?? 0);
-    try {
-      for (let wait = this.log.admit(recordBytes); wait !== null; wait = this.log.admit(recordBytes)) await wait;
-    } catch (error) {
-      if (error instanceof StorageError && error.code === 'ENOSPC') this.refusingWritesForSpace = true;
-      throw error;
+    for (;;) {
+      const indexWait = this.history?.admit() ?? null; // ENOSPC while cuts fail and the tail is full
+      if (indexWait !== null) {
+        await indexWait;
+        continue;
+      }
+      let logWait: Promise<void> | null;
+      try {
+        logWait = this.log.admit(recordBytes);
+      } catch (error) {
+        if (error instanceof StorageError && error.code === 'ENOSPC') this.refusingWritesForSpace = true;
+        throw error;
+      }
+      if (logWait === null) break;
+      await logWait.catch((error: unknown) => {
+        if (error instanceof StorageError && error.code === 'ENOSPC') this.refusingWritesForSpace = true;
+        throw error;
+      });
     }
     this.refusingWritesForSpace = false;
     const record = this.log.append(kind, flags, offsetBytes, lengthBytes, payload);

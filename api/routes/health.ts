@@ -1,5 +1,6 @@
 // GET /health (no token): is the appliance up, and is every volume healthy. A volume is not when it
-// failed to open (state failed: not exported), failed since (I/O error), or when its history
+// failed to open (state failed: not exported), failed since (I/O error), when cutting records
+// into its index fails (and writes are refused once the in-memory tail is full), or when its history
 // lifecycle says why (degradedReasons: the protected window is shorter than required, space
 // pressure expires history early, writes are refused for space, the last lifecycle pass failed).
 // Exports that could not be restored, and an exports.json that could not be read, are reasons
@@ -52,7 +53,11 @@ export function healthRoutes(context: AppContext) {
       const { store, exports } = context.appliance;
       const openVolumes = store.openVolumes().map((volume) => {
         const stats = volume.stats();
-        const degradedReasons = [...(stats.failed === null ? [] : [stats.failed]), ...(volume.history?.lifecycle.status().degradedReasons ?? [])];
+        const degradedReasons = [
+          ...(stats.failed === null ? [] : [stats.failed]),
+          ...(volume.history?.degradedReasons() ?? []),
+          ...(volume.history?.lifecycle.status().degradedReasons ?? []),
+        ];
         return { name: volume.config.name, state: 'open', sizeBytes: volume.sizeBytes, failed: stats.failed, degradedReasons, durableSequence: stats.durableSequence, dirtyRegionCount: stats.dirtyRegionCount };
       });
       const failedVolumes = store.failedVolumes().map((failure) => ({ name: failure.name, state: 'failed', failed: failure.error, degradedReasons: [failure.error] }));
