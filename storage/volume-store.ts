@@ -1,9 +1,10 @@
-// The data folder: data/volumes/<name>/ for every volume, and a lock so that one process at a
-// time owns the folder (two appliances writing one log would corrupt it). A volume that fails to
+// The data folder: data/volumes/<name>/ for every volume, and a lock (flock on cdp-nbd.lock) so
+// that one process at a time owns the folder (two appliances writing one log would corrupt it). A volume that fails to
 // open (a corrupt DRL, an unreadable index, a bad header) stays failed, with its error, until the
 // process restarts or the volume is deleted; the other volumes are not affected.
 
 import fs from 'node:fs';
+import { lockExclusive } from 'cdp-native';
 import { StorageError, messageWithCauses } from './errors.js';
 import type { FileSystem } from './io/file-system.js';
 import { nodeFileSystem } from './io/node-file-system.js';
@@ -18,6 +19,8 @@ export class VolumeStore {
   /** Volumes that failed to open, with why: not tried again until restart (recovery may write). */
   private readonly openFailures = new Map<string, StorageError>();
   private readonly lockPath: string;
+  /** The open lock file whose flock holds the folder (null once released). */
+  private lockDescriptor: number | null = null;
   private readonly openOptions: OpenVolumeOptions;
 
   private constructor(dataDirectory: string, fileSystem: FileSystem, openOptions: OpenVolumeOptions) {
@@ -149,39 +152,32 @@ export class VolumeStore {
     if (problem !== null) throw new StorageError('EINVAL', problem);
   }
 
-  /** A lock file holding our pid; a lock left by a process that is gone is taken over. */
+  /**
+   * Lock the folder: flock on data/cdp-nbd.lock, held through an open file for as long as the
+   * store is open. The kernel releases it when the process dies, however it dies, so a lock is
+   * never stale; the pid written into the file only names the holder in the refusal.
+   */
   private takeLock(): void {
-    for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        fs.writeFileSync(this.lockPath, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
-        return;
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      }
-      const holder = Number.parseInt(fs.readFileSync(this.lockPath, 'utf8'), 10);
-      if (Number.isInteger(holder) && holder !== process.pid && processIsAlive(holder)) {
-        throw new StorageError('EEXIST', `data folder ${this.dataDirectory} is in use by process ${holder}`);
-      }
-      fs.rmSync(this.lockPath, { force: true });
-    }
-    throw new StorageError('EEXIST', `could not lock data folder ${this.dataDirectory}`);
-  }
-
-  private releaseLock(): void {
+    const descriptor = fs.openSync(this.lockPath, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
     try {
-      const holder = Number.parseInt(fs.readFileSync(this.lockPath, 'utf8'), 10);
-      if (holder === process.pid) fs.rmSync(this.lockPath, { force: true });
-    } catch {
-      // Already gone.
+      if (!lockExclusive(descriptor)) {
+        const holder = fs.readFileSync(this.lockPath, 'utf8').trim();
+        throw new StorageError('EEXIST', `data folder ${this.dataDirectory} is in use${/^\d+$/.test(holder) ? ` by process ${holder}` : ' by another process'}`);
+      }
+      fs.ftruncateSync(descriptor, 0);
+      fs.writeSync(descriptor, `${process.pid}\n`, 0);
+    } catch (error) {
+      fs.closeSync(descriptor);
+      throw error;
     }
+    this.lockDescriptor = descriptor;
   }
-}
 
-function processIsAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  /** The file stays: removing it could let a process lock a new file while another holds the old one. */
+  private releaseLock(): void {
+    if (this.lockDescriptor === null) return;
+    fs.ftruncateSync(this.lockDescriptor, 0);
+    fs.closeSync(this.lockDescriptor);
+    this.lockDescriptor = null;
   }
 }

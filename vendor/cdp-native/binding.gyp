@@ -11,7 +11,8 @@
         "src/crc32c.c",
         "src/file_ranges.c",
         "src/write_batch.c",
-        "src/aligned_write.c"
+        "src/aligned_write.c",
+        "src/file_lock.c"
       ],
       "defines": [
         "NAPI_VERSION=8",

@@ -62,7 +62,7 @@ export interface SystemCallError extends Error {
   code: string;
   /** The errno negated, as in Node's fs errors (EBADF gives -9). */
   errno: number;
-  syscall: 'fallocate' | 'lseek' | 'fstat';
+  syscall: 'fallocate' | 'lseek' | 'fstat' | 'flock';
 }
 
 /**
@@ -114,3 +114,11 @@ export declare function pwriteAlignedSync(
  * arenas. Process-wide; call once at start. No effect on other C libraries.
  */
 export declare function limitAllocatorRetention(): void;
+
+/**
+ * Take the exclusive advisory lock of an open file without waiting (flock LOCK_EX | LOCK_NB):
+ * true when this open file now holds it, false when another open file holds it (in this process
+ * or another). Closing the file, or the death of the process, releases it.
+ * @throws SystemCallError (syscall 'flock') when flock fails otherwise (EBADF, ENOLCK, ...).
+ */
+export declare function lockExclusive(fd: number): boolean;

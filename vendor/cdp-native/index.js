@@ -19,3 +19,4 @@ export const pwriteAligned = binding.pwriteAligned;
 export const preadNoWait = binding.preadNoWait;
 export const pwriteAlignedSync = binding.pwriteAlignedSync;
 export const limitAllocatorRetention = binding.limitAllocatorRetention;
+export const lockExclusive = binding.lockExclusive;
