@@ -24,6 +24,7 @@ import { blockDeviceEndpoint, openEndpoint, EndpointError, requestBytesMax, type
 import { changedPlan, comparePieceBytes, wholePlan } from '../transfer/plans.js';
 import { runTransfer, type TransferCheckpoint, type TransferResult } from '../transfer/run.js';
 import type { CopyMode } from '../transfer/copy.js';
+import type { ByteRange } from '../transfer/ranges.js';
 import { ApplianceError } from './errors.js';
 import { nowMicros, type ApplianceEvents } from './events.js';
 import { explainExpired, instantOf } from './instant.js';
@@ -89,6 +90,12 @@ export interface Job {
   sequence: number | null;
   /** The volume's last record when the job began (fast restores send what changed since). */
   baseSequence: number;
+  /**
+   * In-place restores: the volume's last record when the checkpoint was saved (null before the
+   * first). Everything below the checkpoint's watermark showed the instant then; a resumed run
+   * sends again what changed since below it, and what changed since the instant above it.
+   */
+  checkpointSequence?: number | null;
   mode: RestoreMode | 'internal' | 'external' | null;
   target: string | null;
   /** For in-place restores: the snapshot marking the volume just before, to undo with. */
@@ -227,20 +234,29 @@ export class JobManager {
     const { job, request, volume, history, mode, sourceView, targetEndpoint } = parts;
     const source = blockDeviceEndpoint(sourceView, `${request.volume} at sequence ${job.sequence}`);
     const copyMode: CopyMode = mode === 'digest' ? 'compare' : 'write';
+    const inPlace = job.target === null;
     this.start(job, async (signal, onProgress, onCheckpoint) => {
       try {
-        const plan =
-          mode === 'fast' ? await changedPlan(history, job.sequence!, job.baseSequence, volume.sizeBytes) : wholePlan(volume.sizeBytes, mode === 'digest' ? comparePieceBytes : requestBytesMax);
+        const { plan, resumeFrom } = inPlace
+          ? await this.inPlacePlan(job, volume, history)
+          : {
+              plan: mode === 'fast' ? await changedPlan(history, job.sequence!, job.baseSequence, volume.sizeBytes) : wholePlan(volume.sizeBytes, mode === 'digest' ? comparePieceBytes : requestBytesMax),
+              resumeFrom: job.checkpoint,
+            };
         const result = await runTransfer({
           source,
           target: targetEndpoint,
           plan,
           mode: copyMode,
-          resumeFrom: job.checkpoint,
+          resumeFrom,
           verify: request.verify ?? true,
           signal,
           onProgress,
-          onCheckpoint,
+          onCheckpoint: async (checkpoint) => {
+            // The target was flushed for this checkpoint: every restore write below its watermark has a record by now.
+            if (inPlace) job.checkpointSequence = volume.stats().appendedSequence;
+            await onCheckpoint(checkpoint);
+          },
           ...(request.rateBytesPerSecond === undefined ? {} : { rateBytesPerSecondMax: request.rateBytesPerSecond }),
         });
         return transferSummary(result, targetEndpoint.sizeBytes, volume.sizeBytes);
@@ -249,6 +265,28 @@ export class JobManager {
         sourceView.release();
       }
     });
+  }
+
+  /**
+   * The plan of an in-place restore, from the volume as it is now. A first run sends what changed
+   * since the instant. A resumed run cannot trust the first run's base: the volume may have been
+   * written between the runs. Below the last checkpoint's watermark the volume showed the instant
+   * when the checkpoint was saved, so what changed since then is sent again; above it, what
+   * changed since the instant. The watermark starts again at 0 on this new plan; the ranges
+   * written before are still re-read by the final verification.
+   */
+  private async inPlacePlan(job: Job, volume: Volume, history: VolumeHistory): Promise<{ plan: ByteRange[]; resumeFrom: TransferCheckpoint }> {
+    await volume.flush();
+    const nowSequence = volume.stats().durableSequence;
+    const instant = job.sequence!;
+    const doneThroughBytes = job.checkpoint.doneThroughBytes;
+    if (job.runs === 1 || doneThroughBytes === 0) {
+      return { plan: await changedPlan(history, instant, nowSequence, volume.sizeBytes), resumeFrom: { doneThroughBytes: 0, written: job.checkpoint.written } };
+    }
+    const checkpointSequence = job.checkpointSequence ?? job.baseSequence;
+    const below = await changedPlan(history, Math.max(instant, checkpointSequence), nowSequence, volume.sizeBytes, { startBytes: 0, endBytes: doneThroughBytes });
+    const above = await changedPlan(history, instant, nowSequence, volume.sizeBytes, { startBytes: doneThroughBytes, endBytes: volume.sizeBytes });
+    return { plan: [...below, ...above], resumeFrom: { doneThroughBytes: 0, written: job.checkpoint.written } };
   }
 
   /** An interrupted or cancelled job running again for the same request. */
@@ -440,6 +478,7 @@ export class JobManager {
       finishedMicros: null,
       runs: 1,
       checkpoint: { doneThroughBytes: 0, written: [] },
+      checkpointSequence: null,
       progress: { phase: 'starting', doneBytes: 0, totalBytes: 0, rateBytesPerSecond: 0, etaSeconds: null },
       result: null,
       error: null,
