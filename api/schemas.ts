@@ -170,6 +170,23 @@ export const volumeSchema = {
       type: 'object',
       additionalProperties: { type: ['integer', 'number', 'string', 'null'] },
     },
+    quarantine: {
+      type: 'array',
+      description: 'what recovery found past a bad record of the log and kept in quarantine/<µs> (docs/formats/write-log.md, "Damage"); damage refuses writes until the folder is taken away',
+      items: {
+        type: 'object',
+        properties: {
+          folder: { type: 'string' },
+          kind: { type: 'string', enum: ['damage', 'unsynced-records'] },
+          detectedMicros: { type: 'integer' },
+          lostSequences: { type: 'array', items: { type: 'object', properties: { firstSequence: { type: 'integer' }, lastSequence: { type: 'integer' } } } },
+          foundRecords: {
+            type: 'array',
+            items: { type: 'object', properties: { firstSequence: { type: 'integer' }, lastSequence: { type: 'integer' }, recordCount: { type: 'integer' } } },
+          },
+        },
+      },
+    },
     history: {
       type: 'object',
       properties: {

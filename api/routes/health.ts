@@ -1,5 +1,6 @@
 // GET /health (no token): is the appliance up, and is every volume healthy. A volume is not when it
-// failed to open (state failed: not exported), failed since (I/O error), when cutting records
+// failed to open (state failed: not exported), failed since (I/O error, or damage in the middle
+// of its log: writes refused), when recovery kept records past a torn tail in quarantine, when cutting records
 // into its index fails (and writes are refused once the in-memory tail is full), or when its history
 // lifecycle says why (degradedReasons: the protected window is shorter than required, space
 // pressure expires history early, writes are refused for space, the last lifecycle pass failed).
@@ -55,6 +56,7 @@ export function healthRoutes(context: AppContext) {
         const stats = volume.stats();
         const degradedReasons = [
           ...(stats.failed === null ? [] : [stats.failed]),
+          ...volume.degradedReasons(),
           ...(volume.history?.degradedReasons() ?? []),
           ...(volume.history?.lifecycle.status().degradedReasons ?? []),
         ];

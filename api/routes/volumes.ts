@@ -110,6 +110,13 @@ async function describe(volume: Volume) {
     snapshotCount: history?.snapshots().length ?? 0,
     failed: stats.failed,
     statistics: { ...stats },
+    quarantine: volume.quarantines().map((report) => ({
+      folder: report.folder,
+      kind: report.kind,
+      detectedMicros: report.detectedMicros,
+      lostSequences: report.lostSequences,
+      foundRecords: report.foundRecords.map((run) => ({ firstSequence: run.firstSequence, lastSequence: run.lastSequence, recordCount: run.recordCount })),
+    })),
     retention: {
       policy: volume.retentionPolicy,
       ...(history === null ? {} : retentionStatusJson(history.lifecycle.status(), volume.retentionPolicy)),

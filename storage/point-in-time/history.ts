@@ -392,6 +392,11 @@ export class VolumeHistory {
     return this.index.lastMicros;
   }
 
+  /** The last record the index has cut into a window (it was durable then). */
+  get mappedThroughSequence(): number {
+    return this.index.mappedThroughSequence;
+  }
+
   /** Maps built per level (level 0: windows). */
   get mapsPerLevel(): readonly number[] {
     return this.index.builtCounts;
