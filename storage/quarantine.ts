@@ -11,7 +11,6 @@
 
 import type { FileSystem } from './io/file-system.js';
 import { readWholeFile, writeFileAtomic } from './io/file-system.js';
-import { StorageError } from './errors.js';
 import type { VolumePaths } from './volume-config.js';
 import type { LogScanResult, LogTear, RecordRun } from './write-log/log-reader.js';
 import { listSegments, segmentFileName } from './write-log/segment.js';
@@ -106,12 +105,27 @@ export function readQuarantineReports(fileSystem: FileSystem, paths: VolumePaths
     let report: QuarantineReport;
     try {
       report = JSON.parse(readWholeFile(fileSystem, file).toString('utf8')) as QuarantineReport;
-    } catch (error) {
-      throw new StorageError('ECORRUPT', `${file}: not readable JSON`, { cause: error });
+    } catch {
+      report = unreadableReport(`quarantine/${name}`); // taken for damage: what it kept is unknown
     }
     reports.push({ ...report, folder: `quarantine/${name}` });
   }
   return reports;
+}
+
+/** What stands for a report.json that cannot be read. */
+function unreadableReport(folder: string): QuarantineReport {
+  return {
+    formatVersion: quarantineReportVersion,
+    kind: 'damage',
+    folder,
+    detectedMicros: 0,
+    machineRestarted: false,
+    tear: { segmentNumber: 0, offsetBytes: 0, reason: `${folder}/report.json cannot be read`, expectedSequence: 0 },
+    lostSequences: [],
+    foundRecords: [],
+    files: [],
+  };
 }
 
 /** The index had cut records past the tear: they were durable, so the records lost are damage. */
