@@ -155,9 +155,11 @@ export const retentionStatusProperties = {
 
 export const volumeSchema = {
   type: 'object',
-  required: ['name', 'sizeBytes', 'createdMicros'],
+  required: ['name', 'state'],
   properties: {
     name: { type: 'string' },
+    state: { type: 'string', enum: ['open', 'failed'], description: 'failed: it could not be opened (error says why); not exported, until restart or deletion' },
+    error: { type: ['string', 'null'] },
     sizeBytes: { type: 'integer' },
     regionSizeBytes: { type: 'integer' },
     segmentSizeBytes: { type: 'integer' },
@@ -169,6 +171,23 @@ export const volumeSchema = {
       type: 'object',
       additionalProperties: { type: ['integer', 'number', 'string', 'null'] },
     },
+    quarantine: {
+      type: 'array',
+      description: 'what recovery found past a bad record of the log and kept in quarantine/<µs> (docs/formats/write-log.md, "Damage"); damage refuses writes until the folder is taken away',
+      items: {
+        type: 'object',
+        properties: {
+          folder: { type: 'string' },
+          kind: { type: 'string', enum: ['damage', 'unsynced-records'] },
+          detectedMicros: { type: 'integer' },
+          lostSequences: { type: 'array', items: { type: 'object', properties: { firstSequence: { type: 'integer' }, lastSequence: { type: 'integer' } } } },
+          foundRecords: {
+            type: 'array',
+            items: { type: 'object', properties: { firstSequence: { type: 'integer' }, lastSequence: { type: 'integer' }, recordCount: { type: 'integer' } } },
+          },
+        },
+      },
+    },
     history: {
       type: 'object',
       properties: {
@@ -178,6 +197,15 @@ export const volumeSchema = {
         oldestMicros: { type: 'integer' },
         newestMicros: { type: 'integer' },
         indexBytes: { type: 'integer' },
+        tailRecordCount: { type: 'integer', description: 'records not yet cut into the index, held in memory' },
+        tailRecordCountMax: { type: 'integer', description: 'past it writes wait for a cut, or are refused (ENOSPC) while cuts fail' },
+        cutsFailedInARow: { type: 'integer', description: '0 while cutting works; failed cuts are tried again with backoff' },
+        cutFailuresTotal: { type: 'integer' },
+        lastCutError: { type: ['string', 'null'] },
+        cutsFailingSinceMicros: { type: ['integer', 'null'] },
+        nextCutAttemptMicros: { type: ['integer', 'null'] },
+        refusingWritesForIndex: { type: 'boolean' },
+        lastMergeError: { type: ['string', 'null'] },
       },
     },
     retention: {
@@ -213,5 +241,7 @@ export const exportSchema = {
     allow: { type: 'array', items: { type: 'string' }, description: "clients allowed over NBD: the export's own rules, or its volume's when it has none; empty: all" },
     tlsOnly: { type: 'boolean', description: 'clients must start TLS first (asked for by the export or its volume)' },
     inheritAccess: { type: 'boolean', description: "the volume's access policy applies too: a client must pass it and the export's own rules" },
+    state: { type: 'string', enum: ['serving', 'failed'], description: 'failed: it could not be restored at start (error says why); not served, kept until deleted' },
+    error: { type: ['string', 'null'] },
   },
 } as const;

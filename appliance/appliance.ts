@@ -130,11 +130,24 @@ export class Appliance {
     return appliance;
   }
 
+  /**
+   * One bad volume or export does not stop the others: a volume that fails to open is failed (in
+   * /health and the API, with its error) and not exported; so is an export that cannot be
+   * restored, whose definition stays in exports.json.
+   */
   private async openEverything(options: ApplianceOptions): Promise<void> {
     await this.prepareDefaultVolume(options);
-    for (const name of this.store.list()) this.exportVolume(await this.store.openVolume(name));
+    for (const name of this.store.list()) {
+      try {
+        this.exportVolume(await this.store.openVolume(name));
+      } catch (error) {
+        this.reportFailedVolume(name, error);
+      }
+    }
     this.chooseDefaultExport();
-    for (const failure of await this.exports.restore()) this.log.warn(failure, 'an export could not be restored and was dropped');
+    const restored = await this.exports.restore();
+    if (restored.fileFailure !== null) this.log.error({ file: 'exports.json', error: restored.fileFailure }, 'the export definitions could not be read; no view or clone export was restored');
+    for (const failure of restored.failures) this.log.error(failure, 'an export could not be restored: it is failed, and kept in exports.json');
     this.rateTimer = setInterval(() => this.reportWriteRates(), 1000);
     this.rateTimer.unref();
   }
@@ -164,7 +177,13 @@ export class Appliance {
       this.log.warn({ volume: name }, 'retention flags name a default volume that does not exist; ignored');
       return;
     }
-    const volume = await this.store.openVolume(name);
+    let volume: Volume;
+    try {
+      volume = await this.store.openVolume(name);
+    } catch (error) {
+      this.reportFailedVolume(name, error);
+      return;
+    }
     const policy = changeRetentionPolicy(volume.retentionPolicy, changes);
     if (JSON.stringify(policy) === JSON.stringify(volume.retentionPolicy)) return;
     await volume.setRetentionPolicy(policy);
@@ -189,8 +208,14 @@ export class Appliance {
     watchLifecycle(volume, this.events, this.log);
   }
 
+  private reportFailedVolume(name: string, error: unknown): void {
+    const message = error instanceof Error ? error.message : String(error);
+    this.log.error({ volume: name, error: message }, 'a volume failed to open: it is not exported; the others serve');
+    this.events.emit({ type: 'volume-failed', volume: name, error: message, micros: nowMicros() });
+  }
+
   private chooseDefaultExport(): void {
-    const names = this.store.list();
+    const names = this.store.list().filter((name) => this.table.lookup(name) !== undefined);
     this.table.setDefault(names.includes(this.defaultVolumeName) ? this.defaultVolumeName : (names[0] ?? null));
   }
 
@@ -210,7 +235,7 @@ export class Appliance {
 
   /** Delete a volume and its history; refused while any of its exports has clients. */
   async deleteVolume(name: string): Promise<void> {
-    await this.store.openVolume(name); // ENOENT for a missing volume
+    if (!this.store.list().includes(name)) await this.store.openVolume(name); // ENOENT (or EINVAL) for a missing volume
     const exportNames = [name, ...this.exports.exportsOfVolume(name)];
     const clients = exportNames.flatMap((exportName) => this.nbd.connectionsOf(exportName).map((connection) => ({ export: exportName, remote: connection.remote })));
     if (clients.length > 0) {

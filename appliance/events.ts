@@ -11,6 +11,8 @@ export type ApplianceEvent =
   | { type: 'snapshot-deleted'; volume: string; name: string; micros: number }
   | { type: 'volume-created'; volume: string; sizeBytes: number; micros: number }
   | { type: 'volume-deleted'; volume: string; micros: number }
+  /** A volume failed to open (at start or when created): it is not exported, the others serve. */
+  | { type: 'volume-failed'; volume: string; error: string; micros: number }
   | { type: 'retention-changed'; volume: string; policy: RetentionPolicy; micros: number }
   | { type: 'export-created'; name: string; volume: string; sequence: number | null; writable: boolean; micros: number }
   | { type: 'export-deleted'; name: string; micros: number }

@@ -5,6 +5,11 @@
 // export is deleted (then it is released). A view or clone keeps its volume's access policy
 // (serve --allow, --tls-only): its own rules only narrow it, unless it was made with
 // inheritAccess false (the API lets only an admin ask for that).
+// An export that cannot be restored (its volume failed, its instant expired, its entry in
+// exports.json is malformed) is failed: listed with its error, not served, and kept in
+// exports.json until it is deleted. An exports.json that cannot be read at all is left as it is,
+// reported, and moved aside to exports.json.damaged-<µs> before the file is next written:
+// definitions are never dropped silently.
 
 import path from 'node:path';
 import {
@@ -77,6 +82,23 @@ export interface ExportSummary {
   tlsOnly: boolean;
   /** The volume's access policy applies too (always for a view or clone unless made without it). */
   inheritAccess: boolean;
+  /** serving, or failed: not served, for the reason in `error` (deleting it is the way out). */
+  state: 'serving' | 'failed';
+  error: string | null;
+}
+
+/** An export of exports.json that could not be restored: its entry is written back as it was read. */
+interface FailedExport {
+  entry: unknown;
+  /** The entry as a definition, when it is a well-formed one. */
+  definition: ExportDefinition | null;
+  error: string;
+}
+
+/** What restoring the exports found wrong: the file as a whole, or single exports. */
+export interface ExportRestoreReport {
+  fileFailure: string | null;
+  failures: Array<{ name: string; error: string }>;
 }
 
 const exportNamePattern = /^[a-z0-9][a-z0-9._@-]{0,127}$/;
@@ -95,6 +117,11 @@ export class ExportManager {
   /** The view beneath each view and clone export, released when the export goes. */
   private readonly views = new Map<string, PointInTimeView>();
   private readonly volumePolicies: ReadonlyMap<string, AccessPolicy>;
+  private readonly failed = new Map<string, FailedExport>();
+  /** Entries of exports.json without a usable name of their own (missing, or taken): kept, written back as they were read. */
+  private readonly unnamedEntries: unknown[] = [];
+  /** Why exports.json could not be read, and whether it still is in place (moved aside before the next write). */
+  private fileFailure: { message: string; damagedFileInPlace: boolean } | null = null;
 
   constructor(parts: { store: VolumeStore; table: ExportTable; nbd: NbdServer; events: ApplianceEvents; uriBase: string; volumePolicies?: ReadonlyMap<string, AccessPolicy> }) {
     this.volumePolicies = parts.volumePolicies ?? new Map();
@@ -120,10 +147,21 @@ export class ExportManager {
     this.table.remove(name);
   }
 
-  /** Bring back the view and clone exports of the previous run. Returns the ones that failed. */
-  async restore(): Promise<Array<{ name: string; error: string }>> {
-    const failures: Array<{ name: string; error: string }> = [];
-    for (const definition of this.readDefinitions()) {
+  /** Bring back the view and clone exports of the previous run; says what failed (and stays failed). */
+  async restore(): Promise<ExportRestoreReport> {
+    for (const [index, entry] of this.readEntries().entries()) {
+      const checked = checkDefinition(entry);
+      if (typeof checked === 'string') {
+        const name = nameOfEntry(entry);
+        if (name === null || this.failed.has(name) || this.definitions.has(name)) this.unnamedEntries.push(entry);
+        else this.failed.set(name, { entry, definition: null, error: `entry ${index} of exports.json is malformed: ${checked}` });
+        continue;
+      }
+      const definition = checked;
+      if (this.failed.has(definition.name) || this.definitions.has(definition.name)) {
+        this.unnamedEntries.push(entry);
+        continue;
+      }
       try {
         // Kept even while TLS is off: the server then refuses a TLS-only export to everyone.
         const policy = this.policyOf(definition, { requireTlsOffered: false });
@@ -131,11 +169,23 @@ export class ExportManager {
         this.table.add(definition.name, device, device.description, policy);
         this.definitions.set(definition.name, definition);
       } catch (error) {
-        failures.push({ name: definition.name, error: error instanceof Error ? error.message : String(error) });
+        this.failed.set(definition.name, { entry, definition, error: error instanceof Error ? error.message : String(error) });
       }
     }
-    if (failures.length > 0) await this.persist();
-    return failures;
+    if (this.unnamedEntries.length > 0 && this.fileFailure === null) {
+      this.fileFailure = { message: `exports.json has ${this.unnamedEntries.length} entries without a usable name of their own (missing, or another entry's); they are kept in the file`, damagedFileInPlace: false };
+    }
+    return { fileFailure: this.fileFailure?.message ?? null, failures: this.failures() };
+  }
+
+  /** Exports that could not be restored, with why. */
+  failures(): Array<{ name: string; error: string }> {
+    return [...this.failed].map(([name, failed]) => ({ name, error: failed.error }));
+  }
+
+  /** Why exports.json could not be read, or null. */
+  get definitionsFileFailure(): string | null {
+    return this.fileFailure?.message ?? null;
   }
 
   async create(request: ExportRequest): Promise<ExportSummary> {
@@ -151,8 +201,8 @@ export class ExportManager {
     if (!exportNamePattern.test(name)) {
       throw new ApplianceError('EINVAL', 'an export name has 1 to 128 characters a-z, 0-9, ".", "_", "@" and "-", starting with a letter or digit');
     }
-    if (this.table.lookup(name) !== undefined || this.definitions.has(name)) throw new ApplianceError('EEXIST', `an export named ${name} already exists`);
-    if (this.definitions.size >= exportCountMax) throw new ApplianceError('EINVAL', `at most ${exportCountMax} view and clone exports`);
+    if (this.table.lookup(name) !== undefined || this.definitions.has(name) || this.failed.has(name)) throw new ApplianceError('EEXIST', `an export named ${name} already exists`);
+    if (this.definitions.size + this.failed.size >= exportCountMax) throw new ApplianceError('EINVAL', `at most ${exportCountMax} view and clone exports`);
     const policy = this.policyOf({ ...request, inheritAccess: request.inheritAccess === false ? false : undefined }, { requireTlsOffered: true });
     const micros = 'micros' in instant ? instant.micros : await this.instantMicros(volume, sequence);
     const definition: ExportDefinition = {
@@ -190,6 +240,14 @@ export class ExportManager {
 
   /** Remove a view or clone export; refused while clients are attached, unless forced. */
   async delete(name: string, options: { force?: boolean } = {}): Promise<void> {
+    const failed = this.failed.get(name);
+    if (failed !== undefined) {
+      this.failed.delete(name);
+      if (failed.definition?.writable === true) fs.rmSync(this.cloneDirectory(failed.definition), { recursive: true, force: true });
+      await this.persist();
+      this.events.emit({ type: 'export-deleted', name, micros: nowMicros() });
+      return;
+    }
     const definition = this.definitions.get(name);
     if (definition === undefined) {
       if (this.table.lookup(name) !== undefined) throw new ApplianceError('EINVAL', `${name} is a volume's live export: delete the volume instead`);
@@ -217,14 +275,18 @@ export class ExportManager {
 
   /** Every export of a volume's views and clones (for deleting the volume). */
   exportsOfVolume(volume: string): string[] {
-    return [...this.definitions.values()].filter((definition) => definition.volume === volume).map((definition) => definition.name);
+    const failedOfVolume = [...this.failed].filter(([, failed]) => failed.definition?.volume === volume).map(([name]) => name);
+    return [...[...this.definitions.values()].filter((definition) => definition.volume === volume).map((definition) => definition.name), ...failedOfVolume];
   }
 
+  /** Every export: those served, then the failed ones. */
   list(): ExportSummary[] {
-    return this.table.list().map((entry) => this.summary(entry.name)!);
+    return [...this.table.list().map((entry) => this.summary(entry.name)!), ...[...this.failed.keys()].map((name) => this.summary(name)!)];
   }
 
   summary(name: string): ExportSummary | undefined {
+    const failed = this.failed.get(name);
+    if (failed !== undefined) return this.failedSummary(name, failed);
     const entry = this.table.lookup(name);
     if (entry === undefined || name === '') return undefined;
     const definition = this.definitions.get(name);
@@ -243,6 +305,29 @@ export class ExportManager {
       allow: [...shownAllowRules(entry.policy)],
       tlsOnly: entry.policy.tlsOnly,
       inheritAccess: entry.policy.within !== null,
+      state: 'serving',
+      error: null,
+    };
+  }
+
+  private failedSummary(name: string, failed: FailedExport): ExportSummary {
+    const definition = failed.definition;
+    return {
+      name,
+      volume: definition?.volume ?? '',
+      kind: definition?.writable === true ? 'clone' : 'view',
+      sequence: definition?.sequence ?? null,
+      micros: definition?.micros ?? null,
+      snapshot: definition?.snapshot ?? null,
+      writable: definition?.writable ?? false,
+      description: `failed: ${failed.error}`,
+      uri: exportUri(this.uriBase, name),
+      clients: [],
+      allow: [...(definition?.allow ?? [])],
+      tlsOnly: definition?.tlsOnly ?? false,
+      inheritAccess: definition?.inheritAccess !== false,
+      state: 'failed',
+      error: failed.error,
     };
   }
 
@@ -302,20 +387,71 @@ export class ExportManager {
     return path.join(this.store.volumesDirectory, definition.volume, 'clones', definition.name);
   }
 
-  private readDefinitions(): ExportDefinition[] {
+  /** The entries of exports.json; none (and the file failed) when it cannot be read as a whole. */
+  private readEntries(): unknown[] {
+    let text: string;
     try {
-      const parsed = JSON.parse(fs.readFileSync(this.definitionsPath, 'utf8')) as { formatVersion: number; exports: ExportDefinition[] };
-      return parsed.formatVersion === exportsFileVersion ? parsed.exports : [];
+      text = fs.readFileSync(this.definitionsPath, 'utf8');
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
-      throw error;
+      return this.failDefinitionsFile(error instanceof Error ? error.message : String(error));
     }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch (error) {
+      return this.failDefinitionsFile(`not JSON (${error instanceof Error ? error.message : String(error)})`);
+    }
+    const file = parsed as { formatVersion?: unknown; exports?: unknown } | null;
+    if (typeof file !== 'object' || file === null || file.formatVersion !== exportsFileVersion) {
+      return this.failDefinitionsFile(`format version ${String(file?.formatVersion)} is not ${exportsFileVersion}`);
+    }
+    if (!Array.isArray(file.exports)) return this.failDefinitionsFile('"exports" is not a list');
+    return file.exports as unknown[];
   }
 
+  private failDefinitionsFile(reason: string): [] {
+    this.fileFailure = { message: `exports.json could not be read, and no view or clone export was restored: ${reason}`, damagedFileInPlace: true };
+    return [];
+  }
+
+  /** Write exports.json: the exports served and the failed ones; a damaged file is moved aside first. */
   private async persist(): Promise<void> {
-    const content = { formatVersion: exportsFileVersion, exports: [...this.definitions.values()] };
+    if (this.fileFailure?.damagedFileInPlace === true) {
+      const asidePath = `${this.definitionsPath}.damaged-${nowMicros()}`;
+      try {
+        fs.renameSync(this.definitionsPath, asidePath);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error; // the administrator took it away
+      }
+      this.fileFailure = { message: `${this.fileFailure.message} (the file was moved to ${path.basename(asidePath)})`, damagedFileInPlace: false };
+    }
+    const failedEntries = [...this.failed.values()].map((failed) => failed.entry);
+    const content = { formatVersion: exportsFileVersion, exports: [...this.definitions.values(), ...failedEntries, ...this.unnamedEntries] };
     await writeFileAtomic(nodeFileSystem, this.definitionsPath, Buffer.from(`${JSON.stringify(content, null, 2)}\n`));
   }
+}
+
+/** An entry of exports.json as a definition, or what is wrong with it. */
+function checkDefinition(entry: unknown): ExportDefinition | string {
+  if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) return 'not an object';
+  const fields = entry as Record<string, unknown>;
+  if (typeof fields['name'] !== 'string' || !exportNamePattern.test(fields['name'])) return 'name is missing or not an export name';
+  if (typeof fields['volume'] !== 'string' || fields['volume'] === '') return 'volume is missing';
+  for (const key of ['sequence', 'micros', 'createdMicros']) {
+    if (!Number.isSafeInteger(fields[key]) || (fields[key] as number) < 0) return `${key} is not a whole number`;
+  }
+  if (typeof fields['writable'] !== 'boolean') return 'writable is not true or false';
+  if (fields['snapshot'] !== null && typeof fields['snapshot'] !== 'string') return 'snapshot is not a name or null';
+  if (fields['allow'] !== undefined && !(Array.isArray(fields['allow']) && fields['allow'].every((rule) => typeof rule === 'string'))) return 'allow is not a list of rules';
+  if (fields['tlsOnly'] !== undefined && typeof fields['tlsOnly'] !== 'boolean') return 'tlsOnly is not true or false';
+  return entry as ExportDefinition;
+}
+
+/** The export name an entry gives, if it gives a usable one. */
+function nameOfEntry(entry: unknown): string | null {
+  const name = typeof entry === 'object' && entry !== null ? (entry as Record<string, unknown>)['name'] : undefined;
+  return typeof name === 'string' && exportNamePattern.test(name) ? name : null;
 }
 
 function defaultExportName(volume: string, instant: InstantSpecification, sequence: number, writable: boolean): string {

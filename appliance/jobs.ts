@@ -28,6 +28,7 @@ import { changedPlan, comparePieceBytes, wholePlan } from '../transfer/plans.js'
 import { runTransfer, type TransferCheckpoint, type TransferResult } from '../transfer/run.js';
 import type { NbdTimeouts } from '../transfer/limits.js';
 import type { CopyMode } from '../transfer/copy.js';
+import type { ByteRange } from '../transfer/ranges.js';
 import { ApplianceError, type ApplianceErrorCode } from './errors.js';
 import { nowMicros, type ApplianceEvents } from './events.js';
 import { explainExpired, instantOf } from './instant.js';
@@ -93,6 +94,12 @@ export interface Job {
   sequence: number | null;
   /** The volume's last record when the job began (fast restores send what changed since). */
   baseSequence: number;
+  /**
+   * In-place restores: the volume's last record when the checkpoint was saved (null before the
+   * first). Everything below the checkpoint's watermark showed the instant then; a resumed run
+   * sends again what changed since below it, and what changed since the instant above it.
+   */
+  checkpointSequence?: number | null;
   mode: RestoreMode | 'internal' | 'external' | null;
   target: string | null;
   /** For in-place restores: the snapshot marking the volume just before, to undo with. */
@@ -104,6 +111,17 @@ export interface Job {
   progress: JobProgress;
   result: Record<string, unknown> | null;
   error: string | null;
+}
+
+/** Why a running job was stopped: the state it ends in says which, not the words of an error. */
+class JobStop extends Error {
+  constructor(
+    readonly state: 'cancelled' | 'interrupted',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'JobStop';
+  }
 }
 
 /** Progress of a step: bytes for transfers, records then 4 MiB pieces for internal verification. */
@@ -173,7 +191,7 @@ export class JobManager {
   cancel(id: string): Job {
     const job = this.get(id);
     if (job.state !== 'running') throw new ApplianceError('EINVAL', `job ${id} is ${job.state}, not running`);
-    this.controllers.get(id)?.abort();
+    this.controllers.get(id)?.abort(new JobStop('cancelled', 'cancelled on request'));
     return job;
   }
 
@@ -196,64 +214,64 @@ export class JobManager {
     const resumable = this.resumable(key);
     const sourceView = await openKeptView(history, request.volume, instant, sequence, `restore source: ${request.volume} at sequence ${sequence}`);
     let targetEndpoint: Endpoint | null = null;
+    let job: Job;
     try {
+      // Until the job runs, a failure is the request's: it is answered, and no job is left behind.
       targetEndpoint = inPlace ? blockDeviceEndpoint(volume, `${request.volume} (live)`) : await this.openTarget(target!, volume.sizeBytes);
-      return await this.startRestore({ request, volume, history, sequence, key, mode, target, resumable, sourceView, targetEndpoint });
+      job = resumable !== null ? this.resumeJob(resumable, request) : await this.newRestoreJob({ request, volume, sequence, key, mode, target });
     } catch (error) {
       sourceView.release();
       await targetEndpoint?.close();
       throw error;
     }
+    this.runRestore({ job, request, volume, history, mode, sourceView, targetEndpoint });
+    return job;
   }
 
-  /** The restore's job (resumed or new) and its run, once its source is held and its target open. */
-  private async startRestore(parts: {
-    request: RestoreRequest;
-    volume: Volume;
-    history: VolumeHistory;
-    sequence: number;
-    key: string;
-    mode: RestoreMode;
-    target: string | null;
-    resumable: Job | null;
-    sourceView: PointInTimeView;
-    targetEndpoint: Endpoint;
-  }): Promise<Job> {
-    const { request, volume, history, sequence, key, mode, target, resumable, sourceView, targetEndpoint } = parts;
-    const inPlace = target === null;
-    let job: Job;
-    if (resumable !== null) {
-      job = resumable;
-      job.state = 'running';
-      job.runs++;
-      job.error = null;
-      job.request = request;
-    } else {
-      await volume.flush();
-      const baseSequence = volume.stats().durableSequence;
-      let undoSnapshot: string | null = null;
-      if (inPlace) {
-        undoSnapshot = `before-restore-${compactTime(nowMicros())}-${crypto.randomBytes(2).toString('hex')}`;
-        await this.parts.createSnapshot(request.volume, undoSnapshot, `taken before rolling back to sequence ${sequence}; restore this snapshot in place to undo`);
-      }
-      job = this.newJob({ kind: 'restore', volume: request.volume, key, request, sequence, baseSequence, mode, target, undoSnapshot });
+  /** A new restore's job; in place, after the snapshot that undoes it. */
+  private async newRestoreJob(parts: { request: RestoreRequest; volume: Volume; sequence: number; key: string; mode: RestoreMode; target: string | null }): Promise<Job> {
+    const { request, volume, sequence, key, mode, target } = parts;
+    await volume.flush();
+    const baseSequence = volume.stats().durableSequence;
+    let undoSnapshot: string | null = null;
+    if (target === null) {
+      undoSnapshot = `before-restore-${compactTime(nowMicros())}-${crypto.randomBytes(2).toString('hex')}`;
+      await this.parts.createSnapshot(request.volume, undoSnapshot, `taken before rolling back to sequence ${sequence}; restore this snapshot in place to undo`);
     }
+    return this.newJob({ kind: 'restore', volume: request.volume, key, request, sequence, baseSequence, mode, target, undoSnapshot });
+  }
+
+  /**
+   * The restore's run, once its source is held and its target open. Everything from here on is
+   * the job's: the plan is made inside it, so a plan that fails ends the job as failed.
+   */
+  private runRestore(parts: { job: Job; request: RestoreRequest; volume: Volume; history: VolumeHistory; mode: RestoreMode; sourceView: PointInTimeView; targetEndpoint: Endpoint }): void {
+    const { job, request, volume, history, mode, sourceView, targetEndpoint } = parts;
     const source = blockDeviceEndpoint(sourceView, `${request.volume} at sequence ${job.sequence}`);
-    const plan =
-      mode === 'fast' ? await changedPlan(history, job.sequence!, job.baseSequence, volume.sizeBytes) : wholePlan(volume.sizeBytes, mode === 'digest' ? comparePieceBytes : requestBytesMax);
     const copyMode: CopyMode = mode === 'digest' ? 'compare' : 'write';
+    const inPlace = job.target === null;
     this.start(job, async (signal, onProgress, onCheckpoint) => {
       try {
+        const { plan, resumeFrom } = inPlace
+          ? await this.inPlacePlan(job, volume, history)
+          : {
+              plan: mode === 'fast' ? await changedPlan(history, job.sequence!, job.baseSequence, volume.sizeBytes) : wholePlan(volume.sizeBytes, mode === 'digest' ? comparePieceBytes : requestBytesMax),
+              resumeFrom: job.checkpoint,
+            };
         const result = await runTransfer({
           source,
           target: targetEndpoint,
           plan,
           mode: copyMode,
-          resumeFrom: job.checkpoint,
+          resumeFrom,
           verify: request.verify ?? true,
           signal,
           onProgress,
-          onCheckpoint,
+          onCheckpoint: async (checkpoint) => {
+            // The target was flushed for this checkpoint: every restore write below its watermark has a record by now.
+            if (inPlace) job.checkpointSequence = volume.stats().appendedSequence;
+            await onCheckpoint(checkpoint);
+          },
           ...(request.rateBytesPerSecond === undefined ? {} : { rateBytesPerSecondMax: request.rateBytesPerSecond }),
         });
         return transferSummary(result, targetEndpoint.sizeBytes, volume.sizeBytes);
@@ -262,6 +280,37 @@ export class JobManager {
         sourceView.release();
       }
     });
+  }
+
+  /**
+   * The plan of an in-place restore, from the volume as it is now. A first run sends what changed
+   * since the instant. A resumed run cannot trust the first run's base: the volume may have been
+   * written between the runs. Below the last checkpoint's watermark the volume showed the instant
+   * when the checkpoint was saved, so what changed since then is sent again; above it, what
+   * changed since the instant. The watermark starts again at 0 on this new plan; the ranges
+   * written before are still re-read by the final verification.
+   */
+  private async inPlacePlan(job: Job, volume: Volume, history: VolumeHistory): Promise<{ plan: ByteRange[]; resumeFrom: TransferCheckpoint }> {
+    await volume.flush();
+    const nowSequence = volume.stats().durableSequence;
+    const instant = job.sequence!;
+    const doneThroughBytes = job.checkpoint.doneThroughBytes;
+    if (job.runs === 1 || doneThroughBytes === 0) {
+      return { plan: await changedPlan(history, instant, nowSequence, volume.sizeBytes), resumeFrom: { doneThroughBytes: 0, written: job.checkpoint.written } };
+    }
+    const checkpointSequence = job.checkpointSequence ?? job.baseSequence;
+    const below = await changedPlan(history, Math.max(instant, checkpointSequence), nowSequence, volume.sizeBytes, { startBytes: 0, endBytes: doneThroughBytes });
+    const above = await changedPlan(history, instant, nowSequence, volume.sizeBytes, { startBytes: doneThroughBytes, endBytes: volume.sizeBytes });
+    return { plan: [...below, ...above], resumeFrom: { doneThroughBytes: 0, written: job.checkpoint.written } };
+  }
+
+  /** An interrupted or cancelled job running again for the same request. */
+  private resumeJob(job: Job, request: Job['request']): Job {
+    job.state = 'running';
+    job.runs++;
+    job.error = null;
+    job.finishedMicros = null;
+    job.request = request;
     return job;
   }
 
@@ -336,13 +385,16 @@ export class JobManager {
       await source.close();
       throw new ApplianceError('EINVAL', `${request.source} has ${source.sizeBytes} bytes and volume ${request.volume} ${volume.sizeBytes}: a seed needs the same size`);
     }
-    let job = this.resumable(key);
-    if (job !== null) {
-      job.state = 'running';
-      job.runs++;
-      job.error = null;
-    } else {
-      job = this.newJob({ kind: 'seed', volume: request.volume, key, request, sequence: null, baseSequence: volume.stats().durableSequence, mode, target: null, undoSnapshot: null });
+    let job: Job;
+    try {
+      const resumable = this.resumable(key);
+      job =
+        resumable !== null
+          ? this.resumeJob(resumable, request)
+          : this.newJob({ kind: 'seed', volume: request.volume, key, request, sequence: null, baseSequence: volume.stats().durableSequence, mode, target: null, undoSnapshot: null });
+    } catch (error) {
+      await source.close();
+      throw error;
     }
     const target = blockDeviceEndpoint(volume, `${request.volume} (live)`);
     const startedJob = job;
@@ -371,7 +423,7 @@ export class JobManager {
 
   /** Cancel running jobs (their journals say interrupted, so asking again resumes them). */
   async close(): Promise<void> {
-    for (const controller of this.controllers.values()) controller.abort(new Error('the appliance is stopping'));
+    for (const controller of this.controllers.values()) controller.abort(new JobStop('interrupted', 'the appliance is stopping'));
     await Promise.allSettled([...this.running.values()]);
   }
 
@@ -405,17 +457,19 @@ export class JobManager {
       job.checkpoint = checkpoint;
       await this.persist(job);
     };
+    // Never rejects: whatever fails (the journal, the plan, the transfer) ends the job, which says why.
     const run = (async () => {
-      await this.persist(job);
       this.parts.events.emit({ type: 'job-started', id: job.id, kind: job.kind, volume: job.volume, micros: nowMicros() });
       try {
+        await this.persist(job);
         job.result = await body(controller.signal, onProgress, onCheckpoint);
         const mismatches = (job.result['verification'] as { mismatches?: unknown[] } | null | undefined)?.mismatches;
         job.state = mismatches !== undefined && mismatches.length > 0 ? 'failed' : 'done';
         if (job.state === 'failed') job.error = 'the final verification found ranges that differ';
       } catch (error) {
-        job.state = controller.signal.aborted ? (controller.signal.reason instanceof Error && controller.signal.reason.message.includes('stopping') ? 'interrupted' : 'cancelled') : 'failed';
-        job.error = error instanceof Error ? error.message : String(error);
+        const stop: unknown = controller.signal.aborted ? controller.signal.reason : null;
+        job.state = stop instanceof JobStop ? stop.state : 'failed';
+        job.error = stop instanceof JobStop ? stop.message : error instanceof Error ? error.message : String(error);
       } finally {
         job.finishedMicros = nowMicros();
         this.controllers.delete(job.id);
@@ -439,6 +493,7 @@ export class JobManager {
       finishedMicros: null,
       runs: 1,
       checkpoint: { doneThroughBytes: 0, written: [] },
+      checkpointSequence: null,
       progress: { phase: 'starting', doneBytes: 0, totalBytes: 0, rateBytesPerSecond: 0, etaSeconds: null },
       result: null,
       error: null,

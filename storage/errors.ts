@@ -39,6 +39,17 @@ export function storageErrorFromSystem(error: unknown, doing: string): StorageEr
   return new StorageError('EIO', `${doing}: ${message}`, { cause: error });
 }
 
+/** An error's message followed by its causes' ("Database failed to open: Corruption: ..."), for reports. */
+export function messageWithCauses(error: unknown): string {
+  const messages: string[] = [];
+  for (let current: unknown = error; current !== undefined && current !== null && messages.length < 4; current = (current as { cause?: unknown }).cause) {
+    const message = current instanceof Error ? current.message : String(current);
+    if (!messages.some((earlier) => earlier.includes(message))) messages.push(message);
+    if (!(current instanceof Error)) break;
+  }
+  return messages.join(': ');
+}
+
 /** An invariant of ours does not hold: a bug, never a consequence of input. */
 export function assert(condition: unknown, message: string): asserts condition {
   if (!condition) throw new Error(`assertion failed: ${message}`);

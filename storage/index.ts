@@ -36,6 +36,7 @@ export type { LifecycleEvent, LifecycleStatistics, RetentionStatus } from './ret
 export { changeRetentionPolicy, retentionChangesAreEmpty, type RetentionPolicyChanges } from './retention/policy-changes.js';
 export type { RetentionPolicyListener } from './retention/policy-file.js';
 export type { RecoveryReport } from './recovery.js';
+export type { QuarantineReport, QuarantineKind } from './quarantine.js';
 export { RecordKind, RecordFlag, kindName, type RecordHeader } from './write-log/record.js';
 export { scanLog, logStart, type ScannedRecord, type LogScanResult } from './write-log/log-reader.js';
 export type { LogPosition } from './write-log/batch.js';

@@ -96,6 +96,16 @@ export const indexLimits = {
   chunkCountMax: 1 << 20,
   /** How often the history checks whether a window is due to be cut. */
   cutCheckIntervalMs: 1000,
+  /**
+   * Most records the tail holds in memory (about 300 bytes each: some 20 MiB). Past it a write
+   * waits for the cut in progress, and is refused with ENOSPC while cuts fail
+   * (docs/decisions/0012-index-cut-failures.md).
+   */
+  tailRecordCountMax: 16 * 4096,
+  /** A failed cut is tried again after this long, doubled after every failure in a row ... */
+  cutRetryDelayMsMin: 500,
+  /** ... up to this long. */
+  cutRetryDelayMsMax: 30_000,
   /** Extents a point-in-time view keeps resolved (about 100 bytes each). */
   viewCachedExtentCountMax: 1 << 20,
   /** Log files a history reader keeps open at once. */
@@ -158,5 +168,17 @@ export function assertStorageLimits(limits: StorageLimits = storageLimits): void
   ];
   for (const [holds, what] of checks) {
     if (!holds) throw new Error(`storage limits are inconsistent: ${what}`);
+  }
+  assertIndexLimits();
+}
+
+/** The index's limits: a full tail holds several windows, so cuts in progress do not stall writes. */
+function assertIndexLimits(limits: typeof indexLimits = indexLimits): void {
+  const checks: Array<[boolean, string]> = [
+    [limits.tailRecordCountMax >= 4 * limits.windowRecordsMax, 'the tail holds several windows before writes wait'],
+    [limits.cutRetryDelayMsMin > 0 && limits.cutRetryDelayMsMin <= limits.cutRetryDelayMsMax, 'the cut retry delays are ordered'],
+  ];
+  for (const [holds, what] of checks) {
+    if (!holds) throw new Error(`index limits are inconsistent: ${what}`);
   }
 }

@@ -4,18 +4,23 @@
 //   1. Read the DRL: its checkpoint says the live image and the log are durable through record
 //      S, and which regions may have been written since.
 //   2. Scan the log from the checkpoint position, checking every record, to its end or to the
-//      first record that fails a check (a tear: a write that was cut short by the crash).
+//      first record that fails a check (a tear: a write that was cut short by the crash). After a
+//      tear, survey the rest of the log for good records past it. None: a torn tail (expected).
+//      Some: damage in the middle of the log (not expected after a process crash; possible after a
+//      power loss, for writes never made durable): the part of the log past the tear is moved to
+//      quarantine/<µs>/ with a report of the sequence ranges, never deleted (quarantine.ts).
 //   3. Replay every data-changing record after S onto the live image, in log order. These lie
 //      only in dirty regions (checked), so the work grows with the dirty regions, not with the
 //      volume's size or history.
-//   4. Zero what follows the last good record in its segment and remove later segments: nothing
-//      there was ever acknowledged as durable, and stale bytes must never be mistaken for records
-//      once appending resumes.
+//   4. Zero what follows the last good record in its segment and remove later segments: after a
+//      torn tail nothing there was ever acknowledged as durable (after damage it is in quarantine
+//      by now), and stale bytes must never be mistaken for records once appending resumes.
 //   5. If the machine restarted since the DRL was last written (its boot id differs), unsynced
 //      pages of the live image may have reached disk while the log records behind them did not:
 //      the dirty regions stay dirty and are flagged for resync, and the volume logs their
 //      contents before serving (Volume.open). After a process crash the page cache kept both
-//      files whole, and this step is not needed.
+//      files whole, and this step is not needed, unless records were quarantined: the live image
+//      may hold their writes, so the dirty regions are flagged for resync too.
 //   6. Make the live image durable and move the checkpoint to the end of the log.
 //
 // Running it again after a crash during recovery is safe: replay writes the same bytes, and the
@@ -26,7 +31,8 @@ import type { FileSystem } from './io/file-system.js';
 import type { PrimaryImage } from './primary-image.js';
 import type { VolumePaths } from './volume-config.js';
 import type { LogPosition } from './write-log/batch.js';
-import { scanLog, type LogTear } from './write-log/log-reader.js';
+import { scanLog, surveyPastTear, type LogTear } from './write-log/log-reader.js';
+import { quarantineLogPastTear, type QuarantineReport } from './quarantine.js';
 import { RecordKind, changesData } from './write-log/record.js';
 import { decodePayload } from './write-log/payload-codec.js';
 import { listSegments, openSegment, segmentFileName } from './write-log/segment.js';
@@ -41,6 +47,8 @@ export interface RecoveryReport {
   /** Records after the checkpoint that were outside the regions marked dirty (should be 0). */
   outsideDirtyRegionCount: number;
   tear: LogTear | null;
+  /** Good records found past the tear, moved to quarantine with a report (null: none, a torn tail or no tear). */
+  quarantine: QuarantineReport | null;
   /** Segments after the end of the log that were removed. */
   removedSegmentCount: number;
   /** The machine restarted since the volume was last open (or a resync was left unfinished). */
@@ -88,6 +96,16 @@ export async function recoverVolume(parts: {
     },
   );
 
+  // Step 2, after a tear: what lies past it, kept before anything is zeroed or removed.
+  const currentBootId = fileSystem.bootId?.() ?? Buffer.alloc(16);
+  const bootKnown = !currentBootId.equals(Buffer.alloc(16));
+  const machineRestarted = drl.resyncPending || !bootKnown || !drl.bootId.equals(currentBootId);
+  let quarantine: QuarantineReport | null = null;
+  if (scan.tear !== null) {
+    const runs = surveyPastTear(fileSystem, paths.log, scan, scan.nextSequence);
+    if (runs.length > 0) quarantine = await quarantineLogPastTear({ fileSystem, paths, scan, tear: scan.tear, runs, machineRestarted });
+  }
+
   // Step 4.
   for (const segmentEnd of scan.segmentEnds.filter((position) => position.segmentNumber <= scan.end.segmentNumber)) {
     await zeroSegmentTail(fileSystem, paths.log, segmentEnd);
@@ -97,10 +115,7 @@ export async function recoverVolume(parts: {
   if (later.length > 0) await fileSystem.syncDirectory(paths.log);
 
   // Steps 5 and 6.
-  const currentBootId = fileSystem.bootId?.() ?? Buffer.alloc(16);
-  const bootKnown = !currentBootId.equals(Buffer.alloc(16));
-  const machineRestarted = drl.resyncPending || !bootKnown || !drl.bootId.equals(currentBootId);
-  const resyncRegions = machineRestarted ? drl.dirtyRegions() : [];
+  const resyncRegions = machineRestarted || quarantine !== null ? drl.dirtyRegions() : [];
   await primary.datasync();
   const lastSequence = scan.nextSequence - 1;
   const lastTimestampMicros = scan.recordCount > 0 ? scan.lastTimestampMicros : checkpoint.timestampMicros;
@@ -116,6 +131,7 @@ export async function recoverVolume(parts: {
     replayedBytes,
     outsideDirtyRegionCount,
     tear: scan.tear,
+    quarantine,
     removedSegmentCount: later.length,
     machineRestarted,
     resyncRegions,

@@ -1,8 +1,11 @@
-// The data folder: data/volumes/<name>/ for every volume, and a lock so that one process at a
-// time owns the folder (two appliances writing one log would corrupt it).
+// The data folder: data/volumes/<name>/ for every volume, and a lock (flock on cdp-nbd.lock) so
+// that one process at a time owns the folder (two appliances writing one log would corrupt it). A volume that fails to
+// open (a corrupt DRL, an unreadable index, a bad header) stays failed, with its error, until the
+// process restarts or the volume is deleted; the other volumes are not affected.
 
 import fs from 'node:fs';
-import { StorageError } from './errors.js';
+import { lockExclusive } from 'cdp-native';
+import { StorageError, messageWithCauses } from './errors.js';
 import type { FileSystem } from './io/file-system.js';
 import { nodeFileSystem } from './io/node-file-system.js';
 import { assertStorageLimits, storageLimits } from './limits.js';
@@ -13,7 +16,11 @@ export class VolumeStore {
   readonly dataDirectory: string;
   private readonly fileSystem: FileSystem;
   private readonly open = new Map<string, Volume>();
+  /** Volumes that failed to open, with why: not tried again until restart (recovery may write). */
+  private readonly openFailures = new Map<string, StorageError>();
   private readonly lockPath: string;
+  /** The open lock file whose flock holds the folder (null once released). */
+  private lockDescriptor: number | null = null;
   private readonly openOptions: OpenVolumeOptions;
 
   private constructor(dataDirectory: string, fileSystem: FileSystem, openOptions: OpenVolumeOptions) {
@@ -76,23 +83,41 @@ export class VolumeStore {
     return this.config(options.name);
   }
 
-  /** Open a volume (recovering it if needed); the same instance is returned while it is open. */
+  /**
+   * Open a volume (recovering it if needed); the same instance is returned while it is open. A
+   * volume that cannot be opened is failed: this and every later call throw EIO with the cause.
+   */
   async openVolume(name: string): Promise<Volume> {
     this.requireValidName(name);
     const existing = this.open.get(name);
     if (existing !== undefined) return existing;
-    this.config(name); // ENOENT for a missing volume
-    const volume = await Volume.open(this.directoryOf(name), this.fileSystem, this.openOptions);
+    const failure = this.openFailures.get(name);
+    if (failure !== undefined) throw failure;
+    this.requireExisting(name);
+    let volume: Volume;
+    try {
+      volume = await Volume.open(this.directoryOf(name), this.fileSystem, this.openOptions);
+    } catch (error) {
+      const failed = new StorageError('EIO', `volume ${name} failed to open: ${messageWithCauses(error)}`, { cause: error });
+      this.openFailures.set(name, failed);
+      throw failed;
+    }
     this.open.set(name, volume);
     return volume;
   }
 
-  /** Close a volume (if open) and delete it with its whole history. */
+  /** The volumes that failed to open, by name, with why. */
+  failedVolumes(): Array<{ name: string; error: string }> {
+    return [...this.openFailures].map(([name, error]) => ({ name, error: error.message })).sort((left, right) => left.name.localeCompare(right.name));
+  }
+
+  /** Close a volume (if open) and delete it with its whole history (a failed one too). */
   async delete(name: string): Promise<void> {
     this.requireValidName(name);
-    this.config(name); // ENOENT for a missing volume
+    this.requireExisting(name);
     const volume = this.open.get(name);
     this.open.delete(name);
+    this.openFailures.delete(name);
     await volume?.close();
     const directory = this.directoryOf(name);
     const doomed = `${this.volumesDirectory}/.deleting-${name}`;
@@ -117,44 +142,42 @@ export class VolumeStore {
     return `${this.volumesDirectory}/${name}`;
   }
 
+  /** ENOENT for a volume that does not exist (its volume.json may still be unreadable). */
+  private requireExisting(name: string): void {
+    if (!this.fileSystem.exists(volumePaths(this.directoryOf(name)).config)) throw new StorageError('ENOENT', `no volume named ${name}`);
+  }
+
   private requireValidName(name: string): void {
     const problem = validateVolumeName(name);
     if (problem !== null) throw new StorageError('EINVAL', problem);
   }
 
-  /** A lock file holding our pid; a lock left by a process that is gone is taken over. */
+  /**
+   * Lock the folder: flock on data/cdp-nbd.lock, held through an open file for as long as the
+   * store is open. The kernel releases it when the process dies, however it dies, so a lock is
+   * never stale; the pid written into the file only names the holder in the refusal.
+   */
   private takeLock(): void {
-    for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        fs.writeFileSync(this.lockPath, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
-        return;
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      }
-      const holder = Number.parseInt(fs.readFileSync(this.lockPath, 'utf8'), 10);
-      if (Number.isInteger(holder) && holder !== process.pid && processIsAlive(holder)) {
-        throw new StorageError('EEXIST', `data folder ${this.dataDirectory} is in use by process ${holder}`);
-      }
-      fs.rmSync(this.lockPath, { force: true });
-    }
-    throw new StorageError('EEXIST', `could not lock data folder ${this.dataDirectory}`);
-  }
-
-  private releaseLock(): void {
+    const descriptor = fs.openSync(this.lockPath, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
     try {
-      const holder = Number.parseInt(fs.readFileSync(this.lockPath, 'utf8'), 10);
-      if (holder === process.pid) fs.rmSync(this.lockPath, { force: true });
-    } catch {
-      // Already gone.
+      if (!lockExclusive(descriptor)) {
+        const holder = fs.readFileSync(this.lockPath, 'utf8').trim();
+        throw new StorageError('EEXIST', `data folder ${this.dataDirectory} is in use${/^\d+$/.test(holder) ? ` by process ${holder}` : ' by another process'}`);
+      }
+      fs.ftruncateSync(descriptor, 0);
+      fs.writeSync(descriptor, `${process.pid}\n`, 0);
+    } catch (error) {
+      fs.closeSync(descriptor);
+      throw error;
     }
+    this.lockDescriptor = descriptor;
   }
-}
 
-function processIsAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  /** The file stays: removing it could let a process lock a new file while another holds the old one. */
+  private releaseLock(): void {
+    if (this.lockDescriptor === null) return;
+    fs.ftruncateSync(this.lockDescriptor, 0);
+    fs.closeSync(this.lockDescriptor);
+    this.lockDescriptor = null;
   }
 }

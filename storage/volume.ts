@@ -23,6 +23,7 @@ import { nodeFileSystem } from './io/node-file-system.js';
 import { storageLimits } from './limits.js';
 import { PrimaryImage } from './primary-image.js';
 import { recoverVolume, type RecoveryReport } from './recovery.js';
+import { describeQuarantine, markQuarantineAsDamage, readQuarantineReports, type QuarantineReport } from './quarantine.js';
 import type { AllocationStatus, BlockDevice, BlockDeviceCapabilities, ContextExtent, WriteOptions, ZeroOptions } from './block-device.js';
 import { VolumeHistory, type HistoryVolume } from './point-in-time/history.js';
 import type { IndexDatabaseFactory } from './index/map-store.js';
@@ -127,6 +128,12 @@ export class Volume implements BlockDevice {
   /** Durable records the live image failed to take; reads still see them (volume is failed). */
   private readonly strandedRecords: AppendedRecord[] = [];
   private failure: StorageError | null = null;
+  /** What recoveries (this one and earlier ones) kept in quarantine/ (storage/quarantine.ts). */
+  private quarantineReports: QuarantineReport[] = [];
+  /** Set while a quarantine holds damage: writes and marks are refused. */
+  private quarantineDamage: StorageError | null = null;
+  /** The index holds records the log lost to damage: the volume must append nothing. */
+  private indexAheadOfLog = false;
   /** Regions to log from the live image before the next write (recovery step 5). */
   private pendingResyncRegions: readonly number[];
   private resyncAttempt: Promise<number> | null = null;
@@ -242,6 +249,7 @@ export class Volume implements BlockDevice {
           const history = volume.history;
           volume.onRetentionPolicyChanged(() => void history.lifecycle.tick());
         }
+        await volume.judgeQuarantine();
         await volume.recordRecovery();
       } catch (error) {
         await volume.close();
@@ -357,6 +365,8 @@ export class Volume implements BlockDevice {
   /** Append a mark or error record (no data). Resolves with its sequence number once durable. */
   async appendEvent(kind: typeof RecordKind.mark | typeof RecordKind.error, payload: Buffer): Promise<AppendedRecord> {
     assert(payload.length <= storageLimits.metaPayloadBytesMax, 'event payloads are small');
+    // Marks still go to a log the live image failed, but not past quarantined damage: the index holds records past the log's end.
+    if (this.quarantineDamage !== null) throw this.quarantineDamage;
     const record = await this.appendRecord(kind, 0, 0, 0, payload);
     await this.log.syncThrough(record.sequence);
     return record;
@@ -369,14 +379,31 @@ export class Volume implements BlockDevice {
     if (fua) await this.log.syncThrough(record.sequence);
   }
 
-  /** Steps 1 and 2: admission, then the append that orders this write among all others. */
+  /**
+   * Steps 1 and 2: admission (room in the index's in-memory tail, then in the write-log buffer and
+   * a ready segment; both checked again after any wait, so both hold at the append), then the
+   * append that orders this write among all others.
+   */
   private async appendRecord(kind: RecordKind, flags: number, offsetBytes: number, lengthBytes: number, payload: Buffer | null): Promise<AppendedRecord> {
     const recordBytes = recordHeaderBytes + (payload?.length ?? 0);
-    try {
-      for (let wait = this.log.admit(recordBytes); wait !== null; wait = this.log.admit(recordBytes)) await wait;
-    } catch (error) {
-      if (error instanceof StorageError && error.code === 'ENOSPC') this.refusingWritesForSpace = true;
-      throw error;
+    for (;;) {
+      const indexWait = this.history?.admit() ?? null; // ENOSPC while cuts fail and the tail is full
+      if (indexWait !== null) {
+        await indexWait;
+        continue;
+      }
+      let logWait: Promise<void> | null;
+      try {
+        logWait = this.log.admit(recordBytes);
+      } catch (error) {
+        if (error instanceof StorageError && error.code === 'ENOSPC') this.refusingWritesForSpace = true;
+        throw error;
+      }
+      if (logWait === null) break;
+      await logWait.catch((error: unknown) => {
+        if (error instanceof StorageError && error.code === 'ENOSPC') this.refusingWritesForSpace = true;
+        throw error;
+      });
     }
     this.refusingWritesForSpace = false;
     const record = this.log.append(kind, flags, offsetBytes, lengthBytes, payload);
@@ -494,6 +521,52 @@ export class Volume implements BlockDevice {
   // ---- after recovery ----
 
   /**
+   * Read what recoveries kept in quarantine. The index cuts only durable records: if it holds
+   * records past the end of the log, the records quarantined had been durable, and their loss is
+   * damage. Damage refuses writes (reads go on) until an administrator takes its folder away.
+   */
+  private async judgeQuarantine(): Promise<void> {
+    const reports = readQuarantineReports(this.fileSystem, this.paths);
+    const lastSequence = this.recovery.nextSequence - 1;
+    const mappedThroughSequence = this.history?.mappedThroughSequence ?? 0;
+    if (mappedThroughSequence > lastSequence) {
+      this.indexAheadOfLog = true;
+      const newest = reports[reports.length - 1];
+      if (newest === undefined) {
+        throw new StorageError(
+          'ECORRUPT',
+          `the index holds records through ${mappedThroughSequence}, past the end of the log at ${lastSequence}, and no quarantine says why: rebuild the index (remove ${this.paths.index}; packed history is lost with it)`,
+        );
+      }
+      if (newest.kind !== 'damage' || newest.indexMappedThroughSequence === undefined) {
+        reports[reports.length - 1] = await markQuarantineAsDamage(this.fileSystem, this.paths, newest, mappedThroughSequence);
+      }
+    }
+    this.quarantineReports = reports;
+    const damage = reports.filter((report) => report.kind === 'damage');
+    const newestDamage = damage[damage.length - 1];
+    if (newestDamage !== undefined) {
+      this.quarantineDamage = new StorageError(
+        'EIO',
+        `volume ${this.config.name} refuses writes: ${describeQuarantine(newestDamage)}; acknowledged records were lost, so an administrator decides what to keep, then removes that folder`,
+      );
+      this.failure ??= this.quarantineDamage;
+    }
+  }
+
+  /** What quarantine keeps that does not stop writes (records past a torn tail after a machine restart), in words. */
+  degradedReasons(): string[] {
+    return this.quarantineReports
+      .filter((report) => report.kind !== 'damage')
+      .map((report) => `after a machine restart, ${describeQuarantine(report)}; they were not all made durable before it (a disk may write out of order), so none was acknowledged as durable unless it lost acknowledged writes; remove the folder once looked at`);
+  }
+
+  /** The quarantine reports, oldest first (for the API). */
+  quarantines(): readonly QuarantineReport[] {
+    return this.quarantineReports;
+  }
+
+  /**
    * Recovery step 5 (recovery.ts): after a machine restart, log what the dirty regions of the
    * live image hold, so the log again describes the image exactly; then note in the log what
    * recovery found, for the people reading it later. With no room for the log, the volume still
@@ -501,6 +574,8 @@ export class Volume implements BlockDevice {
    */
   private async recordRecovery(): Promise<void> {
     const { recovery } = this;
+    // The index holds records past the log's end (quarantined damage): nothing may be appended until it is rebuilt.
+    if (this.indexAheadOfLog) return;
     let resyncedBytes = 0;
     try {
       resyncedBytes = await this.finishPendingResync();
@@ -518,9 +593,11 @@ export class Volume implements BlockDevice {
       resyncedRegions: recovery.resyncRegions.length,
       resyncedBytes,
       tear: recovery.tear === null ? null : { ...recovery.tear.position, reason: recovery.tear.reason },
+      quarantine: recovery.quarantine === null ? null : { folder: recovery.quarantine.folder, kind: recovery.quarantine.kind },
     };
     try {
-      await this.appendEvent(RecordKind.mark, Buffer.from(JSON.stringify(event)));
+      const record = await this.appendRecord(RecordKind.mark, 0, 0, 0, Buffer.from(JSON.stringify(event)));
+      await this.log.syncThrough(record.sequence);
     } catch (error) {
       if (!(error instanceof StorageError && error.code === 'ENOSPC')) throw error;
     }

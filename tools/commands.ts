@@ -348,7 +348,7 @@ async function runVolume(argv: string[]): Promise<number> {
   const store = VolumeStore.openDataDirectory(values.data);
   try {
     if (action === 'list') {
-      for (const name of store.list()) process.stdout.write(`${name}\t${formatBytes(store.config(name).sizeBytes)}\n`);
+      for (const name of store.list()) process.stdout.write(`${name}\t${describeVolumeSize(store, name)}\n`);
       return 0;
     }
     const name = positionals[0];
@@ -399,3 +399,12 @@ main(process.argv.slice(2)).then(
     process.exitCode = 1;
   },
 );
+
+/** A volume's size for `volume list`, or why its volume.json cannot be read (the others still list). */
+function describeVolumeSize(store: VolumeStore, name: string): string {
+  try {
+    return formatBytes(store.config(name).sizeBytes);
+  } catch (error) {
+    return `failed: ${error instanceof Error ? error.message : String(error)}`;
+  }
+}

@@ -13,11 +13,21 @@ export const coalesceGapBytesMax = 16 * 1024;
 /** The changed ranges are gathered this much of the volume at a time (bounds the index query). */
 const changedSliceBytes = 1024 ** 3;
 
-/** The ranges written in (fromSequence, toSequence], coalesced into pieces of at most 4 MiB. */
-export async function changedPlan(history: VolumeHistory, fromSequence: number, toSequence: number, sizeBytes: number): Promise<ByteRange[]> {
+/**
+ * The ranges of [startBytes, endBytes) (default: the whole volume) written in (fromSequence,
+ * toSequence], coalesced into pieces of at most 4 MiB.
+ */
+export async function changedPlan(
+  history: VolumeHistory,
+  fromSequence: number,
+  toSequence: number,
+  sizeBytes: number,
+  within: { startBytes: number; endBytes: number } = { startBytes: 0, endBytes: sizeBytes },
+): Promise<ByteRange[]> {
   const plan: ByteRange[] = [];
-  for (let sliceStart = 0; sliceStart < sizeBytes; sliceStart += changedSliceBytes) {
-    const sliceEnd = Math.min(sizeBytes, sliceStart + changedSliceBytes);
+  const endBytes = Math.min(sizeBytes, within.endBytes);
+  for (let sliceStart = within.startBytes; sliceStart < endBytes; sliceStart += changedSliceBytes) {
+    const sliceEnd = Math.min(endBytes, sliceStart + changedSliceBytes);
     const changed = await history.changedBetween(fromSequence, toSequence, sliceStart, sliceEnd);
     const ranges = changed.map(([startBytes, endBytes]) => ({ startBytes, endBytes }));
     plan.push(...coalesce(ranges, coalesceGapBytesMax, requestBytesMax));

@@ -123,6 +123,15 @@ export async function metricsRoutes(app: FastifyInstance, context: AppContext): 
     for (const volume of volumes) {
       (volume.history?.mapsPerLevel ?? []).forEach((count, level) => maps.samples.push({ labels: { volume: volume.config.name, level: String(level) }, value: count }));
     }
+    const volumeFailedMetric = perVolume('cdp_nbd_volume_failed', '1 when the volume failed to open (not exported), or failed since and refuses writes until restart.', 'gauge', (stats) => (stats.failed === null ? 0 : 1));
+    for (const failure of context.appliance.store.failedVolumes()) volumeFailedMetric.samples.push({ labels: { volume: failure.name }, value: 1 });
+    const withHistory = volumes.flatMap((volume) => (volume.history === null ? [] : [{ volume: volume.config.name, cuts: volume.history.cutStatistics() }]));
+    const perHistory = (name: string, help: string, type: Metric['type'], value: (cuts: (typeof withHistory)[number]['cuts']) => number): Metric => ({
+      name,
+      help,
+      type,
+      samples: withHistory.map(({ volume, cuts }) => ({ labels: { volume }, value: value(cuts) })),
+    });
     const metrics: Metric[] = [
       perVolume('cdp_nbd_writes_total', 'Writes received (WRITE requests).', 'counter', (stats) => stats.writeCount),
       perVolume('cdp_nbd_write_bytes_total', 'Bytes written by WRITE requests.', 'counter', (stats) => stats.writeBytes),
@@ -133,9 +142,14 @@ export async function metricsRoutes(app: FastifyInstance, context: AppContext): 
       perVolume('cdp_nbd_log_bytes', 'Bytes of the write log on disk.', 'gauge', (stats) => stats.logBytes),
       perVolume('cdp_nbd_dirty_regions', 'Regions of the live image that may differ from the log.', 'gauge', (stats) => stats.dirtyRegionCount),
       perVolume('cdp_nbd_unapplied_bytes', 'Bytes in the write-log buffer not yet in the live image.', 'gauge', (stats) => stats.unappliedBytes),
-      perVolume('cdp_nbd_volume_failed', '1 when the volume failed and refuses writes until restart.', 'gauge', (stats) => (stats.failed === null ? 0 : 1)),
+      volumeFailedMetric,
       flushHistogram,
       maps,
+      perHistory('cdp_index_tail_records', 'Records not yet cut into the delta-map index, held in memory.', 'gauge', (cuts) => cuts.tailRecordCount),
+      perHistory('cdp_index_tail_records_max', 'The most records the in-memory tail holds; past it writes wait, or are refused while cuts fail.', 'gauge', (cuts) => cuts.tailRecordCountMax),
+      perHistory('cdp_index_cut_failures_total', 'Cuts of the delta-map index that failed (each is tried again with backoff).', 'counter', (cuts) => cuts.cutFailuresTotal),
+      perHistory('cdp_index_cuts_failed_in_a_row', 'Cuts that failed since the last one that succeeded (0: cutting works).', 'gauge', (cuts) => cuts.cutsFailedInARow),
+      perHistory('cdp_index_refusing_writes', '1 while writes are refused (ENOSPC) because the tail is full and cuts fail.', 'gauge', (cuts) => (cuts.refusingWritesForIndex ? 1 : 0)),
       { name: 'cdp_nbd_connections', help: 'NBD connections open.', type: 'gauge', samples: [{ labels: {}, value: context.appliance.nbd.connectionCount }] },
       { name: 'cdp_nbd_exports', help: 'NBD exports (live volumes, views and clones).', type: 'gauge', samples: [{ labels: {}, value: context.appliance.exports.list().length }] },
       ...securityMetrics(context.appliance.nbd.securityCounts),

@@ -2,7 +2,7 @@
 // policy and the history lifecycle's live figures (retention-status.ts).
 
 import type { FastifyInstance } from 'fastify';
-import { formatMicros, type Volume } from '../../storage/index.js';
+import { formatMicros, type Volume, type VolumeConfig } from '../../storage/index.js';
 import type { AppContext } from '../context.js';
 import { retentionStatusJson } from '../retention-status.js';
 import { commonErrors, errorReference, volumeNameParameter, volumeSchema } from '../schemas.js';
@@ -12,7 +12,11 @@ export async function volumeRoutes(app: FastifyInstance, context: AppContext): P
     '/volumes',
     { config: { role: 'read' }, schema: { summary: 'List volumes', tags: ['volumes'], response: { 200: { type: 'object', properties: { volumes: { type: 'array', items: volumeSchema } } }, ...commonErrors } } },
     async () => {
-      const volumes = await Promise.all(context.appliance.store.list().map(async (name) => describe(await context.appliance.store.openVolume(name))));
+      const { store } = context.appliance;
+      const failures = new Map(store.failedVolumes().map((failure) => [failure.name, failure.error]));
+      const volumes = await Promise.all(
+        store.list().map(async (name) => (failures.has(name) ? describeFailed(context, name, failures.get(name)!) : describe(await store.openVolume(name)))),
+      );
       return { volumes };
     },
   );
@@ -51,7 +55,11 @@ export async function volumeRoutes(app: FastifyInstance, context: AppContext): P
         response: { 200: volumeSchema, 404: errorReference, ...commonErrors },
       },
     },
-    async (request) => describe(await context.appliance.store.openVolume(request.params.volume)),
+    async (request) => {
+      const name = request.params.volume;
+      const failure = context.appliance.store.failedVolumes().find((candidate) => candidate.name === name);
+      return failure === undefined ? describe(await context.appliance.store.openVolume(name)) : describeFailed(context, name, failure.error);
+    },
   );
 
   app.delete<{ Params: { volume: string } }>(
@@ -72,11 +80,31 @@ export async function volumeRoutes(app: FastifyInstance, context: AppContext): P
   );
 }
 
+/** A volume that failed to open: its name, the error, and what its volume.json says if it can be read. */
+function describeFailed(context: AppContext, name: string, error: string) {
+  let config: Partial<VolumeConfig> = {};
+  try {
+    config = context.appliance.store.config(name);
+  } catch {
+    // volume.json is what failed
+  }
+  return {
+    name,
+    state: 'failed',
+    error,
+    failed: error,
+    ...(config.sizeBytes === undefined ? {} : { sizeBytes: config.sizeBytes, regionSizeBytes: config.regionSizeBytes, segmentSizeBytes: config.segmentSizeBytes }),
+    ...(config.createdMicros === undefined ? {} : { createdMicros: config.createdMicros, createdTime: formatMicros(config.createdMicros) }),
+  };
+}
+
 async function describe(volume: Volume) {
   const stats = volume.stats();
   const history = volume.history;
   return {
     name: volume.config.name,
+    state: 'open',
+    error: null,
     sizeBytes: volume.config.sizeBytes,
     regionSizeBytes: volume.config.regionSizeBytes,
     segmentSizeBytes: volume.config.segmentSizeBytes,
@@ -85,6 +113,13 @@ async function describe(volume: Volume) {
     snapshotCount: history?.snapshots().length ?? 0,
     failed: stats.failed,
     statistics: { ...stats },
+    quarantine: volume.quarantines().map((report) => ({
+      folder: report.folder,
+      kind: report.kind,
+      detectedMicros: report.detectedMicros,
+      lostSequences: report.lostSequences,
+      foundRecords: report.foundRecords.map((run) => ({ firstSequence: run.firstSequence, lastSequence: run.lastSequence, recordCount: run.recordCount })),
+    })),
     retention: {
       policy: volume.retentionPolicy,
       ...(history === null ? {} : retentionStatusJson(history.lifecycle.status(), volume.retentionPolicy)),

@@ -15,7 +15,8 @@
 //
 // Cuts and merges run one at a time each, in the background, in order. The index is derived from
 // the log: a cut only takes records the caller made durable, and after a crash the volume replays
-// the log from the checkpoint into the tail.
+// the log from the checkpoint into the tail. A failed cut or merge changes nothing in memory (the
+// database batch is all or nothing): the caller tries it again.
 
 import { IntervalStore } from './intervals.js';
 import { LastWriteTable } from './last-writes.js';
@@ -41,7 +42,8 @@ export class DeltaMapIndex {
   private readonly lastWrites: LastWriteTable;
   /** Cuts and merges run one at a time each, cuts never waiting for a long merge. */
   private readonly queues = { cuts: Promise.resolve(), merges: Promise.resolve() };
-  private failure: unknown = null;
+  /** The last merge's failure (merges are tried again after the next cut), or null once one succeeds. */
+  mergeFailure: unknown = null;
   /** Where windows must end besides size and age (tier points); set by the retention engine. */
   windowBoundary: WindowBoundary | null = null;
   /** Counters for the metrics and the benchmark. */
@@ -91,6 +93,11 @@ export class DeltaMapIndex {
     return this.tail.records.length;
   }
 
+  /** Records of every kind the tail holds in memory (bounded by the history's admission). */
+  get tailHeldRecordCount(): number {
+    return this.tail.heldRecordCount;
+  }
+
   /** Maps built per level (level 0: windows). */
   get builtCounts(): readonly number[] {
     return this.store.builtCounts;
@@ -121,8 +128,18 @@ export class DeltaMapIndex {
       await cutWindow(this.store, this.tail, this.lastWrites, throughSequence);
       this.counters.cuts++;
     });
-    void cutting.then(() => this.enqueue('merges', async () => void (this.counters.merges += await mergeDue(this.store, this.intervals.state.fineStartWindow)))).catch(() => undefined);
+    void cutting.then(() => this.enqueue('merges', () => this.mergeWhatIsDue())).catch(() => undefined);
     return cutting;
+  }
+
+  private async mergeWhatIsDue(): Promise<void> {
+    try {
+      this.counters.merges += await mergeDue(this.store, this.intervals.state.fineStartWindow);
+      this.mergeFailure = null;
+    } catch (error) {
+      this.mergeFailure = error;
+      throw error;
+    }
   }
 
   /** Resolves when every cut and merge asked for so far is done. */
@@ -132,15 +149,7 @@ export class DeltaMapIndex {
   }
 
   private enqueue(queue: 'cuts' | 'merges', task: () => Promise<void>): Promise<void> {
-    const next = this.queues[queue].then(async () => {
-      if (this.failure !== null) throw this.failure;
-      try {
-        await task();
-      } catch (error) {
-        this.failure = error;
-        throw error;
-      }
-    });
+    const next = this.queues[queue].then(task);
     this.queues[queue] = next.catch(() => undefined);
     return next;
   }

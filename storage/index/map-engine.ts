@@ -56,18 +56,19 @@ export async function cutWindow(store: MapStore, tail: Tail, lastWrites: LastWri
   for (const [chunk, chunkExtents] of splitByChunk(extents, lastWrites.chunkBytes)) {
     batch.push({ type: 'put', key: chunkExtentsKey(window, chunk), value: encodeChunkExtents(chunkExtents) });
   }
-  const restoreChanged = lastWrites.takeChanged(batch);
+  // Reads first: a cut that fails before its batch must leave everything as it was, to be tried again.
+  const updatesCut = [...tail.pendingUpdates.entries()];
+  for (const [name, mark] of updatesCut) {
+    const stored = await store.db.get(snapshotKey(name));
+    if (stored !== undefined) batch.push({ type: 'put', key: snapshotKey(name), value: Buffer.from(JSON.stringify(applySnapshotUpdate(JSON.parse(stored.toString('utf8')) as SnapshotRecord, mark))) });
+  }
   const snapshotsCut: string[] = [];
   for (const [name, snapshot] of tail.snapshots) {
     if (snapshot !== null && snapshot.sequence > throughSequence) continue;
     batch.push(snapshot === null ? { type: 'del', key: snapshotKey(name) } : { type: 'put', key: snapshotKey(name), value: Buffer.from(JSON.stringify(snapshot)) });
     snapshotsCut.push(name);
   }
-  const updatesCut = [...tail.pendingUpdates.entries()];
-  for (const [name, mark] of updatesCut) {
-    const stored = await store.db.get(snapshotKey(name));
-    if (stored !== undefined) batch.push({ type: 'put', key: snapshotKey(name), value: Buffer.from(JSON.stringify(applySnapshotUpdate(JSON.parse(stored.toString('utf8')) as SnapshotRecord, mark))) });
-  }
+  const restoreChanged = lastWrites.takeChanged(batch);
   batch.push({ type: 'put', key: checkpointKey, value: Buffer.from(JSON.stringify(checkpoint)) });
   try {
     await store.batch(batch);

@@ -47,6 +47,11 @@ export class Tail {
     this.nextPosition = nextPosition;
   }
 
+  /** Records of every kind held (marks too): what the tail's memory grows with. */
+  get heldRecordCount(): number {
+    return this.ends.length;
+  }
+
   /** Take one record, in log order. */
   note(record: IndexedRecord): void {
     assert(record.sequence === this.lastSequence + 1, `records reach the index in order (${record.sequence} after ${this.lastSequence})`);

@@ -2,6 +2,8 @@
 // interfaces, so tests can put a simulated file system with injected faults (lost unsynced
 // writes, torn writes, failing syncs) in place of the real one (node-file-system.ts).
 
+import { randomBytes } from 'node:crypto';
+
 export interface FileHandle {
   readonly path: string;
   /** Read into target at positionBytes; returns bytes read (short only at end of file). */
@@ -75,19 +77,55 @@ export interface FileSystem {
   bootId?(): Buffer;
 }
 
-/** Write a small file so that a crash leaves either the old or the new content, never a mix. */
-export async function writeFileAtomic(fileSystem: FileSystem, path: string, content: Buffer): Promise<void> {
-  const temporaryPath = `${path}.tmp`;
-  const handle = fileSystem.open(temporaryPath, { create: true });
+/** The write in progress (or last queued) to each file, per file system: writes to one file run one at a time. */
+const atomicWritesInProgress = new WeakMap<FileSystem, Map<string, Promise<void>>>();
+
+/**
+ * Write a small file so that a crash leaves either the old or the new content, never a mix:
+ * write a temporary file, sync it, rename it over the file, sync the directory. Each write has a
+ * temporary name of its own (PATH.<random>.tmp), and writes to one file run one at a time in the
+ * order they were asked for, so the last one asked for is what the file holds. Temporaries a
+ * crash left behind are removed by the next write to the same file.
+ */
+export function writeFileAtomic(fileSystem: FileSystem, path: string, content: Buffer): Promise<void> {
+  let writes = atomicWritesInProgress.get(fileSystem);
+  if (writes === undefined) {
+    writes = new Map();
+    atomicWritesInProgress.set(fileSystem, writes);
+  }
+  const previous = writes.get(path) ?? Promise.resolve();
+  const write = previous.catch(() => undefined).then(() => writeFileAtomicNow(fileSystem, path, content));
+  const settled = write.catch(() => undefined);
+  writes.set(path, settled);
+  void settled.then(() => {
+    if (writes.get(path) === settled) writes.delete(path);
+  });
+  return write;
+}
+
+async function writeFileAtomicNow(fileSystem: FileSystem, path: string, content: Buffer): Promise<void> {
+  removeLeftTemporaries(fileSystem, path);
+  const temporaryPath = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+  const handle = fileSystem.open(temporaryPath, { create: true, exclusive: true });
   try {
-    handle.truncate(0);
     handle.writeSync(content, 0);
     await handle.datasync();
-  } finally {
+  } catch (error) {
     handle.close();
+    fileSystem.remove(temporaryPath);
+    throw error;
   }
+  handle.close();
   fileSystem.rename(temporaryPath, path);
   await fileSystem.syncDirectory(directoryOf(path));
+}
+
+/** Temporaries of earlier writes to `path` that a crash cut short (none is in progress: writes to a file are serialized). */
+function removeLeftTemporaries(fileSystem: FileSystem, path: string): void {
+  const directory = directoryOf(path);
+  const name = path.slice(directory === '/' ? 1 : directory.length + 1);
+  const isTemporary = (candidate: string): boolean => candidate.startsWith(`${name}.`) && /^\.[0-9a-f]{12}\.tmp$/.test(candidate.slice(name.length));
+  for (const candidate of fileSystem.list(directory).filter(isTemporary)) fileSystem.remove(`${directory}/${candidate}`);
 }
 
 /** Read a whole small file. */

@@ -4,7 +4,7 @@
 // Instants are given as a snapshot name, a sequence number, or a time in microseconds; each is
 // turned into a sequence number S, and the view shows the volume just after record S.
 
-import { StorageError } from '../errors.js';
+import { StorageError, messageWithCauses } from '../errors.js';
 import type { FileSystem } from '../io/file-system.js';
 import { DeltaMapIndex, type IndexDatabaseFactory, type IndexedRecord, type SnapshotRecord } from '../index/delta-map-index.js';
 import { applySnapshotUpdate, snapshotOfMark, type SnapshotMark } from '../index/tail.js';
@@ -59,6 +59,26 @@ export interface HistoryStatistics {
   oldestMicros: number;
   newestMicros: number;
   indexBytes: number;
+  /** Records appended but not yet cut into a window, held in memory (at most tailRecordCountMax). */
+  tailRecordCount: number;
+  tailRecordCountMax: number;
+  /** Cuts failed in a row (0: the last one succeeded), the last error, when cutting began to fail and is tried next (Unix µs). */
+  cutsFailedInARow: number;
+  cutFailuresTotal: number;
+  lastCutError: string | null;
+  cutsFailingSinceMicros: number | null;
+  nextCutAttemptMicros: number | null;
+  /** Writes are refused (ENOSPC): the tail is full and cuts fail. */
+  refusingWritesForIndex: boolean;
+  lastMergeError: string | null;
+}
+
+/** Cuts failing in a row: the last error, since when, and when the next try may start. */
+interface CutFailure {
+  error: unknown;
+  failedInARow: number;
+  sinceMs: number;
+  nextAttemptMs: number;
 }
 
 export function validateSnapshotName(name: string): string | null {
@@ -75,8 +95,12 @@ export class VolumeHistory {
   private cutting: Promise<void> | null = null;
   private readonly timer: NodeJS.Timeout;
   private closed = false;
-  /** The first failure of the index (cuts stop; views still work from what is cut and the tail). */
-  failure: unknown = null;
+  /**
+   * Cuts failing (LevelDB out of space, an I/O error): tried again with backoff; meanwhile views
+   * work from what is cut and the tail, and writes are refused once the tail is full.
+   */
+  private cutFailure: CutFailure | null = null;
+  private cutFailuresTotal = 0;
   /** Retention: what is kept, expiry and reclaim (storage/retention/lifecycle.ts). */
   readonly lifecycle: HistoryLifecycle;
 
@@ -159,22 +183,65 @@ export class VolumeHistory {
     }
   }
 
-  /** Cut windows while one is due (after making its records durable), one cut at a time. */
+  /**
+   * Cut windows while one is due (after making its records durable), one cut at a time. A failed
+   * cut is tried again after a delay that doubles with every failure in a row (up to 30 s).
+   */
   cutIfDue(): void {
-    if (this.cutting !== null || this.closed || this.failure !== null) return;
+    if (this.cutting !== null || this.closed) return;
+    if (this.cutFailure !== null && Date.now() < this.cutFailure.nextAttemptMs) return;
     const through = this.index.cutDue(Date.now() * 1000);
     if (through === 0) return;
     this.cutting = (async () => {
       try {
         await this.volume.syncThrough(through);
         await this.index.cut(through);
+        this.cutFailure = null;
       } catch (error) {
-        this.failure ??= error;
+        this.noteCutFailure(error);
       } finally {
         this.cutting = null;
       }
-      this.cutIfDue(); // records kept coming: the next window may be full already
+      if (this.cutFailure === null) this.cutIfDue(); // records kept coming: the next window may be full already
     })();
+  }
+
+  private noteCutFailure(error: unknown): void {
+    this.cutFailuresTotal++;
+    const nowMs = Date.now();
+    const failedInARow = (this.cutFailure?.failedInARow ?? 0) + 1;
+    const delayMs = Math.min(indexLimits.cutRetryDelayMsMax, indexLimits.cutRetryDelayMsMin * 2 ** Math.min(failedInARow - 1, 20));
+    this.cutFailure = { error, failedInARow, sinceMs: this.cutFailure?.sinceMs ?? nowMs, nextAttemptMs: nowMs + delayMs };
+  }
+
+  /**
+   * Admission of one more record (the write path, step 2): null when the tail has room; while it
+   * is full, a wait for the cut in progress, or ENOSPC when cuts fail, so that memory stays
+   * bounded (docs/decisions/0012-index-cut-failures.md).
+   */
+  admit(): Promise<void> | null {
+    if (this.index.tailHeldRecordCount < indexLimits.tailRecordCountMax) return null;
+    if (this.cutFailure !== null) {
+      throw new StorageError(
+        'ENOSPC',
+        `volume ${this.volume.name} refuses writes: its index holds ${this.index.tailHeldRecordCount} records in memory, the most it may, and cutting them into the index fails (${this.cutFailure.failedInARow} in a row, next try in ${Math.max(0, Math.ceil((this.cutFailure.nextAttemptMs - Date.now()) / 1000))} s): ${messageWithCauses(this.cutFailure.error)}`,
+        { cause: this.cutFailure.error },
+      );
+    }
+    this.cutIfDue();
+    return this.cutting ?? new Promise((resolve) => setTimeout(resolve, 1));
+  }
+
+  /** Why the index is unhealthy, in words (for /health); empty when it is not. */
+  degradedReasons(): string[] {
+    const reasons: string[] = [];
+    const failure = this.cutFailure;
+    if (failure !== null) {
+      reasons.push(`cutting records into the delta-map index fails (${failure.failedInARow} in a row since ${formatMicros(failure.sinceMs * 1000)}; retried with backoff): ${messageWithCauses(failure.error)}`);
+      if (this.index.tailHeldRecordCount >= indexLimits.tailRecordCountMax) reasons.push(`writes are refused (ENOSPC): the index's in-memory tail is full (${this.index.tailHeldRecordCount} records)`);
+    }
+    if (this.index.mergeFailure !== null) reasons.push(`merging delta maps fails: ${messageWithCauses(this.index.mergeFailure)}`);
+    return reasons;
   }
 
   // ---- snapshots ----
@@ -325,6 +392,11 @@ export class VolumeHistory {
     return this.index.lastMicros;
   }
 
+  /** The last record the index has cut into a window (it was durable then). */
+  get mappedThroughSequence(): number {
+    return this.index.mappedThroughSequence;
+  }
+
   /** Maps built per level (level 0: windows). */
   get mapsPerLevel(): readonly number[] {
     return this.index.builtCounts;
@@ -338,6 +410,27 @@ export class VolumeHistory {
       oldestMicros: await this.index.firstMicros(),
       newestMicros: this.index.lastMicros,
       indexBytes: this.index.sizeBytes(),
+      ...this.cutStatistics(),
+    };
+  }
+
+  /** The cut figures of statistics(), synchronously (for /metrics). */
+  cutStatistics(): Pick<
+    HistoryStatistics,
+    'tailRecordCount' | 'tailRecordCountMax' | 'cutsFailedInARow' | 'cutFailuresTotal' | 'lastCutError' | 'cutsFailingSinceMicros' | 'nextCutAttemptMicros' | 'refusingWritesForIndex' | 'lastMergeError'
+  > {
+    const failure = this.cutFailure;
+    const tailRecordCount = this.index.tailHeldRecordCount;
+    return {
+      tailRecordCount,
+      tailRecordCountMax: indexLimits.tailRecordCountMax,
+      cutsFailedInARow: failure?.failedInARow ?? 0,
+      cutFailuresTotal: this.cutFailuresTotal,
+      lastCutError: failure === null ? null : messageWithCauses(failure.error),
+      cutsFailingSinceMicros: failure === null ? null : failure.sinceMs * 1000,
+      nextCutAttemptMicros: failure === null ? null : failure.nextAttemptMs * 1000,
+      refusingWritesForIndex: failure !== null && tailRecordCount >= indexLimits.tailRecordCountMax,
+      lastMergeError: this.index.mergeFailure === null ? null : messageWithCauses(this.index.mergeFailure),
     };
   }
 
@@ -365,7 +458,7 @@ export class VolumeHistory {
   async cutEverything(): Promise<void> {
     await this.cutting;
     const through = this.volume.appendedSequence;
-    if (this.failure === null && through > this.index.mappedThroughSequence) await this.index.cut(through).catch(() => undefined);
+    if (through > this.index.mappedThroughSequence) await this.index.cut(through).catch(() => undefined);
   }
 }
 

@@ -1,9 +1,11 @@
 // Reading the write log back in order: for recovery, the inspector, verification and replay.
 // A scan checks every record (magic, version, lengths, sequence continuity, CRC32C) and stops at
-// the clean end of the log (zeroes) or at the first record that fails a check (a tear).
+// the clean end of the log (zeroes) or at the first record that fails a check (a tear). After a
+// tear, recovery surveys the rest of the log for good records past it (surveyPastTear): none
+// means a torn tail, some mean damage in the middle (docs/formats/write-log.md, "Damage").
 
 import type { FileHandle, FileSystem } from '../io/file-system.js';
-import { decodeRecordHeader, recordHeaderBytes, verifyRecord, type RecordHeader } from './record.js';
+import { decodeRecordHeader, recordHeaderBytes, recordMagic, verifyRecord, type RecordHeader } from './record.js';
 import { listSegments, openSegment, segmentHeaderBytes, type OpenSegment } from './segment.js';
 import type { LogPosition } from './batch.js';
 
@@ -157,4 +159,87 @@ function scanSegment(
 export function logStart(fileSystem: FileSystem, logDirectory: string): LogPosition | null {
   const first = listSegments(fileSystem, logDirectory)[0];
   return first === undefined ? null : { segmentNumber: first, offsetBytes: segmentHeaderBytes };
+}
+
+/** A run of good records, in sequence without a gap, found past a tear. */
+export interface RecordRun {
+  firstSequence: number;
+  lastSequence: number;
+  recordCount: number;
+  /** Where its first record starts, and where its last one ends (they may lie in different segments). */
+  from: LogPosition;
+  to: LogPosition;
+  firstMicros: number;
+  lastMicros: number;
+}
+
+const magicBytes = Buffer.alloc(4);
+magicBytes.writeUInt32BE(recordMagic, 0);
+
+/**
+ * The good records past a scan's tear whose sequence is at least `expectedSequence` (the one the
+ * tear was due to carry), in log order, joined into runs. Looked for everywhere a record could
+ * still be: in every scanned segment after its last good record (a zeroed header reads as a clean
+ * end), and in every later segment; past garbage, by the record magic. An empty answer means the
+ * log ends in a torn tail; records found mean damage in the middle of the log.
+ */
+export function surveyPastTear(fileSystem: FileSystem, logDirectory: string, scan: LogScanResult, expectedSequence: number): RecordRun[] {
+  const runs: RecordRun[] = [];
+  const firstSegment = scan.segmentEnds[0]?.segmentNumber ?? scan.end.segmentNumber;
+  for (const segmentNumber of listSegments(fileSystem, logDirectory).filter((number) => number >= firstSegment)) {
+    const scanned = scan.segmentEnds.find((position) => position.segmentNumber === segmentNumber);
+    const segment = openSegment(fileSystem, logDirectory, segmentNumber, 'read');
+    try {
+      surveySegment(segment, scanned?.offsetBytes ?? segmentHeaderBytes, expectedSequence, (run) => {
+        const last = runs[runs.length - 1];
+        if (last !== undefined && last.lastSequence + 1 === run.firstSequence && last.to.segmentNumber !== run.from.segmentNumber) {
+          runs[runs.length - 1] = { ...last, lastSequence: run.lastSequence, recordCount: last.recordCount + run.recordCount, to: run.to, lastMicros: run.lastMicros };
+        } else {
+          runs.push(run);
+        }
+      });
+    } finally {
+      segment.handle.close();
+    }
+  }
+  return runs;
+}
+
+/** Runs of good records in one segment from `fromOffsetBytes` on, found by their magic. */
+function surveySegment(segment: OpenSegment, fromOffsetBytes: number, expectedSequence: number, onRun: (run: RecordRun) => void): void {
+  const windowBytes = readAheadBytes;
+  const window = Buffer.alloc(windowBytes);
+  let offsetBytes = fromOffsetBytes;
+  while (offsetBytes + recordHeaderBytes <= segment.sizeBytes) {
+    const candidate = nextMagic(segment, window, offsetBytes);
+    if (candidate === null) return;
+    let run: RecordRun | null = null;
+    const outcome = scanSegment(segment, candidate, { from: { segmentNumber: segment.segmentNumber, offsetBytes: candidate }, withPayload: false }, undefined, ({ header, position }) => {
+      const end = { segmentNumber: segment.segmentNumber, offsetBytes: position.offsetBytes + recordHeaderBytes + header.payloadBytes };
+      if (run === null) {
+        run = { firstSequence: header.sequence, lastSequence: header.sequence, recordCount: 1, from: position, to: end, firstMicros: header.timestampMicros, lastMicros: header.timestampMicros };
+      } else {
+        run.lastSequence = header.sequence;
+        run.recordCount++;
+        run.to = end;
+        run.lastMicros = header.timestampMicros;
+      }
+    });
+    const found = run as RecordRun | null;
+    if (found !== null && found.firstSequence >= expectedSequence) onRun(found);
+    offsetBytes = Math.max(candidate + 1, outcome.offsetBytes);
+  }
+}
+
+/** The offset of the next record magic at or after `offsetBytes`, or null. */
+function nextMagic(segment: OpenSegment, window: Buffer, offsetBytes: number): number | null {
+  for (let start = offsetBytes; start + magicBytes.length <= segment.sizeBytes; start += window.length - magicBytes.length + 1) {
+    const wantBytes = Math.min(window.length, segment.sizeBytes - start);
+    const readBytes = segment.handle.readSync(window.subarray(0, wantBytes), start);
+    if (readBytes < magicBytes.length) return null;
+    const found = window.subarray(0, readBytes).indexOf(magicBytes);
+    if (found >= 0) return start + found;
+    if (readBytes < wantBytes) return null;
+  }
+  return null;
 }

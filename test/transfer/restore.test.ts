@@ -322,3 +322,38 @@ t.test('restore onto a block device (a loop device the appliance is allowed), an
   const equal = await compare(device, view.json.uri as string);
   t.equal(equal.code, 0, `qemu-img compare of the device with the snapshot's export: ${equal.text}`);
 });
+
+t.test('a resumed in-place restore plans from the volume as it is: writes made between its runs are rewound too', async (t) => {
+  if (!requireTools(t, ['qemu-io'])) return;
+  const directory = temporaryDirectory(t);
+  const dataDirectory = `${directory}/data`;
+  let appliance = await startAppliance(t, { dataDirectory, volumeSize: '64M' });
+  await qemuIo(appliance.uri(), ['write -P 0x11 0 32M']);
+  t.equal((await apiRequest(appliance, 'POST', '/api/v1/volumes/vol0/snapshots', { name: 'good' })).status, 201);
+  // 1 MiB every 2 MiB: pieces of their own, so the throttled run moves its watermark piece by piece.
+  await qemuIo(appliance.uri(), Array.from({ length: 16 }, (_, index) => `write -P 0x22 ${index * 2}M 1M`));
+
+  const request = { volume: 'vol0', snapshot: 'good', inPlace: true };
+  const started = await apiRequest(appliance, 'POST', '/api/v1/restores', { ...request, rateBytesPerSecond: MiB });
+  t.equal(started.status, 202, 'a throttled rewind starts');
+  const id = started.json.id as string;
+  const journal = `${dataDirectory}/jobs/${id}.json`;
+  let doneThroughBytes = 0;
+  for (let attempt = 0; doneThroughBytes < 4 * MiB; attempt++) {
+    if (attempt > 600) throw new Error('no checkpoint after 30 s');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    doneThroughBytes = (JSON.parse(fs.readFileSync(journal, 'utf8')) as { checkpoint: { doneThroughBytes: number } }).checkpoint.doneThroughBytes;
+  }
+  t.equal(await appliance.stop(), 0, `stopped with the first run's watermark at ${doneThroughBytes / MiB} MiB`);
+
+  appliance = await startAppliance(t, { dataDirectory, volumeSize: '64M' });
+  t.equal((await apiRequest(appliance, 'GET', `/api/v1/jobs/${id}`)).json.state, 'interrupted');
+  // Between the runs: below the watermark, where the first run restored and where it had nothing
+  // to do; above it, where the first run's plan did not reach.
+  await qemuIo(appliance.uri(), ['write -P 0x55 0 64k', 'write -P 0x33 1M 64k', 'write -P 0x44 48M 64k']);
+  const resumed = await apiRequest(appliance, 'POST', '/api/v1/restores?wait=true', request);
+  t.match(resumed.json, { id, runs: 2, state: 'done' }, `the same job resumed and finished: ${JSON.stringify(resumed.json.error)}`);
+  const check = await run('qemu-io', ['-f', 'raw', '-r', appliance.uri(), '-c', 'read -P 0x11 0 32M', '-c', 'read -P 0 32M 32M']);
+  t.equal(check.code, 0, check.stderr);
+  t.notMatch(check.stdout, /Pattern verification failed/, `the volume shows the snapshot again, the writes between the runs included:\n${check.stdout}`);
+});

@@ -12,7 +12,8 @@
         "src/file_ranges.c",
         "src/write_batch.c",
         "src/aligned_write.c",
-        "src/socket_options.c"
+        "src/socket_options.c",
+        "src/file_lock.c"
       ],
       "defines": [
         "NAPI_VERSION=8",

@@ -62,7 +62,7 @@ export interface SystemCallError extends Error {
   code: string;
   /** The errno negated, as in Node's fs errors (EBADF gives -9). */
   errno: number;
-  syscall: 'fallocate' | 'lseek' | 'fstat' | 'setsockopt';
+  syscall: 'fallocate' | 'lseek' | 'fstat' | 'setsockopt' | 'flock';
 }
 
 /**
@@ -130,3 +130,11 @@ export declare function setTcpKeepAlive(fd: number, idleSeconds: number, interva
  * @throws SystemCallError (syscall 'setsockopt'), TypeError on bad arguments.
  */
 export declare function setTcpUserTimeout(fd: number, timeoutMs: number): void;
+
+/**
+ * Take the exclusive advisory lock of an open file without waiting (flock LOCK_EX | LOCK_NB):
+ * true when this open file now holds it, false when another open file holds it (in this process
+ * or another). Closing the file, or the death of the process, releases it.
+ * @throws SystemCallError (syscall 'flock') when flock fails otherwise (EBADF, ENOLCK, ...).
+ */
+export declare function lockExclusive(fd: number): boolean;

@@ -21,3 +21,4 @@ export const pwriteAlignedSync = binding.pwriteAlignedSync;
 export const limitAllocatorRetention = binding.limitAllocatorRetention;
 export const setTcpKeepAlive = binding.setTcpKeepAlive;
 export const setTcpUserTimeout = binding.setTcpUserTimeout;
+export const lockExclusive = binding.lockExclusive;

@@ -15,6 +15,7 @@
 #include "write_batch.h"
 #include "aligned_write.h"
 #include "socket_options.h"
+#include "file_lock.h"
 
 /* Largest offset or length accepted: every integer up to it is exact in a double. */
 #define BYTE_COUNT_MAX 9007199254740992.0 /* 2^53 */
@@ -38,7 +39,7 @@ struct errno_description {
   const char *message;
 };
 
-/* The errnos that fallocate(2), lseek(2), fstat(2) and setsockopt(2) document, worded as libuv words them. */
+/* The errnos that fallocate(2), lseek(2), fstat(2), setsockopt(2) and flock(2) document, worded as libuv words them. */
 static const struct errno_description errno_descriptions[] = {
     {EACCES, "EACCES", "permission denied"},
     {EAGAIN, "EAGAIN", "resource temporarily unavailable"},
@@ -51,6 +52,7 @@ static const struct errno_description errno_descriptions[] = {
     {EIO, "EIO", "i/o error"},
     {EISDIR, "EISDIR", "illegal operation on a directory"},
     {ENODEV, "ENODEV", "no such device"},
+    {ENOLCK, "ENOLCK", "no locks available"},
     {ENOMEM, "ENOMEM", "not enough memory"},
     {ENOSPC, "ENOSPC", "no space left on device"},
     {ENOSYS, "ENOSYS", "function not implemented"},
@@ -638,6 +640,22 @@ static napi_value limit_allocator_retention(napi_env env, napi_callback_info inf
   return NULL;
 }
 
+/* lockExclusive(fd): true when this open file takes the lock, false when another holds it. */
+static napi_value lock_exclusive(napi_env env, napi_callback_info info) {
+  napi_value arguments[ARGUMENT_COUNT_MAX];
+  int fd;
+  if (!read_arguments(env, info, 1, arguments) || !read_fd(env, arguments[0], &fd)) return NULL;
+  bool taken = false;
+  int error_number = file_lock_exclusive(fd, &taken);
+  if (error_number != 0) {
+    throw_system_error(env, error_number, "flock");
+    return NULL;
+  }
+  napi_value result;
+  CHECK_NAPI(env, napi_get_boolean(env, taken, &result));
+  return result;
+}
+
 struct exported_function {
   const char *name;
   napi_callback callback;
@@ -651,6 +669,7 @@ static const struct exported_function exported_functions[] = {
     {"preadNoWait", pread_no_wait},
     {"limitAllocatorRetention", limit_allocator_retention},
     {"setTcpKeepAlive", set_tcp_keepalive}, {"setTcpUserTimeout", set_tcp_user_timeout},
+    {"lockExclusive", lock_exclusive},
 };
 
 static napi_value initialize_module(napi_env env, napi_value exports) {

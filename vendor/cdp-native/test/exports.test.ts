@@ -10,6 +10,7 @@ t.test('exports', async (t) => {
     'crc32cImplementation',
     'crc32cv',
     'limitAllocatorRetention',
+    'lockExclusive',
     'preadNoWait',
     'punchHole',
     'pwriteAligned',
