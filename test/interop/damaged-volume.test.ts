@@ -96,7 +96,7 @@ async function assertFailedVolume(t: TapTest, appliance: Appliance, error: RegEx
 }
 
 function token(appliance: Appliance): string {
-  return fs.readFileSync(path.join(appliance.dataDirectory, 'api-token'), 'utf8').trim();
+  return appliance.token;
 }
 
 /** Overwrite bytes of a file, returning a function that puts them back. */

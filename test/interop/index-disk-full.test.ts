@@ -45,7 +45,7 @@ async function health(appliance: Appliance): Promise<{ status: number; reasons: 
 }
 
 async function metrics(appliance: Appliance): Promise<string> {
-  const token = fs.readFileSync(path.join(appliance.dataDirectory, 'api-token'), 'utf8').trim();
+  const token = appliance.token;
   return (await fetch(`${appliance.httpBase}/metrics`, { headers: { authorization: `Bearer ${token}` } })).text();
 }
 
