@@ -87,7 +87,10 @@ t.test('snapshot, overwrite, export the snapshot: it is the disk as it was', asy
   const cloneWrite = await run('qemu-io', ['-f', 'raw', appliance.uri('repair'), '-c', 'write -P 0x55 0 64k', '-c', 'read -P 0x55 0 64k', '-c', 'read -P 0x11 64k 64k']);
   t.equal(cloneWrite.code, 0, cloneWrite.stderr);
   t.notMatch(cloneWrite.stdout, /verification failed/i, 'the clone reads its own writes and the snapshot beneath');
+  t.match(cloneWrite.stdout, /read 65536\/65536 bytes at offset 65536/, 'qemu-io read the clone');
   const untouched = await run('qemu-io', ['-f', 'raw', '-r', appliance.uri(), '-c', 'read -P 0x11 0 64k']);
+  t.equal(untouched.code, 0, untouched.stderr);
+  t.match(untouched.stdout, /read 65536\/65536 bytes at offset 0/, 'qemu-io read the volume');
   t.notMatch(untouched.stdout, /verification failed/i, 'the volume did not see the clone');
 
   // 7. A client attached: deleting the export is refused, saying who.
@@ -111,6 +114,8 @@ t.test('snapshot, overwrite, export the snapshot: it is the disk as it was', asy
   const dirtyAgain = (await map(appliance.uri(), 'qemu:dirty-bitmap:before-deploy')).filter((entry) => entry.type === 1);
   t.equal(dirtyAgain.length, 3, 'the dirty bitmap survives the restart');
   const cloneAgain = await run('qemu-io', ['-f', 'raw', '-r', appliance.uri('repair'), '-c', 'read -P 0x55 0 64k']);
+  t.equal(cloneAgain.code, 0, cloneAgain.stderr);
+  t.match(cloneAgain.stdout, /read 65536\/65536 bytes at offset 0/, 'qemu-io read the clone after the restart');
   t.notMatch(cloneAgain.stdout, /verification failed/i, 'the clone kept its writes');
   t.equal((await api(appliance, 'DELETE', '/api/v1/exports/repair')).status, 204);
 });

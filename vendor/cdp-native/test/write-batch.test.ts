@@ -20,6 +20,7 @@ t.test('writes land where they are asked to, adjacent or not, in order', async (
   const buffers: Buffer[] = [];
   const positions: number[] = [];
   let position = 0;
+  let endBytes = 0;
   for (let index = 0; index < 3000; index++) {
     const length = 1 + Math.floor(Math.random() * 700);
     if (Math.random() < 0.3) position = Math.floor(Math.random() * ((1 << 20) - length));
@@ -29,10 +30,12 @@ t.test('writes land where they are asked to, adjacent or not, in order', async (
     positions.push(position);
     data.copy(expected, position); // later writes win, as in order
     position += length;
+    endBytes = Math.max(endBytes, position);
   }
   await pwriteBatch(fd, buffers, positions);
   const written = fs.readFileSync(filePath);
-  t.ok(written.subarray(0, expected.length).equals(expected.subarray(0, written.length)), 'file equals the writes applied in order');
+  t.equal(written.length, endBytes, 'the file ends where the furthest write ends');
+  t.ok(written.equals(expected.subarray(0, endBytes)), 'file equals the writes applied in order');
   fs.closeSync(fd);
 });
 
@@ -43,8 +46,9 @@ t.test('errors reject with an fs-shaped error; bad arguments throw TypeError', a
   t.throws(() => pwriteBatch(1, [Buffer.from('x')], []), TypeError);
   t.throws(() => pwriteBatch(1, ['x' as unknown as Buffer], [0]), TypeError);
   t.throws(() => pwriteBatch(1, [Buffer.from('x')], [-1]), TypeError);
-  await pwriteBatch(fd, [], []).catch(() => undefined);
-  t.pass('an empty batch settles');
+  const { fd: open } = temporaryFile(t);
+  await t.resolves(pwriteBatch(open, [], []), 'an empty batch resolves');
+  fs.closeSync(open);
 });
 
 t.test('pwriteAligned: prefix and buffers, zero-padded to the alignment, through O_DIRECT', async (t) => {
@@ -65,15 +69,16 @@ t.test('pwriteAligned: prefix and buffers, zero-padded to the alignment, through
 });
 
 t.test('preadNoWait reads what the page cache holds and never more than asked', async (t) => {
-  const { filePath, fd } = temporaryFile(t);
+  const { fd } = temporaryFile(t);
   const data = randomBytes(64 * 1024);
   fs.writeSync(fd, data, 0, data.length, 0);
   const target = Buffer.alloc(4096);
+  // Just written, so in the page cache: the file systems the appliance runs on (ext4, xfs, tmpfs)
+  // answer RWF_NOWAIT reads of cached pages in full.
   const readBytes = preadNoWait(fd, target, 8192);
-  t.ok(readBytes === 4096 || readBytes === 0, 'all of it from the page cache (or 0 where the kernel cannot tell)');
-  if (readBytes === 4096) t.ok(target.equals(data.subarray(8192, 8192 + 4096)), 'the right bytes');
+  t.equal(readBytes, 4096, 'all of it from the page cache');
+  t.ok(target.equals(data.subarray(8192, 8192 + 4096)), 'the right bytes');
   t.equal(preadNoWait(fd, target, 1 << 30), 0, 'past the end: nothing');
   fs.closeSync(fd);
   t.throws(() => preadNoWait(fd, target, 0), { code: 'EBADF' });
-  t.ok(filePath.length > 0);
 });
