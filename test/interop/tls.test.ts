@@ -179,13 +179,16 @@ t.test('required mode: nbdinfo and qemu over TLS, plaintext clients refused, bad
   t.match(plain.stderr, /server error message: this server requires TLS: send NBD_OPT_STARTTLS first/, 'with the server saying why');
   const plainList = await run('nbdinfo', ['--list', `nbd://127.0.0.1:${appliance.nbdPort}`]);
   t.not(plainList.code, 0, 'no export list before TLS');
+  t.match(plainList.stderr, /server replied with error to list request/, 'the server refused the list (nbdinfo connected)');
   const noCertificate = path.join(directory, 'ca-only');
   fs.mkdirSync(noCertificate);
   fs.copyFileSync(path.join(certificates, 'ca-cert.pem'), path.join(noCertificate, 'ca-cert.pem'));
   const anonymous = await run('nbdinfo', [nbds(appliance, 'vol0', noCertificate)]);
   t.not(anonymous.code, 0, 'with --tls-verify-clients a client without a certificate is refused');
+  t.match(anonymous.stderr, /A TLS fatal alert has been received/, 'by the server, in the TLS handshake');
   const foreign = await run('nbdinfo', [nbds(appliance, 'vol0', path.join(stranger, 'clients/alice'))]);
   t.not(foreign.code, 0, 'a client of another CA does not trust the server (nor the server it)');
+  t.match(foreign.stderr, /gnutls_handshake: Error in the certificate verification/, 'the client does not trust the server\'s certificate');
 
   const qemuInfo = await run('qemu-img', ['info', '--output=json', ...qemuTlsArguments(appliance, 'vol0', alice)]);
   t.equal(qemuInfo.code, 0, qemuInfo.stderr);
@@ -353,6 +356,7 @@ t.test('selective mode: TLS-only exports, allowlists by certificate name, addres
   const restarted = await startAppliance(t, { dataDirectory, extraArguments: ['--tls', 'selective', ...tlsArguments(certificates)] });
   const afterRestart = await run('nbdinfo', [nbds(restarted, 'vol1-before', alice)]);
   t.not(afterRestart.code, 0, 'the view keeps its allowlist across a restart');
+  t.match(afterRestart.stderr, /server replied with error to opt_go request: Operation not supported for export: vol1-before/, 'refused by the server at NBD_OPT_GO');
   const listed = (await (await fetch(`${restarted.httpBase}/api/v1/exports`, { headers })).json()) as { exports: Array<{ name: string; allow: string[] }> };
   t.same(listed.exports.find((entry) => entry.name === 'vol1-before')?.allow, ['cn:bob', '192.0.2.0/24']);
   t.equal(await restarted.stop(), 0);
