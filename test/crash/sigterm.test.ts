@@ -37,7 +37,10 @@ t.test('SIGTERM under write load loses no acknowledged write', async (t) => {
       );
     }
   }
-  await sleep(400);
+  // SIGTERM once writes are being acknowledged (polled, not a fixed sleep: a busy machine may take
+  // longer to get the lanes going).
+  const deadlineMs = Date.now() + 30_000;
+  while (acknowledged.size <= 200 && Date.now() < deadlineMs) await sleep(20);
   const exitCode = await appliance.stop();
   stop = true;
   await Promise.all(lanes);
