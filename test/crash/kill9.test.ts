@@ -26,6 +26,8 @@ const volumeSizeBytes = 64 * 1024 * 1024;
 const cycleCount = Number(process.env.CRASH_CYCLES ?? 12);
 const seed = Number(process.env.CRASH_SEED ?? Date.now() % 1_000_000);
 const magic = Buffer.from('CDPCRASH');
+/** Each cycle's load must have this many writes acknowledged durable before the kill. */
+const durableWritesPerCycleMin = 20;
 
 function blockContent(writeId: number, block: number): Buffer {
   const content = Buffer.allocUnsafe(blockBytes);
@@ -60,6 +62,8 @@ class Model {
   readonly operations: Operation[][] = Array.from({ length: blockCount }, () => []);
   readonly durableIndex: number[] = new Array<number>(blockCount).fill(-1);
   readonly durableWrites = new Map<number, number>(); // writeId -> block, acknowledged durable
+  /** Writes made durable since the count was last reset (one kill cycle). */
+  durableCount = 0;
   private readonly acknowledgedSinceFlush = new Set<Operation & { block: number }>();
 
   issue(block: number, writeId: number): Operation & { block: number } {
@@ -84,7 +88,10 @@ class Model {
   makeDurable(operation: Operation & { block: number }): void {
     const index = this.operations[operation.block]!.indexOf(operation);
     if (index > this.durableIndex[operation.block]!) this.durableIndex[operation.block] = index;
-    if (operation.writeId !== 0) this.durableWrites.set(operation.writeId, operation.block);
+    if (operation.writeId !== 0 && !this.durableWrites.has(operation.writeId)) {
+      this.durableWrites.set(operation.writeId, operation.block);
+      this.durableCount++;
+    }
   }
 
   /** Check what a block holds; returns a problem or null. Then the block holds exactly that. */
@@ -105,7 +112,14 @@ class Model {
   }
 }
 
-async function runLoad(clients: NbdClient[], model: Model, random: () => number, nextWriteId: () => number, stop: { now: boolean }): Promise<void> {
+/** The load's switch: `killed` is set just before the kill; a request that fails before it is a bug. */
+interface LoadControl {
+  now: boolean;
+  killed: boolean;
+  unexpectedFailures: string[];
+}
+
+async function runLoad(clients: NbdClient[], model: Model, random: () => number, nextWriteId: () => number, stop: LoadControl): Promise<void> {
   const busy = new Set<number>();
   const pickBlock = (): number => {
     for (;;) {
@@ -114,6 +128,14 @@ async function runLoad(clients: NbdClient[], model: Model, random: () => number,
     }
   };
   const worker = async (client: NbdClient): Promise<void> => {
+    try {
+      await work(client);
+    } catch (error) {
+      // After the kill every request in flight fails; before it, none may.
+      if (!stop.killed) stop.unexpectedFailures.push(error instanceof Error ? error.message : String(error));
+    }
+  };
+  const work = async (client: NbdClient): Promise<void> => {
     while (!stop.now) {
       const choice = random();
       if (choice < 0.12) {
@@ -144,7 +166,7 @@ async function runLoad(clients: NbdClient[], model: Model, random: () => number,
   };
   const workers: Promise<void>[] = [];
   for (const client of clients) for (let lane = 0; lane < 8; lane++) workers.push(worker(client));
-  await Promise.allSettled(workers);
+  await Promise.all(workers);
 }
 
 /** Read every block of the load's span through a fresh connection and check it against the model. */
@@ -217,13 +239,20 @@ t.test(`kill -9 under load, ${cycleCount} times (seed ${seed})`, async (t) => {
       await NbdClient.connect({ kind: 'unix', path: appliance.nbdSocket }, { exportName: 'vol0' }),
       await NbdClient.connect({ kind: 'tcp', host: '127.0.0.1', port: appliance.nbdPort }, { exportName: 'vol0' }),
     ];
-    const stop = { now: false };
+    const stop: LoadControl = { now: false, killed: false, unexpectedFailures: [] };
+    model.durableCount = 0;
     const load = runLoad(clients, model, random, nextWriteId, stop);
-    await sleep(150 + Math.floor(random() * 600));
+    // The kill lands at a random moment once the load is acknowledging durable writes.
+    const deadlineMs = Date.now() + 30_000;
+    while (model.durableCount < durableWritesPerCycleMin && stop.unexpectedFailures.length === 0 && Date.now() < deadlineMs) await sleep(10);
+    await sleep(Math.floor(random() * 600));
+    stop.killed = true;
     await appliance.kill();
     stop.now = true;
     await load;
     for (const client of clients) client.destroy();
+    t.same(stop.unexpectedFailures.slice(0, 5), [], `cycle ${cycle}: no request failed before the kill`);
+    t.ok(model.durableCount >= durableWritesPerCycleMin, `cycle ${cycle}: ${model.durableCount} writes acknowledged durable (FUA or flushed) before the kill`);
   }
 
   // Invariants 2 and 3, checked on the files after one more recovery and an orderly stop.
