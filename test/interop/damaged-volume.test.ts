@@ -81,7 +81,7 @@ async function assertFailedVolume(t: TapTest, appliance: Appliance, error: RegEx
   const snapshot = await apiRequest(appliance, 'POST', '/api/v1/volumes/vol1/snapshots', { name: 'later' });
   t.match(snapshot, { status: 503, json: { error: { code: 'volume-failed' } } }, 'operations on vol1 are refused as volume-failed');
 
-  const metrics = await (await fetch(`${appliance.httpBase}/metrics`, { headers: { authorization: `Bearer ${token(appliance)}` } })).text();
+  const metrics = await (await fetch(`${appliance.httpBase}/metrics`, { headers: { authorization: `Bearer ${appliance.token}` } })).text();
   t.match(metrics, /cdp_nbd_volume_failed\{volume="vol1"\} 1/, '/metrics: vol1 failed');
   t.match(metrics, /cdp_nbd_volume_failed\{volume="vol0"\} 0/, '/metrics: vol0 not');
 
@@ -95,9 +95,6 @@ async function assertFailedVolume(t: TapTest, appliance: Appliance, error: RegEx
   t.same(kept.exports.map((entry) => entry.name).sort(), ['vol0@good', 'vol1@first'], 'exports.json keeps the failed export');
 }
 
-function token(appliance: Appliance): string {
-  return appliance.token;
-}
 
 /** Overwrite bytes of a file, returning a function that puts them back. */
 function damage(file: string, positionBytes: number, garbage: Buffer): () => void {
